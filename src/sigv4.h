@@ -1,0 +1,64 @@
+/* AWS Signature Version 4 (HMAC-SHA256) for resclean: C API used by s3.c and the Lua module
+ * resclean.sigv4. Pure and deterministic: the time is an explicit input. */
+#ifndef RESCLEAN_SIGV4_H
+#define RESCLEAN_SIGV4_H
+#include <stddef.h>
+#include <time.h>
+
+struct lua_State;
+
+typedef struct sigv4_kv { const char *name; const char *value; } sigv4_kv;
+
+typedef struct sigv4_request {
+    const char *method;          /* "GET" */
+    const char *path;            /* raw, NOT percent-encoded, e.g. "/bucket/a b+c" (see path_encoded) */
+    const sigv4_kv *query;       /* raw (decoded) query keys/values; value may be "" (NULL = "") */
+    size_t nquery;
+    const sigv4_kv *headers;     /* must include "host"; names any case */
+    size_t nheaders;
+    const char *payload_hash;    /* hex sha256 of body or "UNSIGNED-PAYLOAD"; NULL = sha256("") */
+    const char *access_key, *secret_key, *session_token; /* token may be NULL */
+    const char *region, *service;
+    time_t now;                  /* explicit time: deterministic */
+    int s3;                      /* 1: S3 rules (path encoded once, '/' kept, no normalisation) */
+    long expires;                /* > 0: presign (X-Amz-* in query) instead of Authorization header */
+    int omit_session_token;      /* add the token after signing (aws-c-auth flag), header or query */
+    /* additions (all default to 0) */
+    int sign_body;               /* add a signed x-amz-content-sha256 header unless one is given */
+    int no_normalize;            /* non-S3: keep dot segments and repeated slashes */
+    int path_encoded;            /* path is already the wire form (percent-encoded): not encoded
+                                    again for the wire; non-S3 still encodes it for the canonical URI */
+} sigv4_request;
+
+typedef struct sigv4_result {
+    char *canonical_request, *string_to_sign;
+    char signature[65];
+    char amz_date[17];           /* YYYYMMDDTHHMMSSZ */
+    char *authorization;         /* header value, or NULL when presigning */
+    char *query;                 /* full encoded canonical query string incl. X-Amz-Signature when presigning
+                                    (and X-Amz-Security-Token when omit_session_token); otherwise the
+                                    encoded canonical query. Send it as is after '?' (may be "") */
+    char *encoded_path;          /* the canonical URI as sent on the wire */
+    /* additions */
+    char *signed_headers;        /* "host;x-amz-date" */
+    char *credential_scope;      /* "20150830/us-east-1/service/aws4_request" */
+    /* Headers the caller must add to the request on top of its own (header signing only:
+     * x-amz-date, x-amz-content-sha256 when sign_body added it, x-amz-security-token).
+     * Names are lower-case literals; values point into this result (valid until free). */
+    sigv4_kv add_headers[3];
+    size_t nadd_headers;
+    char *payload_hash_;         /* private storage for add_headers */
+    char *session_token_;        /* private storage for add_headers */
+} sigv4_result;
+
+/* 0 on success, -1 on allocation failure or a request missing a required field (result zeroed/freed) */
+int sigv4_sign(const sigv4_request *req, sigv4_result *out);
+void sigv4_result_free(sigv4_result *out);
+void sigv4_sha256_hex(const void *data, size_t len, char out[65]);
+void sigv4_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
+                       unsigned char out[32]);
+/* percent-encode per SigV4 (unreserved A-Za-z0-9-._~ kept); keep_slash for paths. Returns malloc'd
+ * string, NULL on allocation failure. */
+char *sigv4_uri_encode(const char *s, size_t len, int keep_slash);
+int luaopen_resclean_sigv4(struct lua_State *L);
+#endif
