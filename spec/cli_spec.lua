@@ -1,0 +1,103 @@
+-- The command line: run, exit codes, arg, package.path, version, help.
+local h = require("support.helpers")
+
+describe("resclean command line", function()
+  it("returns the script's integer as the exit code", function()
+    local path = h.tmpfile("return 7\n")
+    local r = h.run({ "run", path })
+    assert.are.equal(7, r.code)
+  end)
+
+  it("exits 0 when the script returns nothing", function()
+    local r = h.run({ "run", h.tmpfile("local x = 1\n") })
+    assert.are.equal(0, r.code)
+    assert.are.equal("", r.stderr)
+  end)
+
+  it("gives the script its arguments as the standalone lua does", function()
+    local path = h.tmpfile('io.write(#arg, "|", arg[0], "|", arg[1], "|", arg[2], "|", select("#", ...), "|", ...)\n')
+    local r = h.run({ "run", path, "a b", "c" })
+    assert.are.equal(0, r.code)
+    assert.are.equal("2|" .. path .. "|a b|c|2|a bc", r.stdout)
+  end)
+
+  it("prints an uncaught error with a traceback and exits 1", function()
+    local r = h.run({ "run", h.tmpfile('local function f() error("boom") end\nf()\n') })
+    assert.are.equal(1, r.code)
+    assert.matches("^resclean: [^\n]*boom", r.stderr)
+    assert.matches("stack traceback", r.stderr)
+  end)
+
+  it("renders an error table with its kind, code and message", function()
+    local r = h.run({ "run", h.tmpfile('error({kind="pg", code="23503", message="fk"})\n') })
+    assert.are.equal(1, r.code)
+    assert.matches("pg error 23503: fk", r.stderr, 1, true)
+  end)
+
+  it("names a missing script in one line and exits 2", function()
+    local r = h.run({ "run", "/nonexistent/script.lua" })
+    assert.are.equal(2, r.code)
+    assert.matches("/nonexistent/script.lua", r.stderr, 1, true)
+    assert.are.equal(1, select(2, r.stderr:gsub("\n", "")))
+  end)
+
+  it("exits 2 when run has no script", function()
+    assert.are.equal(2, h.run({ "run" }).code)
+  end)
+
+  it("prints the usage and exits 2 on an unknown command", function()
+    local r = h.run({ "frobnicate" })
+    assert.are.equal(2, r.code)
+    assert.matches("unknown command 'frobnicate'", r.stderr, 1, true)
+    assert.matches("usage: resclean", r.stderr, 1, true)
+  end)
+
+  it("prints help with help and --help", function()
+    for _, cmd in ipairs({ "help", "--help" }) do
+      local r = h.run({ cmd })
+      assert.are.equal(0, r.code)
+      assert.matches("usage: resclean", r.stdout, 1, true)
+    end
+  end)
+
+  it("prints its own version and its libraries' versions", function()
+    local r = h.run({ "version" })
+    assert.are.equal(0, r.code)
+    assert.matches("^resclean %d+%.%d+%.%d+\n", r.stdout)
+    for _, lib in ipairs({ "Lua 5%.4", "libpq %d+", "libcurl %d", "OpenSSL %d", "expat_%d" }) do
+      assert.matches(lib, r.stdout)
+    end
+  end)
+
+  it("finds modules in the script's folder and in resclean's lib/", function()
+    local dir = h.tmpdir()
+    h.write(dir .. "/mymod.lua", "return { v = 42 }\n")
+    h.write(dir .. "/main.lua", 'local m = require("mymod")\nlocal log = require("resclean.log")\n'
+      .. 'io.write(m.v, type(log))\n')
+    local r = h.run({ "run", dir .. "/main.lua" })
+    assert.are.equal("", r.stderr)
+    assert.are.equal("42table", r.stdout)
+  end)
+
+  it("puts LUA_PATH first, with ;; standing for the defaults", function()
+    local dir, other = h.tmpdir(), h.tmpdir()
+    h.write(dir .. "/main.lua", 'io.write(require("mymod").v, "|", package.path)\n')
+    h.write(dir .. "/mymod.lua", "return { v = 'script' }\n")
+    h.write(other .. "/mymod.lua", "return { v = 'env' }\n")
+    local r = h.run({ "run", dir .. "/main.lua" }, { LUA_PATH = other .. "/?.lua;;" })
+    assert.are.equal("", r.stderr)
+    local v, path = r.stdout:match("^([^|]*)|(.*)$")
+    assert.are.equal("env", v)
+    assert.matches("/usr/share/lua/5.4/?.lua", path, 1, true)
+    assert.is_nil(path:find(";;", 1, true))
+  end)
+
+  it("has cjson and the resclean modules in package.preload", function()
+    local r = h.run({ "run", h.tmpfile('local c = require("cjson")\n'
+      .. 'for _, m in ipairs({"resclean.pg","resclean.s3","resclean.sigv4","resclean.sys","cjson.safe"}) do\n'
+      .. '  assert(type(require(m)) == "table", m) end\n'
+      .. 'io.write(c.encode({a = 1}))\n') })
+    assert.are.equal("", r.stderr)
+    assert.are.equal('{"a":1}', r.stdout)
+  end)
+end)

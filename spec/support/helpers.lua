@@ -1,0 +1,128 @@
+-- Helpers shared by specs: run the resclean binary, temporary files,
+-- shell quoting, polling with a deadline.
+local sys = require("resclean.sys")
+
+local M = {}
+
+local tmp_root
+
+local function readall(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+M.readall = readall
+
+function M.q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- The binary running these specs (also the ASan build under `make asan test`).
+function M.bin()
+  if not M._bin then
+    local p = assert(io.popen("readlink /proc/" .. sys.pid() .. "/exe"))
+    M._bin = p:read("l")
+    p:close()
+  end
+  return M._bin
+end
+
+function M.tmpdir()
+  if not tmp_root then
+    local p = assert(io.popen("mktemp -d /tmp/resclean-spec.XXXXXX"))
+    tmp_root = p:read("l")
+    p:close()
+    M.count = 0
+  end
+  M.count = M.count + 1
+  local dir = ("%s/%d"):format(tmp_root, M.count)
+  assert(os.execute("mkdir -p " .. M.q(dir)))
+  return dir
+end
+
+function M.write(path, content)
+  local f = assert(io.open(path, "wb"))
+  f:write(content)
+  f:close()
+  return path
+end
+
+function M.tmpfile(content, name)
+  return M.write(M.tmpdir() .. "/" .. (name or "script.lua"), content)
+end
+
+local function envprefix(env)
+  local parts = {}
+  for k, v in pairs(env or {}) do
+    if v == false then
+      parts[#parts + 1] = "-u " .. k
+    else
+      parts[#parts + 1] = k .. "=" .. M.q(v)
+    end
+  end
+  table.sort(parts)
+  return #parts > 0 and ("env " .. table.concat(parts, " ") .. " ") or ""
+end
+
+-- Run the resclean binary: argv (without the binary), env overrides
+-- (value false unsets). Returns {code, stdout, stderr}.
+function M.run(argv, env, opts)
+  opts = opts or {}
+  local dir = M.tmpdir()
+  local cmd = { M.q(M.bin()) }
+  for _, a in ipairs(argv) do cmd[#cmd + 1] = M.q(a) end
+  local line = ("%s%s <%s >%s 2>%s"):format(envprefix(env), table.concat(cmd, " "),
+    opts.stdin and M.q(M.write(dir .. "/stdin", opts.stdin)) or "/dev/null",
+    M.q(dir .. "/out"), M.q(dir .. "/err"))
+  local _, _, code = os.execute(line)
+  return { code = code, stdout = readall(dir .. "/out"), stderr = readall(dir .. "/err"), dir = dir }
+end
+
+-- Start the binary in the background: {pid, stdout(), stderr(), alive(),
+-- kill(sig), wait(timeout) -> exit code}. A subshell records the real pid
+-- and, when it ends, its exit status.
+function M.spawn(argv, env)
+  local dir = M.tmpdir()
+  local cmd = { M.q(M.bin()) }
+  for _, a in ipairs(argv) do cmd[#cmd + 1] = M.q(a) end
+  local line = ("( %s%s </dev/null >%s 2>%s & echo $! >%s; wait $!; echo $? >%s.tmp; mv %s.tmp %s ) >/dev/null 2>&1 &")
+    :format(envprefix(env), table.concat(cmd, " "), M.q(dir .. "/out"), M.q(dir .. "/err"),
+      M.q(dir .. "/pid"), M.q(dir .. "/rc"), M.q(dir .. "/rc"), M.q(dir .. "/rc"))
+  assert(os.execute(line))
+  local proc = { dir = dir }
+  local function exists(f)
+    local h = io.open(dir .. "/" .. f, "rb")
+    if h then h:close() end
+    return h ~= nil
+  end
+  proc.pid = tonumber(M.wait_for(function()
+    return exists("pid") and readall(dir .. "/pid"):match("%d+")
+  end, 10, "the spawned process's pid"))
+  function proc.stdout() return readall(dir .. "/out") end
+  function proc.stderr() return readall(dir .. "/err") end
+  function proc.alive() return not exists("rc") end
+  function proc.kill(sig) os.execute(("kill -%s %d 2>/dev/null"):format(sig or "TERM", proc.pid)) end
+  function proc.wait(timeout)
+    M.wait_for(function() return exists("rc") end, timeout or 30, "process " .. proc.pid .. " to exit")
+    return tonumber(readall(dir .. "/rc"):match("%d+"))
+  end
+  return proc
+end
+
+-- Poll fn() until it returns a truthy value or the deadline passes.
+function M.wait_for(fn, timeout, what)
+  local deadline = sys.monotime() + (timeout or 10)
+  repeat
+    local v = fn()
+    if v then return v end
+    sys.sleep(0.02)
+  until sys.monotime() > deadline
+  error(("timed out after %ss waiting for %s"):format(timeout or 10, what or "a condition"), 2)
+end
+
+function M.cleanup()
+  if tmp_root then os.execute("rm -rf " .. M.q(tmp_root)) end
+end
+
+return M

@@ -1,0 +1,279 @@
+/*
+ * resclean: the host. Builds a Lua state with the resclean primitives in
+ * package.preload and runs a script in protected mode (the lua.c shape:
+ * main only builds the state; pmain does the work under lua_pcall).
+ */
+#define _DEFAULT_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include <curl/curl.h>
+#include <expat.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+
+#include "resclean.h"
+
+#define EXIT_USAGE 2
+
+static const char *progname = "resclean";
+
+static const char usage_text[] =
+    "usage: resclean COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  run SCRIPT [ARG...]  run a Lua script with the resclean primitives\n"
+    "                       (exit code: the integer the script returns)\n"
+    "  version              print the versions of resclean and its libraries\n"
+    "  help                 print this help\n"
+    "\n"
+    "scripts shipped with resclean:\n"
+    "  resclean run scripts/sweep.lua [--once] [--dry-run] [--policy FILE]\n"
+    "  resclean run scripts/cancel.lua [--dry-run] [--policy FILE] ID...\n"
+    "  resclean run scripts/status.lua [--json]\n"
+    "\n"
+    "environment: DATABASE_URL (else PG*), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,\n"
+    "  AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL),\n"
+    "  RESCLEAN_BUCKET, RESCLEAN_POLICY, LUA_PATH (';;' stands for resclean's paths)\n";
+
+static const luaL_Reg preloads[] = {
+    {"cjson", luaopen_cjson},
+    {"cjson.safe", luaopen_cjson_safe},
+    {"resclean.pg", luaopen_resclean_pg},
+    {"resclean.s3", luaopen_resclean_s3},
+    {"resclean.sigv4", luaopen_resclean_sigv4},
+    {"resclean.sys", luaopen_resclean_sys},
+    {NULL, NULL}};
+
+/* Message handler: turn the error into "message + traceback". Error tables
+ * from the primitives ({kind, code, message}) are rendered readably. */
+static int msghandler(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) {
+            msg = lua_tostring(L, -1);
+        } else if (lua_type(L, 1) == LUA_TTABLE) {
+            lua_getfield(L, 1, "message");
+            lua_getfield(L, 1, "kind");
+            lua_getfield(L, 1, "code");
+            msg = lua_pushfstring(L, "%s error%s%s: %s",
+                                  luaL_optstring(L, -2, "unknown"),
+                                  lua_isnil(L, -1) ? "" : " ",
+                                  luaL_optstring(L, -1, ""),
+                                  luaL_optstring(L, -3, "(no message)"));
+        } else {
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+        }
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Directory part of path, "." when there is none. */
+static void dirname_of(const char *path, char *out, size_t size) {
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL) {
+        snprintf(out, size, ".");
+    } else if (slash == path) {
+        snprintf(out, size, "/");
+    } else {
+        snprintf(out, size, "%.*s", (int)(slash - path), path);
+    }
+}
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Where resclean's own Lua library and scripts live: next to the binary in
+ * the source tree (./resclean, build/asan/resclean), else the installed
+ * share folder. Found from /proc/self/exe so no environment is needed.
+ * Pushes the lib folder and the scripts folder. */
+static void push_home(lua_State *L) {
+    char exe[PATH_MAX], dir[PATH_MAX];
+    static const char *const rel[] = {"", "/../..", "/../share/resclean"};
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        dirname_of(exe, dir, sizeof dir);
+        for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+            const char *probe = lua_pushfstring(L, "%s%s/lib/resclean", dir, rel[i]);
+            int found = is_dir(probe);
+            lua_pop(L, 1);
+            if (found) {
+                lua_pushfstring(L, "%s%s/lib", dir, rel[i]);
+                lua_pushfstring(L, "%s%s/scripts", dir, rel[i]);
+                return;
+            }
+        }
+    }
+    lua_pushstring(L, RESCLEAN_SHAREDIR "/lib");
+    lua_pushstring(L, RESCLEAN_SHAREDIR "/scripts");
+}
+
+/* package.path: LUA_PATH (";;" = the defaults), the script's folder,
+ * resclean's lib/, then Lua's system paths. Same for cpath. */
+static void set_path(lua_State *L, const char *field, const char *envname,
+                     const char *own) {
+    const char *env = getenv(envname);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, field); /* package syspath */
+    lua_pushfstring(L, "%s%s", own, lua_tostring(L, -1)); /* package syspath defaults */
+    if (env != NULL) {
+        const char *defaults = lua_tostring(L, -1);
+        if (strstr(env, ";;") != NULL) {
+            const char *sep = lua_pushfstring(L, ";%s;", defaults);
+            luaL_gsub(L, env, ";;", sep);
+            lua_remove(L, -2);
+        } else {
+            lua_pushfstring(L, "%s;%s", env, defaults);
+        }
+        lua_remove(L, -2);
+    }
+    lua_setfield(L, -3, field);
+    lua_pop(L, 2);
+}
+
+/* A script argument that is not a path to a file but names a shipped
+ * script ("sweep", "sweep.lua") resolves to the installed scripts/. */
+static const char *resolve_script(lua_State *L, const char *script, const char *scripts) {
+    struct stat st;
+    if (stat(script, &st) == 0 || strchr(script, '/') != NULL) return script;
+    const char *ext = strstr(script, ".lua") ? "" : ".lua";
+    const char *cand = lua_pushfstring(L, "%s/%s%s", scripts, script, ext);
+    if (stat(cand, &st) == 0) return cand;
+    lua_pop(L, 1);
+    return script;
+}
+
+static int run_script(lua_State *L, int argc, char **argv) {
+    char sdir[PATH_MAX];
+    if (argc < 3) {
+        fprintf(stderr, "%s: run needs a script\n%s", progname, usage_text);
+        return EXIT_USAGE;
+    }
+    push_home(L); /* lib scripts */
+    const char *lib = lua_tostring(L, -2), *scripts = lua_tostring(L, -1);
+    const char *script = resolve_script(L, argv[2], scripts);
+    dirname_of(script, sdir, sizeof sdir);
+
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;",
+                    sdir, sdir, lib, lib);
+    set_path(L, "path", getenv("LUA_PATH_5_4") ? "LUA_PATH_5_4" : "LUA_PATH",
+             lua_tostring(L, -1));
+    lua_pop(L, 1);
+    set_path(L, "cpath", getenv("LUA_CPATH_5_4") ? "LUA_CPATH_5_4" : "LUA_CPATH", "");
+
+    /* arg as the standalone lua gives it: arg[0] the script, arg[-1] "run" */
+    lua_createtable(L, argc - 3, 3);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - 2);
+    }
+    lua_setglobal(L, "arg");
+
+    lua_pushstring(L, lib);
+    lua_setfield(L, LUA_REGISTRYINDEX, "resclean.libdir");
+
+    int status = luaL_loadfile(L, script);
+    if (status != LUA_OK) {
+        /* missing, unreadable or not Lua: nothing ran */
+        fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+        return EXIT_USAGE;
+    }
+    for (int i = 3; i < argc; i++) lua_pushstring(L, argv[i]);
+    int base = lua_gettop(L) - (argc - 3);
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, base);
+    status = lua_pcall(L, argc - 3, 1, base);
+    lua_remove(L, base);
+    if (status != LUA_OK) {
+        fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+        return EXIT_FAILURE;
+    }
+    if (lua_isinteger(L, -1)) return (int)(lua_tointeger(L, -1) & 0xff);
+    if (lua_isboolean(L, -1)) return lua_toboolean(L, -1) ? EXIT_SUCCESS : EXIT_FAILURE;
+    return EXIT_SUCCESS;
+}
+
+static int print_version(void) {
+    const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+    int pq = PQlibVersion();
+    printf("resclean %s\n", RESCLEAN_VERSION);
+    printf("%s\n", LUA_RELEASE);
+    printf("libpq %d.%d\n", pq / 10000, pq % 10000);
+    printf("libcurl %s\n", cv->version);
+    printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+    printf("%s\n", XML_ExpatVersion());
+    return EXIT_SUCCESS;
+}
+
+/* All real work, in protected mode. Stack: argc argv -> exit code */
+static int pmain(lua_State *L) {
+    int argc = (int)lua_tointeger(L, 1);
+    char **argv = (char **)lua_touserdata(L, 2);
+    int code;
+    /* Lua's own env handling is replaced by set_path */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    for (const luaL_Reg *r = preloads; r->name != NULL; r++) {
+        lua_pushcfunction(L, r->func);
+        lua_setfield(L, -2, r->name);
+    }
+    lua_pop(L, 1);
+
+    const char *cmd = argc > 1 ? argv[1] : "help";
+    if (strcmp(cmd, "run") == 0) {
+        code = run_script(L, argc, argv);
+    } else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        code = print_version();
+    } else if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 ||
+               strcmp(cmd, "-h") == 0) {
+        fputs(usage_text, stdout);
+        code = EXIT_SUCCESS;
+    } else {
+        fprintf(stderr, "%s: unknown command '%s'\n%s", progname, cmd, usage_text);
+        code = EXIT_USAGE;
+    }
+    lua_pushinteger(L, code);
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    int code;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "%s: cannot initialise libcurl\n", progname);
+        return 3;
+    }
+    lua_State *L = luaL_newstate();
+    if (L == NULL) {
+        fprintf(stderr, "%s: cannot create Lua state: not enough memory\n", progname);
+        curl_global_cleanup();
+        return EXIT_FAILURE;
+    }
+    lua_pushcfunction(L, pmain);
+    lua_pushinteger(L, argc);
+    lua_pushlightuserdata(L, argv);
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+        fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+        code = EXIT_FAILURE;
+    } else {
+        code = (int)lua_tointeger(L, -1);
+    }
+    fflush(stdout);
+    lua_close(L);
+    curl_global_cleanup();
+    return code;
+}
