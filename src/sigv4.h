@@ -45,7 +45,7 @@ typedef struct sigv4_result {
     /* Headers the caller must add to the request on top of its own (header signing only:
      * x-amz-date, x-amz-content-sha256 when sign_body added it, x-amz-security-token).
      * Names are lower-case literals; values point into this result (valid until free). */
-    sigv4_kv add_headers[3];
+    sigv4_kv add_headers[3];     /* (do not copy the struct: values may point at amz_date) */
     size_t nadd_headers;
     char *payload_hash_;         /* private storage for add_headers */
     char *session_token_;        /* private storage for add_headers */
@@ -54,6 +54,11 @@ typedef struct sigv4_result {
 /* 0 on success, -1 on allocation failure or a request missing a required field (result zeroed/freed) */
 int sigv4_sign(const sigv4_request *req, sigv4_result *out);
 void sigv4_result_free(sigv4_result *out);
+/* aws-chunked (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) chunk signature: *string_to_sign is malloc'd.
+ * 0 on success, -1 on allocation failure. */
+int sigv4_sign_chunk(const char *secret_key, const char *region, const char *service, time_t now,
+                     const char *previous_signature, const char *chunk_hash, char **string_to_sign,
+                     char signature[65]);
 void sigv4_sha256_hex(const void *data, size_t len, char out[65]);
 void sigv4_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
                        unsigned char out[32]);
