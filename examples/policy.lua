@@ -1,0 +1,60 @@
+-- A resclean policy: copy, edit, and point RESCLEAN_POLICY (or --policy) at
+-- it. It is re-read at the start of every cycle, so edits apply without a
+-- restart; an edit that does not validate is logged and the previous policy
+-- is kept. Every field is optional: what is left out keeps its default,
+-- shown here. Durations are seconds or strings such as "90s", "15m", "24h", "7d".
+return {
+  -- Where pending uploads live.
+  table = "attack_resource_files",
+  id_column = "id",
+  uploaded_column = "is_uploaded",   -- a row is pending while this is false
+  created_column = "created_at",     -- age is now() - this, by the database clock
+  type_column = "resource_type",     -- false: every row goes through uploads
+
+  -- Only these types are uploaded through presigned URLs. Ephemeral and
+  -- dynamic lists keep their content in the row and are never stale.
+  upload_types = { "WORD_LIST", "RULE_LIST", "MASK_LIST", "CHARSET" },
+
+  -- The object key of a row: key() receives the row with key_columns as text.
+  key_columns = { "id" },
+  key = function(row) return row.id end,
+  -- Every computed key must match this Lua pattern (default: a lower-case
+  -- UUID); keys that do not, or that hold "..", control characters or more
+  -- than 1024 bytes, are skipped (reason "bad_key") and never sent to storage.
+  key_pattern = require("resclean.policy").UUID_PATTERN,
+
+  bucket = os.getenv("RESCLEAN_BUCKET") or "cipherswarm-resources",
+
+  -- When a pending upload is stale, and how often to look.
+  max_age = "24h",
+  interval = "1h",
+  jitter = "60s",                    -- random extra wait, so replicas spread out
+
+  -- How hard to sweep.
+  batch_size = 1000,                 -- rows claimed and locked per transaction (1-10000)
+  verify = true,                     -- HEAD each object first: outcomes say whether it existed
+  concurrency = 16,                  -- parallel HEAD requests
+  max_deletes_per_run = 0,           -- 0: no limit
+
+  -- Timeouts.
+  lock_timeout = "5s",               -- cancel waits this long for a row locked by someone else
+  statement_timeout = "60s",
+  s3_timeout = "30s",
+  s3_connect_timeout = "5s",
+  s3_max_attempts = 4,               -- retries (with backoff) on 5xx, 429 and network errors
+
+  -- true: take a PostgreSQL advisory lock per cycle, so only one of several
+  -- replicas sweeps at a time (without it they share the work through SKIP LOCKED).
+  singleton = false,
+
+  progress_interval = "10s",         -- a progress log line this often during long sweeps
+  url_lifetime = "1h",               -- presigned PUT lifetime (reconcile waits this long too)
+
+  -- Every table that owns keys in the bucket (reconcile checks all of them).
+  owners = {
+    { table = "attack_resource_files", key_column = "id" },
+    { table = "upload_resource_files", key_column = "id" },
+  },
+
+  log_level = "info",                -- debug, info, warn or error
+}

@@ -1,0 +1,80 @@
+-- Configuration from the environment, as the ecosystems already name it,
+-- and the command-line flags every script shares.
+local M = {}
+
+local function env(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
+
+-- libpq conninfo: DATABASE_URL, else nil (libpq reads PG*).
+function M.conninfo()
+  return env("DATABASE_URL")
+end
+
+-- Options for s3.client from AWS_* variables and the policy.
+function M.s3_options(policy)
+  local region = env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1"
+  local endpoint = env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL")
+    or ("https://s3.%s.amazonaws.com"):format(region)
+  local access, secret = env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")
+  if not access or not secret then
+    return nil, { kind = "config", message = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set" }
+  end
+  if not endpoint:match("^https?://[%w%.%-%[%]:]+") then
+    return nil, { kind = "config",
+                  message = ("endpoint %q: expected http://host[:port] or https://host[:port]"):format(endpoint) }
+  end
+  return {
+    endpoint = endpoint,
+    region = region,
+    access_key = access,
+    secret_key = secret,
+    session_token = env("AWS_SESSION_TOKEN"),
+    bucket = policy.bucket,
+    path_style = env("RESCLEAN_S3_VIRTUAL_HOSTED") == nil,
+    ca_file = env("AWS_CA_BUNDLE"),
+    timeout = policy.s3_timeout,
+    connect_timeout = policy.s3_connect_timeout,
+    max_attempts = policy.s3_max_attempts,
+    concurrency = policy.concurrency,
+  }
+end
+
+-- Parse flags: spec maps "--name" to "flag" (boolean) or "value" (takes
+-- the next argument). Returns opts, positional or nil, usage message.
+function M.parse_args(argv, spec)
+  local opts, rest = {}, {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local name, inline = a:match("^%-%-([%w%-]+)=(.*)$")
+    name = name or a:match("^%-%-([%w%-]+)$")
+    if a == "--" then
+      table.move(argv, i + 1, #argv, #rest + 1, rest)
+      break
+    elseif name then
+      local kind = spec[name]
+      if not kind then return nil, ("unknown option --%s"):format(name) end
+      if kind == "flag" then
+        if inline then return nil, ("option --%s takes no value"):format(name) end
+        opts[name] = true
+      else
+        local v = inline
+        if not v then
+          i = i + 1
+          v = argv[i]
+        end
+        if not v then return nil, ("option --%s needs a value"):format(name) end
+        opts[name] = v
+      end
+    else
+      rest[#rest + 1] = a
+    end
+    i = i + 1
+  end
+  return opts, rest
+end
+
+return M

@@ -1,0 +1,230 @@
+-- The policy: what is a stale pending upload, where its object lives, and
+-- how hard to sweep. Defaults fit the upstream schema (CipherSwarm's
+-- attack_resource_files); a policy file (Lua returning a table) overrides
+-- any field. Validation is strict: an unknown field or a bad value is an
+-- error naming the file, the field and what was expected.
+local M = {}
+
+local H = "[0-9a-f]"
+local UUID = "^" .. H:rep(8) .. "%-" .. H:rep(4) .. "%-" .. H:rep(4) .. "%-" .. H:rep(4) .. "%-" .. H:rep(12) .. "$"
+M.UUID_PATTERN = UUID
+
+local function getenv(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
+
+-- A fresh table of the defaults (functions included), environment applied.
+function M.defaults()
+  return {
+    table = "attack_resource_files",
+    id_column = "id",
+    uploaded_column = "is_uploaded",       -- pending while false
+    created_column = "created_at",         -- age, measured by the database clock
+    type_column = "resource_type",         -- nil: every row goes through uploads
+    upload_types = { "WORD_LIST", "RULE_LIST", "MASK_LIST", "CHARSET" },
+    key_columns = { "id" },                -- columns key(row) reads (as text)
+    key = function(row) return row.id end, -- object key, upstream: id::text
+    key_pattern = UUID,                    -- Lua pattern every key must match
+    bucket = getenv("RESCLEAN_BUCKET") or "cipherswarm-resources",
+    max_age = 24 * 3600,                   -- seconds pending before stale
+    interval = 3600,                       -- seconds between cycles
+    jitter = 60,                           -- up to this many seconds added to interval
+    batch_size = 1000,                     -- rows claimed (and locked) per transaction
+    verify = true,                         -- HEAD objects first for honest outcomes
+    concurrency = 16,                      -- parallel HEAD requests
+    max_deletes_per_run = 0,               -- 0: no limit
+    lock_timeout = 5,                      -- seconds; cancel waits this long on a locked row
+    statement_timeout = 60,                -- seconds per SQL statement
+    s3_timeout = 30,                       -- seconds per S3 request
+    s3_connect_timeout = 5,
+    s3_max_attempts = 4,                   -- retries for idempotent calls on 5xx/429/network
+    singleton = false,                     -- true: one sweeper at a time (advisory lock)
+    progress_interval = 10,                -- seconds between progress lines
+    url_lifetime = 3600,                   -- presigned URL lifetime (reconcile's grace)
+    -- Tables that own keys in the bucket (reconcile checks all of them).
+    owners = {
+      { table = "attack_resource_files", key_column = "id" },
+      { table = "upload_resource_files", key_column = "id" },
+    },
+    log_level = getenv("RESCLEAN_LOG_LEVEL") or "info",
+  }
+end
+
+-- Durations: seconds as a number, or a string like "90s", "15m", "24h", "7d".
+local UNITS = { s = 1, m = 60, h = 3600, d = 86400 }
+function M.duration(v)
+  if math.type(v) == "integer" or math.type(v) == "float" then return v end
+  if type(v) ~= "string" then return nil end
+  local n, unit = v:match("^%s*(%d+%.?%d*)%s*([smhd]?)%s*$")
+  if not n then return nil end
+  return tonumber(n) * UNITS[unit ~= "" and unit or "s"]
+end
+
+local IDENT = "^[%a_][%w_]*$"
+
+local function ident(v) return type(v) == "string" and #v <= 63 and v:match(IDENT) ~= nil end
+
+local function string_list(v, item_ok)
+  if type(v) ~= "table" or #v == 0 then return false end
+  for k, item in pairs(v) do
+    if math.type(k) ~= "integer" or not item_ok(item) then return false end
+  end
+  return true
+end
+
+local function dur_range(lo, hi)
+  return function(v)
+    local d = M.duration(v)
+    return d ~= nil and d >= lo and d <= hi, d
+  end
+end
+
+local function int_range(lo, hi)
+  return function(v) return math.type(v) == "integer" and v >= lo and v <= hi end
+end
+
+local function is_bool(v) return type(v) == "boolean" end
+
+local function valid_pattern(v)
+  return type(v) == "string" and pcall(string.find, "", v)
+end
+
+local function bucket_name(v)
+  return type(v) == "string" and #v >= 3 and #v <= 63 and v:match("^[a-z0-9][a-z0-9.%-]*[a-z0-9]$") ~= nil
+end
+
+local function owners_ok(v)
+  if type(v) ~= "table" or #v == 0 then return false end
+  for _, o in ipairs(v) do
+    if type(o) ~= "table" or not ident(o.table) or not ident(o.key_column) then return false end
+  end
+  return true
+end
+
+-- field -> {check(value) -> ok[, normalised], what was expected}
+local FIELDS = {
+  table = { ident, "a table name (letters, digits, _; at most 63 bytes)" },
+  id_column = { ident, "a column name" },
+  uploaded_column = { ident, "a column name" },
+  created_column = { ident, "a column name" },
+  type_column = { function(v) return v == false or ident(v) end, "a column name, or false for none" },
+  upload_types = { function(v) return string_list(v, function(s) return type(s) == "string" and s ~= "" end) end,
+    "a non-empty list of type names" },
+  key_columns = { function(v) return string_list(v, ident) end, "a non-empty list of column names" },
+  key = { function(v) return type(v) == "function" end, "a function(row) returning the object key" },
+  key_pattern = { valid_pattern, "a valid Lua pattern" },
+  bucket = { bucket_name, "an S3 bucket name (3-63 of a-z 0-9 . -)" },
+  max_age = { dur_range(60, 10 * 365 * 86400), "a duration of at least 60 s (seconds or \"24h\")" },
+  interval = { dur_range(1, 365 * 86400), "a duration of at least 1 s" },
+  jitter = { dur_range(0, 86400), "a duration from 0 to 1 day" },
+  batch_size = { int_range(1, 10000), "an integer from 1 to 10000" },
+  verify = { is_bool, "true or false" },
+  concurrency = { int_range(1, 256), "an integer from 1 to 256" },
+  max_deletes_per_run = { int_range(0, math.maxinteger), "an integer >= 0 (0: no limit)" },
+  lock_timeout = { dur_range(0.001, 3600), "a duration from 1 ms to 1 h" },
+  statement_timeout = { dur_range(0.001, 86400), "a duration from 1 ms to 1 day" },
+  s3_timeout = { dur_range(0.1, 3600), "a duration from 0.1 s to 1 h" },
+  s3_connect_timeout = { dur_range(0.1, 600), "a duration from 0.1 s to 10 min" },
+  s3_max_attempts = { int_range(1, 20), "an integer from 1 to 20" },
+  singleton = { is_bool, "true or false" },
+  progress_interval = { dur_range(0.1, 86400), "a duration of at least 0.1 s" },
+  url_lifetime = { dur_range(1, 7 * 86400), "a duration from 1 s to 7 days (S3's presign limit)" },
+  owners = { owners_ok, "a non-empty list of {table=..., key_column=...}" },
+  log_level = { function(v) return v == "debug" or v == "info" or v == "warn" or v == "error" end,
+    "one of debug, info, warn, error" },
+}
+M.FIELDS = FIELDS
+
+local function describe(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  if type(v) == "table" or type(v) == "function" then return "a " .. type(v) end
+  return tostring(v)
+end
+
+-- Policy errors carry kind "policy" so scripts exit 2.
+local function perr(source, field, msg)
+  return { kind = "policy", field = field, source = source,
+           message = ("policy %s: %s%s"):format(source, field and ("field '" .. field .. "': ") or "", msg) }
+end
+
+-- Validate a complete policy (defaults merged). Returns the policy with
+-- durations as seconds, or nil, err.
+function M.validate(p, source)
+  source = source or "(defaults)"
+  local names = {}
+  for k in pairs(p) do names[#names + 1] = k end
+  table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+  for _, k in ipairs(names) do
+    if not FIELDS[k] then
+      return nil, perr(source, tostring(k), "unknown field (known: see examples/policy.lua)")
+    end
+  end
+  local out = {}
+  for k, spec in pairs(FIELDS) do
+    local ok, norm = spec[1](p[k])
+    if not ok then
+      return nil, perr(source, k, ("expected %s, got %s"):format(spec[2], describe(p[k])))
+    end
+    out[k] = norm ~= nil and norm or p[k]
+  end
+  if out.type_column == false then out.type_column = nil end
+  if out.max_deletes_per_run == 0 then out.max_deletes_per_run = nil end
+  return out
+end
+
+-- Merge overrides onto the defaults and validate.
+function M.build(overrides, source)
+  local p = M.defaults()
+  for k, v in pairs(overrides or {}) do p[k] = v end
+  return M.validate(p, source)
+end
+
+-- Load a policy file: Lua returning a table. The file sees the standard
+-- library (read-only view), so os.getenv works in it.
+function M.load(path)
+  if path == nil then return M.build({}, "(defaults)") end
+  local env = setmetatable({}, { __index = _G })
+  local chunk, err = loadfile(path, "t", env)
+  if not chunk then
+    local missing = err:match("cannot open") and "cannot be read: " or "has a syntax error: "
+    return nil, perr(path, nil, missing .. err)
+  end
+  local ok, t = pcall(chunk)
+  if not ok then return nil, perr(path, nil, "raised an error: " .. tostring(t)) end
+  if type(t) ~= "table" then
+    return nil, perr(path, nil, "expected the file to return a table, got " .. describe(t))
+  end
+  return M.build(t, path)
+end
+
+-- Check a computed key before it can reach storage. Returns key or nil, why.
+function M.check_key(p, key)
+  if type(key) ~= "string" then return nil, "key is not a string" end
+  if key == "" then return nil, "empty key" end
+  if #key > 1024 then return nil, "key longer than 1024 bytes" end
+  if key:find("%c") then return nil, "control character in key" end
+  if key:find("..", 1, true) then return nil, "'..' in key" end
+  if not key:find(p.key_pattern) then return nil, "key does not match key_pattern" end
+  return key
+end
+
+-- Compute and check the key of a row. Never raises: a failing key()
+-- function is a bad key, not a crash in the middle of a batch.
+function M.row_key(p, row)
+  local ok, key = pcall(p.key, row)
+  if not ok then return nil, "key() raised: " .. tostring(key) end
+  return M.check_key(p, key)
+end
+
+-- Is this type one that goes through the upload flow?
+function M.is_upload_type(p, t)
+  if not p.type_column then return true end
+  for _, u in ipairs(p.upload_types) do
+    if u == t then return true end
+  end
+  return false
+end
+
+return M

@@ -1,0 +1,522 @@
+-- The sweep: claim stale pending rows in batches (FOR UPDATE SKIP LOCKED),
+-- delete rows first under a savepoint (foreign keys fail before anything
+-- irreversible), then objects, then commit. Per batch one claim, one row
+-- delete, parallel HEADs and DeleteObjects; per item only decisions and a
+-- log line.
+--
+-- Invariant: a row is deleted only in a transaction that commits after its
+-- object's delete succeeded. A crash leaves the row and the object, or the
+-- row without its object; never an object without its row.
+local log = require("resclean.log")
+local policy_mod = require("resclean.policy")
+local sys = require("resclean.sys")
+
+local M = {}
+
+M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused" }
+
+M.EXIT = { ok = 0, failed = 1, usage = 2, unreachable = 3 }
+
+-- Error kinds that mean "could not reach the database or the storage".
+local function is_unreachable(err)
+  if type(err) ~= "table" then return false end
+  if err.kind == "pg" then
+    local code = tostring(err.code or "")
+    return code == "connection" or code:sub(1, 2) == "08" or code == "57P01" or code == "57P02" or code == "57P03"
+  end
+  return err.kind == "s3" and (err.status == nil or err.status == 0 or err.code == "connection"
+    or err.code == "timeout")
+end
+M.is_unreachable = is_unreachable
+
+local function errmsg(err)
+  if type(err) ~= "table" then return tostring(err) end
+  return log.redact(("%s%s%s"):format(err.code and (tostring(err.code) .. ": ") or "",
+    err.message or "", err.field and (" (field " .. err.field .. ")") or ""))
+end
+M.errmsg = errmsg
+
+-- SQL built once per cycle from the policy; identifiers quoted.
+local function build_sql(conn, p)
+  local q = function(s) return conn:quote_ident(s) end
+  local t, id, created = q(p.table), q(p.id_column), q(p.created_column)
+  local cols = { ("%s::text AS id"):format(id), ("%s::text AS _created"):format(created),
+    ("extract(epoch FROM now() - %s)::float8 AS age_s"):format(created) }
+  for _, c in ipairs(p.key_columns) do
+    if c ~= "id" then cols[#cols + 1] = ("%s::text AS %s"):format(q(c), q(c)) end
+  end
+  if p.type_column then cols[#cols + 1] = ("%s::text AS _type"):format(q(p.type_column)) end
+  local select = "SELECT " .. table.concat(cols, ", ") .. " FROM " .. t
+  local stale = ("NOT %s AND %s < now() - make_interval(secs => $1::float8)"):format(q(p.uploaded_column), created)
+  if p.type_column then stale = stale .. (" AND %s::text = ANY($2::text[])"):format(q(p.type_column)) end
+  local order = (" ORDER BY %s, %s LIMIT $3::int"):format(created, id)
+  local after = (" AND (%s, %s) > ($4, $5)"):format(created, id)
+  local s = {
+    eligible = ("SELECT count(*)::int8 AS n, max(extract(epoch FROM now() - %s))::float8 AS oldest FROM %s WHERE %s")
+      :format(created, t, stale),
+    claim_first = select .. " WHERE " .. stale .. order,
+    claim_next = select .. " WHERE " .. stale .. after .. order,
+    delete = ("DELETE FROM %s WHERE %s = ANY($1) RETURNING %s::text AS id"):format(t, id, id),
+    delete_one = ("DELETE FROM %s WHERE %s = $1"):format(t, id),
+    lock_ids = select .. (" WHERE %s = $1 FOR UPDATE"):format(id),
+    uploaded = ("%s AS _uploaded"):format(q(p.uploaded_column)),
+  }
+  s.lock_one = ("SELECT %s, %s FROM %s WHERE %s = $1 FOR UPDATE"):format(
+    table.concat(cols, ", "), s.uploaded, t, id)
+  return s
+end
+M.build_sql = build_sql
+
+-- Check that the policy's table and columns exist, so a typo is a clear
+-- configuration error (exit 2) before anything is touched.
+function M.check_schema(conn, p)
+  local res, err = conn:query(
+    "SELECT column_name::text AS c FROM information_schema.columns "
+    .. "WHERE table_schema = ANY(current_schemas(false)) AND table_name = $1", p.table)
+  if not res then return nil, err end
+  if #res == 0 then
+    return nil, { kind = "policy", field = "table",
+                  message = ("table %q does not exist (policy field 'table')"):format(p.table) }
+  end
+  local have = {}
+  for _, r in ipairs(res) do have[r.c] = true end
+  local need = { id_column = p.id_column, uploaded_column = p.uploaded_column,
+                 created_column = p.created_column, type_column = p.type_column }
+  for i, c in ipairs(p.key_columns) do need["key_columns[" .. i .. "]"] = c end
+  for field, col in pairs(need) do
+    if not have[col] then
+      return nil, { kind = "policy", field = field,
+                    message = ("column %q does not exist in table %q (policy field '%s')"):format(col, p.table, field) }
+    end
+  end
+  return true
+end
+
+-- A run: counts by outcome, the log context, limits.
+local Run = {}
+Run.__index = Run
+
+function M.new_run(opts)
+  local r = setmetatable({
+    policy = opts.policy,
+    dry_run = opts.dry_run or false,
+    run_id = opts.run_id or M.run_id(),
+    counts = {},
+    done = 0,
+    eligible = 0,
+    started = sys.monotime(),
+    last_progress = sys.monotime(),
+    emit = opts.emit or log.emit,
+  }, Run)
+  for _, o in ipairs(M.OUTCOMES) do r.counts[o] = 0 end
+  return r
+end
+
+function M.run_id()
+  local t = sys.time()
+  return ("%s-%d-%06x"):format(os.date("!%Y%m%dT%H%M%S", math.floor(t)), sys.pid(),
+    math.floor((t % 1) * 0xffffff))
+end
+
+local LEVEL = { failed = "warn", refused = "warn" }
+
+-- One log line per resource.
+function Run:outcome(item, outcome, reason)
+  item.logged = true
+  self.counts[outcome] = self.counts[outcome] + 1
+  self.done = self.done + 1
+  self.emit(LEVEL[outcome] or "info", "resource", {
+    run_id = self.run_id, resource_id = item.id, key = item.key,
+    age_s = item.age_s and math.floor(item.age_s) or nil,
+    outcome = outcome, reason = reason, dry_run = self.dry_run or nil,
+  })
+end
+
+function Run:progress(force)
+  local now = sys.monotime()
+  if not force and now - self.last_progress < self.policy.progress_interval then return end
+  self.last_progress = now
+  local elapsed = now - self.started
+  local rate = elapsed > 0 and self.done / elapsed or 0
+  local left = math.max(self.eligible - self.done, 0)
+  self.emit("info", "progress", {
+    run_id = self.run_id, done = self.done, eligible = self.eligible,
+    rate = math.floor(rate * 10 + 0.5) / 10, eta_s = rate > 0 and math.ceil(left / rate) or nil,
+    dry_run = self.dry_run or nil,
+  })
+end
+
+function Run:summary(event, extra)
+  local ms = math.floor((sys.monotime() - self.started) * 1000 + 0.5)
+  local f = { run_id = self.run_id, eligible = self.eligible, duration_ms = ms,
+              rate = ms > 0 and math.floor(self.done / ms * 1000 * 10 + 0.5) / 10 or 0,
+              total = self.done, dry_run = self.dry_run or nil }
+  for k, v in pairs(self.counts) do f[k] = v end
+  for k, v in pairs(extra or {}) do f[k] = v end
+  self.emit(f.error and "error" or "info", event, f)
+  return f
+end
+
+-- Exit code from the counts: 1 when anything failed or was refused.
+function Run:exit_code()
+  if self.counts.failed > 0 or self.counts.refused > 0 then return M.EXIT.failed end
+  return M.EXIT.ok
+end
+
+-- Delete the rows of `items` under savepoint "claim". Referenced rows
+-- (23503) are found one by one and skipped. Returns the items whose rows
+-- are deleted (inside the transaction), or nil, err.
+local function delete_rows(tx, conn, sql, items, run)
+  if #items == 0 then return items end
+  local ids = {}
+  for i, it in ipairs(items) do ids[i] = it.id end
+  local ok, err = tx:savepoint("rows")
+  if not ok then return nil, err end
+  local res
+  res, err = conn:query(sql.delete, ids)
+  if res then
+    local gone = {}
+    for _, r in ipairs(res) do gone[r.id] = true end
+    local out = {}
+    for _, it in ipairs(items) do
+      if gone[it.id] then out[#out + 1] = it else run:outcome(it, "skipped", "row_vanished") end
+    end
+    return out
+  end
+  if err.code ~= "23503" then return nil, err end
+  ok, err = tx:rollback_to("rows")
+  if not ok then return nil, err end
+  local out = {}
+  for _, it in ipairs(items) do
+    ok, err = tx:savepoint("one")
+    if not ok then return nil, err end
+    res, err = conn:query(sql.delete_one, it.id)
+    if res then
+      tx:release("one")
+      out[#out + 1] = it
+    elseif err.code == "23503" then
+      ok, err = tx:rollback_to("one")
+      if not ok then return nil, err end
+      run:outcome(it, "skipped", "referenced")
+    else
+      return nil, err
+    end
+  end
+  return out
+end
+
+-- The storage half of a batch. Items' rows are deleted (uncommitted) under
+-- savepoint "rows". Returns the items to keep deleted, with outcomes
+-- decided, and whether storage looked unreachable.
+local function storage_phase(store, run, items)
+  local p = run.policy
+  local keys = {}
+  for i, it in ipairs(items) do keys[i] = it.key end
+  local exists
+  if p.verify and #keys > 0 then
+    exists = store:head_many(keys, p.concurrency)
+  end
+  local results
+  if run.dry_run or #keys == 0 then
+    results = {}
+    for i = 1, #keys do results[i] = true end
+  else
+    results = store:delete_many(keys)
+  end
+  local ok_items, failed, unreachable = {}, 0, 0
+  for i, it in ipairs(items) do
+    local r = results[i]
+    if r == true then
+      local e = exists and exists[i]
+      if e == nil or type(e) == "table" then
+        it.outcome = "deleted"
+      else
+        it.outcome = e and "object_deleted" or "record_only"
+      end
+      ok_items[#ok_items + 1] = it
+    else
+      failed = failed + 1
+      if is_unreachable(r) then unreachable = unreachable + 1 end
+      it.outcome, it.reason = "failed", type(r) == "table" and (r.code or r.kind) or tostring(r)
+      it.err = r
+    end
+  end
+  return ok_items, failed, #items > 0 and unreachable == #items
+end
+
+-- Log the decided items and count them.
+local function log_items(run, items)
+  for _, it in ipairs(items) do run:outcome(it, it.outcome, it.reason) end
+end
+
+-- Process claimed items within tx: bad keys skipped, rows deleted,
+-- objects deleted, failures restored. Returns true, or nil, err,
+-- storage_unreachable. The caller commits (or rolls back on dry run).
+function M.process(conn, tx, sql, store, run, claimed)
+  local p = run.policy
+  local items = {}
+  for _, it in ipairs(claimed) do
+    local key, why = policy_mod.row_key(p, it.row)
+    if key then
+      it.key = key
+      items[#items + 1] = it
+    else
+      run:outcome(it, "skipped", "bad_key")
+      log.debug("bad_key", { run_id = run.run_id, resource_id = it.id, detail = why })
+    end
+  end
+  local deleted, err = delete_rows(tx, conn, sql, items, run)
+  if not deleted then return nil, err end
+  local ok_items, failed, unreachable = storage_phase(store, run, deleted)
+  if failed > 0 then
+    -- Put back the rows whose objects are still there.
+    local ok
+    ok, err = tx:rollback_to("rows")
+    if not ok then return nil, err end
+    if #ok_items > 0 then
+      local ids = {}
+      for i, it in ipairs(ok_items) do ids[i] = it.id end
+      local res
+      res, err = conn:query(sql.delete, ids)
+      if not res then return nil, err end
+    end
+  end
+  return deleted, nil, unreachable
+end
+
+local function claim(conn, p, run, last, limit)
+  local types = p.upload_types
+  local res, err
+  if last then
+    res, err = conn:exec_prepared("resclean_claim_next", p.max_age, types, limit, last._created, last.id)
+  else
+    res, err = conn:exec_prepared("resclean_claim_first", p.max_age, types, limit)
+  end
+  if not res then return nil, err end
+  local items = {}
+  for i, row in ipairs(res) do
+    items[i] = { id = row.id, age_s = row.age_s, row = row, _created = row._created }
+  end
+  run.claimed = (run.claimed or 0) + #items
+  return items
+end
+
+-- Open the cycle's session: fresh connection, timeouts, schema check,
+-- prepared claims. Returns conn, sql or nil, err.
+function M.open(pg, conninfo, p)
+  local conn, err = pg.connect(conninfo)
+  if not conn then return nil, err end
+  local sets = {
+    ("SET statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)),
+    ("SET lock_timeout = %d"):format(math.ceil(p.lock_timeout * 1000)),
+    "SET idle_in_transaction_session_timeout = 0",
+  }
+  for _, s in ipairs(sets) do
+    local ok, e = conn:query(s)
+    if not ok then
+      conn:close()
+      return nil, e
+    end
+  end
+  local ok, e = M.check_schema(conn, p)
+  if not ok then
+    conn:close()
+    return nil, e
+  end
+  local sql = build_sql(conn, p)
+  for name, text in pairs({ resclean_claim_first = sql.claim_first .. " FOR UPDATE SKIP LOCKED",
+                            resclean_claim_next = sql.claim_next .. " FOR UPDATE SKIP LOCKED" }) do
+    ok, e = conn:prepare(name, text)
+    if not ok then
+      conn:close()
+      return nil, e
+    end
+  end
+  return conn, sql
+end
+
+-- One sweep cycle. opts: pg (module), store (storage adapter), policy,
+-- conninfo, dry_run, run_id. Returns exit code, summary fields.
+function M.cycle(opts)
+  local p = opts.policy
+  local run = M.new_run(opts)
+  local conn, sql = M.open(opts.pg, opts.conninfo, p)
+  if not conn then
+    local err = sql
+    local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
+    return code, run:summary("sweep", { error = errmsg(err) })
+  end
+  local code, extra = M.sweep_batches(conn, sql, opts.store, run, opts)
+  conn:close()
+  return code, run:summary("sweep", extra)
+end
+
+function M.sweep_batches(conn, sql, store, run, opts)
+  local p = run.policy
+  if p.singleton then
+    local res, err = conn:query("SELECT pg_try_advisory_lock(hashtext('resclean:' || $1)::int8) AS got", p.table)
+    if not res then return M.EXIT.unreachable, { error = errmsg(err) } end
+    if not res[1].got then
+      log.info("singleton_busy", { run_id = run.run_id, message = "another sweeper holds the singleton lock" })
+      return M.EXIT.ok, { singleton_busy = true }
+    end
+  end
+  local res, err = conn:query(sql.eligible, p.max_age, p.upload_types)
+  if not res then return M.EXIT.unreachable, { error = errmsg(err) } end
+  run.eligible = res[1].n
+  run.oldest_age_s = res[1].oldest
+  if opts.check_plan then opts.check_plan(conn, sql, run) end
+
+  local last
+  local limit_left = p.max_deletes_per_run
+  while true do
+    if sys.stopping() then
+      return M.EXIT.ok, { stopped = sys.stopping() }
+    end
+    local n = p.batch_size
+    if limit_left then
+      if limit_left <= 0 then return run:exit_code(), { limit_reached = true } end
+      n = math.min(n, limit_left)
+    end
+    local code, items = M.one_batch(conn, sql, store, run, last, n)
+    if code then return code, items end
+    if not items then break end
+    last = items.last
+    if limit_left then limit_left = limit_left - items.n end
+    run:progress()
+  end
+  return run:exit_code()
+end
+
+-- Claim and process one batch in its own transaction. Returns nil, items
+-- ({last, n}) to go on, nil, nil when nothing was left, or an exit code
+-- and summary extras to stop the cycle.
+function M.one_batch(conn, sql, store, run, last, n)
+  local t0 = sys.monotime()
+  local tx <close>, err = conn:begin()
+  if not tx then return M.EXIT.unreachable, { error = errmsg(err) } end
+  local ok
+  ok, err = conn:query("SET CONSTRAINTS ALL IMMEDIATE")
+  if not ok then return M.EXIT.unreachable, { error = errmsg(err) } end
+  local items
+  items, err = claim(conn, run.policy, run, last, n)
+  if not items then return M.EXIT.unreachable, { error = errmsg(err) } end
+  if #items == 0 then
+    tx:commit()
+    return nil, nil
+  end
+  local done, unreachable
+  done, err, unreachable = M.process(conn, tx, sql, store, run, items)
+  if not done then
+    -- Database trouble mid-batch: the transaction rolls back (tx closes);
+    -- objects already deleted leave rows behind: the next run's record_only.
+    for _, it in ipairs(items) do
+      if not it.logged then run:outcome(it, "failed", "database") end
+    end
+    return M.EXIT.unreachable, { error = errmsg(err) }
+  end
+  if run.dry_run then
+    tx:rollback()
+  else
+    ok, err = tx:commit()
+    if not ok then
+      for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
+      log_items(run, done)
+      return M.EXIT.unreachable, { error = errmsg(err) }
+    end
+  end
+  log_items(run, done)
+  run.emit("debug", "batch", { run_id = run.run_id, claimed = #items, processed = #done,
+                               duration_ms = math.floor((sys.monotime() - t0) * 1000 + 0.5) })
+  if unreachable then
+    return M.EXIT.unreachable, { error = "storage unreachable: " .. errmsg(done[1] and done[1].err) }
+  end
+  return nil, { last = items[#items], n = #items }
+end
+
+-- Cancel: given ids, no age condition. Each id is locked on its own (the
+-- lock timeout bounds the wait); confirmed and non-upload rows are refused,
+-- missing ones are already done.
+function M.cancel(opts)
+  local p = opts.policy
+  local run = M.new_run(opts)
+  local conn, sql = M.open(opts.pg, opts.conninfo, p)
+  if not conn then
+    local err = sql
+    local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
+    return code, run:summary("cancel", { error = errmsg(err) })
+  end
+  run.eligible = #opts.ids
+  local code, extra = M.cancel_ids(conn, sql, opts.store, run, opts.ids)
+  conn:close()
+  local summary = run:summary("cancel", extra)
+  if code == M.EXIT.ok and run.counts.skipped > 0 then code = M.EXIT.failed end
+  return code, summary
+end
+
+function M.cancel_ids(conn, sql, store, run, ids)
+  local p = run.policy
+  local tx <close>, err = conn:begin()
+  if not tx then return M.EXIT.unreachable, { error = errmsg(err) } end
+  local ok
+  ok, err = conn:query("SET CONSTRAINTS ALL IMMEDIATE")
+  if not ok then return M.EXIT.unreachable, { error = errmsg(err) } end
+  local todo, seen = {}, {}
+  for _, id in ipairs(ids) do
+    if not seen[id] then
+      seen[id] = true
+      ok, err = tx:savepoint("lock")
+      if not ok then return M.EXIT.unreachable, { error = errmsg(err) } end
+      local res
+      res, err = conn:query(sql.lock_one, id)
+      if not res then
+        if err.code == "55P03" then
+          tx:rollback_to("lock")
+          run:outcome({ id = id }, "skipped", "locked")
+        elseif err.code == "22P02" then
+          tx:rollback_to("lock")
+          run:outcome({ id = id }, "not_found", "invalid_id")
+        else
+          return M.EXIT.unreachable, { error = errmsg(err) }
+        end
+      elseif #res == 0 then
+        tx:release("lock")
+        run:outcome({ id = id }, "not_found")
+      else
+        tx:release("lock")
+        local row = res[1]
+        local item = { id = row.id, age_s = row.age_s, row = row }
+        if row._uploaded then
+          run:outcome(item, "refused", "confirmed")
+        elseif not policy_mod.is_upload_type(p, row._type) then
+          run:outcome(item, "refused", "not_upload")
+        else
+          todo[#todo + 1] = item
+        end
+      end
+    end
+  end
+  local done, unreachable
+  done, err, unreachable = M.process(conn, tx, sql, store, run, todo)
+  if not done then
+    for _, it in ipairs(todo) do
+      if not it.logged then run:outcome(it, "failed", "database") end
+    end
+    return M.EXIT.unreachable, { error = errmsg(err) }
+  end
+  if run.dry_run then
+    tx:rollback()
+  else
+    ok, err = tx:commit()
+    if not ok then
+      for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
+      log_items(run, done)
+      return M.EXIT.unreachable, { error = errmsg(err) }
+    end
+  end
+  log_items(run, done)
+  if unreachable then return M.EXIT.unreachable, { error = "storage unreachable" } end
+  return run:exit_code()
+end
+
+return M

@@ -1,0 +1,53 @@
+-- Cancel: clean up the given pending resources now, whatever their age.
+--   resclean run scripts/cancel.lua [--dry-run] [--policy FILE] ID...
+-- Confirmed or non-upload resources are refused (exit 1); ids with no row
+-- are not_found (success: cancelling twice is harmless).
+local app = require("resclean.app")
+local config = require("resclean.config")
+local log = require("resclean.log")
+local pg = require("resclean.pg")
+local policy = require("resclean.policy")
+local sweep = require("resclean.sweep")
+
+local USAGE = [[
+usage: resclean run scripts/cancel.lua [--dry-run] [--policy FILE] [--log-level LEVEL] ID...
+  --dry-run        log what would be cleaned; change nothing
+  --policy FILE    policy file (else RESCLEAN_POLICY, else the defaults)
+  IDs are the resources' ids (UUIDs); a locked row is waited on for at most
+  the policy's lock_timeout, then reported skipped (reason "locked").
+]]
+
+local function main(...)
+  local opts, ids = config.parse_args({ ... }, {
+    ["dry-run"] = "flag", policy = "value", ["log-level"] = "value", help = "flag",
+  })
+  if not opts then return app.usage("cancel.lua", USAGE, ids) end
+  if opts.help then
+    io.stdout:write(USAGE)
+    return 0
+  end
+  if #ids == 0 then return app.usage("cancel.lua", USAGE, "no ids given") end
+  if opts["log-level"] and not log.LEVELS[opts["log-level"]] then
+    return app.usage("cancel.lua", USAGE, "--log-level: expected debug, info, warn or error")
+  end
+  local p, err = app.load_policy(opts)
+  if not p then return app.fail(app.EXIT.usage, err.message) end
+  for i, id in ipairs(ids) do
+    ids[i] = id:lower()
+    if not ids[i]:match(policy.UUID_PATTERN) then
+      return app.usage("cancel.lua", USAGE, ("argument %d: %q is not a UUID"):format(i, log.redact(id):sub(1, 80)))
+    end
+  end
+  local store, code, msg = app.open_store(p, true)
+  if not store then return app.fail(code, msg) end
+  local summary
+  code, summary = sweep.cancel({
+    pg = pg, store = store, policy = p, conninfo = config.conninfo(),
+    dry_run = opts["dry-run"], ids = ids,
+  })
+  store:close()
+  if summary.error then io.stderr:write("resclean: ", summary.error, "\n") end
+  return code
+end
+
+return main(...)
