@@ -63,7 +63,7 @@ static void buf_addn(buf *b, const char *s, size_t n) {
 static void buf_adds(buf *b, const char *s) { buf_addn(b, s, strlen(s)); }
 static void buf_addc(buf *b, char c) { buf_addn(b, &c, 1); }
 
-/* The NUL-terminated contents (caller frees), or NULL after an allocation failure. */
+/* The NUL-terminated contents (caller frees; "" when empty), or NULL after an allocation failure. */
 static char *buf_take(buf *b) {
     buf_reserve(b, 0);
     if (b->oom) {
@@ -71,6 +71,7 @@ static char *buf_take(buf *b) {
         *b = (buf){0};
         return NULL;
     }
+    b->p[b->len] = '\0';
     char *p = b->p;
     *b = (buf){0};
     return p;
@@ -526,8 +527,6 @@ int sigv4_sign(const sigv4_request *r, sigv4_result *out) {
             goto done;
         }
     }
-    if (b.p == NULL && !b.oom)
-        buf_addn(&b, "", 0); /* an empty query is "" rather than NULL */
     if ((out->query = buf_take(&b)) == NULL)
         goto done;
     rc = 0;
@@ -676,18 +675,19 @@ static int parse_time(const char *s, size_t len, time_t *out) {
     } else {
         return -1;
     }
-    struct tm tm = {0}, back;
-    tm.tm_year = two(d) * 100 + two(d + 2) - 1900;
-    tm.tm_mon = two(d + 4) - 1;
-    tm.tm_mday = two(d + 6);
-    tm.tm_hour = two(d + 8);
-    tm.tm_min = two(d + 10);
-    tm.tm_sec = two(d + 12);
+    struct tm want = {0}, tm, back;
+    want.tm_year = two(d) * 100 + two(d + 2) - 1900;
+    want.tm_mon = two(d + 4) - 1;
+    want.tm_mday = two(d + 6);
+    want.tm_hour = two(d + 8);
+    want.tm_min = two(d + 10);
+    want.tm_sec = two(d + 12);
+    tm = want; /* timegm normalises its argument */
     time_t t = timegm(&tm);
-    /* reject 2015-02-30 and friends: the normalised date must round-trip */
-    if (gmtime_r(&t, &back) == NULL || back.tm_year != tm.tm_year || back.tm_mon != tm.tm_mon ||
-        back.tm_mday != tm.tm_mday || back.tm_hour != tm.tm_hour || back.tm_min != tm.tm_min ||
-        back.tm_sec != tm.tm_sec)
+    /* reject 2015-02-30 and friends: the date must round-trip unchanged */
+    if (t == (time_t)-1 || gmtime_r(&t, &back) == NULL || back.tm_year != want.tm_year ||
+        back.tm_mon != want.tm_mon || back.tm_mday != want.tm_mday || back.tm_hour != want.tm_hour ||
+        back.tm_min != want.tm_min || back.tm_sec != want.tm_sec)
         return -1;
     *out = t;
     return 0;
@@ -853,7 +853,7 @@ static int l_sign(lua_State *L) {
     if (t != LUA_TNIL) {
         int isint;
         lua_Integer e = lua_tointegerx(L, -1, &isint);
-        if (!isint || e < 1 || e > MAX_EXPIRES)
+        if (t != LUA_TNUMBER || !isint || e < 1 || e > MAX_EXPIRES)
             field_error(L, "expires", "integer seconds in 1..604800 expected");
         req.expires = (long)e;
     }
