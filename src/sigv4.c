@@ -267,6 +267,8 @@ static char *trim_dup(const char *s) {
 static int header_given(const sigv4_request *r, const char *lname) {
     for (size_t i = 0; i < r->nheaders; i++) {
         const char *a = r->headers[i].name, *b = lname;
+        if (a == NULL)
+            continue;
         while (*a && *b && ((*a >= 'A' && *a <= 'Z') ? *a - 'A' + 'a' : *a) == *b)
             a++, b++;
         if (*a == '\0' && *b == '\0')
@@ -312,8 +314,10 @@ int sigv4_sign(const sigv4_request *r, sigv4_result *out) {
     int presign = r->expires > 0;
     char date8[9];
 
-    if (format_date(r->now, out->amz_date) < 0)
+    if (format_date(r->now, out->amz_date) < 0) {
+        sigv4_result_free(out);
         return -1;
+    }
     memcpy(date8, out->amz_date, 8);
     date8[8] = '\0';
 
@@ -610,14 +614,17 @@ static sigv4_result *new_result_box(lua_State *L) {
     return r;
 }
 
-static int field_error(lua_State *L, const char *field, const char *expected) {
+/* Raises "bad argument #1 to 'sign' (field 'x': ...)". */
+_Noreturn static void field_error(lua_State *L, const char *field, const char *expected) {
     const char *msg = lua_pushfstring(L, "field '%s': %s", field, expected);
-    return luaL_argerror(L, 1, msg);
+    luaL_argerror(L, 1, msg);
+    abort(); /* not reached: luaL_argerror raises */
 }
 
 /* An optional string field of table 1 (anchored by the table itself); NULL when absent. */
 static const char *opt_string(lua_State *L, const char *field, size_t *len) {
     const char *s = NULL;
+    *len = 0;
     int t = lua_getfield(L, 1, field);
     if (t == LUA_TSTRING)
         s = lua_tolstring(L, -1, len);
@@ -711,7 +718,7 @@ static time_t check_time(lua_State *L, const char *field) {
         if (parse_time(s, len, &now) < 0)
             field_error(L, field, "\"YYYYMMDDTHHMMSSZ\" or \"YYYY-MM-DDTHH:MM:SSZ\" expected");
     } else {
-        return field_error(L, field, "epoch seconds or a UTC time string expected");
+        field_error(L, field, "epoch seconds or a UTC time string expected");
     }
     lua_pop(L, 1);
     return now;
@@ -774,7 +781,7 @@ static sigv4_kv *check_kvs(lua_State *L, const char *field, int anchor, int *nan
             lua_pushvalue(L, -1);
             value = anchor_string(L, anchor, nanchor, field, 0);
         } else {
-            return (sigv4_kv *)(field_error(L, field, "keys must be strings or list indices"), NULL);
+            field_error(L, field, "keys must be strings or list indices");
         }
         if (is_headers) {
             if (name[0] == '\0' || strpbrk(name, ":\r\n \t") != NULL)
