@@ -150,7 +150,8 @@ function Run:summary(event, extra)
   local ms = math.floor((sys.monotime() - self.started) * 1000 + 0.5)
   local f = { run_id = self.run_id, eligible = self.eligible, duration_ms = ms,
               rate = ms > 0 and math.floor(self.done / ms * 1000 * 10 + 0.5) / 10 or 0,
-              total = self.done, dry_run = self.dry_run or nil }
+              total = self.done, dry_run = self.dry_run or nil, db_pid = self.db_pid,
+              oldest_age_s = self.oldest_age_s and math.floor(self.oldest_age_s) or nil }
   for k, v in pairs(self.counts) do f[k] = v end
   for k, v in pairs(extra or {}) do f[k] = v end
   self.emit(f.error and "error" or "info", event, f)
@@ -346,6 +347,7 @@ function M.cycle(opts)
     local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
     return code, run:summary("sweep", { error = errmsg(err) })
   end
+  run.db_pid = conn:backend_pid()
   local code, extra = M.sweep_batches(conn, sql, opts.store, run, opts)
   conn:close()
   return code, run:summary("sweep", extra)

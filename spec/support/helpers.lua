@@ -121,6 +121,30 @@ function M.wait_for(fn, timeout, what)
   error(("timed out after %ss waiting for %s"):format(timeout or 10, what or "a condition"), 2)
 end
 
+-- Decode JSON log lines; returns lines, by_event (event -> list).
+function M.parse_log(text)
+  local cjson = require("cjson")
+  local lines, by = {}, {}
+  for line in text:gmatch("[^\n]+") do
+    local ok, rec = pcall(cjson.decode, line)
+    assert(ok, "not a JSON log line: " .. line)
+    lines[#lines + 1] = rec
+    by[rec.event] = by[rec.event] or {}
+    table.insert(by[rec.event], rec)
+  end
+  return lines, by
+end
+
+-- resource lines indexed by resource_id (asserting each id appears once).
+function M.outcomes(by)
+  local out = {}
+  for _, r in ipairs(by.resource or {}) do
+    assert(out[r.resource_id] == nil, "resource logged twice: " .. tostring(r.resource_id))
+    out[r.resource_id] = r
+  end
+  return out
+end
+
 function M.cleanup()
   if tmp_root then os.execute("rm -rf " .. M.q(tmp_root)) end
 end

@@ -1,0 +1,244 @@
+-- Prometheus metrics for node_exporter's textfile collector: after every
+-- cycle the whole file is rewritten atomically (a temporary file in the same
+-- folder, then rename), so the collector never reads half a file.
+--
+--   local m = require("resclean.metrics").new("/var/lib/node_exporter/textfile/resclean.prom")
+--   m:record(summary, exit_code, policy)   -- after a cycle
+--   m:record_failure(policy)               -- storage unreachable before a cycle
+--
+-- Counters continue from the values already in the file, so a sweep run
+-- hourly with --once (a new process each time) still exposes counters that
+-- only go up, and a restart does not lose the last success time.
+local log = require("resclean.log")
+local sys = require("resclean.sys")
+
+local M = {}
+
+M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused" }
+M.EXIT_CODES = { 0, 1, 2, 3 }
+
+-- name -> {type, help}; rendered in this order.
+M.FAMILIES = {
+  { "resclean_resources_total", "counter",
+    "Resources handled by the sweep, by outcome (dry runs excluded)." },
+  { "resclean_sweep_cycles_total", "counter", "Sweep cycles, by exit code." },
+  { "resclean_sweep_last_exit_code", "gauge",
+    "Exit code of the last cycle: 0 ok, 1 some failed, 2 configuration, 3 unreachable." },
+  { "resclean_sweep_last_run_timestamp_seconds", "gauge", "Unix time the last cycle ended, whatever its result." },
+  { "resclean_sweep_last_success_timestamp_seconds", "gauge",
+    "Unix time the last cycle that ran to completion (exit code 0 or 1, not a dry run) ended." },
+  { "resclean_sweep_duration_seconds", "gauge", "Duration of the last cycle." },
+  { "resclean_sweep_eligible", "gauge", "Stale pending resources found at the start of the last cycle." },
+  { "resclean_sweep_rate", "gauge", "Resources handled per second in the last cycle." },
+  { "resclean_pending_oldest_age_seconds", "gauge",
+    "Age of the oldest stale pending resource at the start of the last cycle (0: none), by the database clock." },
+  { "resclean_sweep_dry_run", "gauge", "1 when the last cycle was a dry run (nothing changed)." },
+  { "resclean_sweep_singleton_busy", "gauge",
+    "1 when the last cycle did not sweep because another sweeper held the singleton lock." },
+  { "resclean_policy_max_age_seconds", "gauge", "The policy's max_age: pending longer than this is stale." },
+  { "resclean_policy_interval_seconds", "gauge", "The policy's interval between cycles." },
+  { "resclean_info", "gauge", "The table and bucket this sweeper works on (value 1)." },
+}
+
+local Metrics = {}
+Metrics.__index = Metrics
+
+-- Numbers as Prometheus reads them.
+local function num(v)
+  if math.type(v) == "integer" then return tostring(v) end
+  if v ~= v then return "NaN" end
+  if v == math.huge then return "+Inf" end
+  if v == -math.huge then return "-Inf" end
+  if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%d"):format(v) end
+  return ("%.15g"):format(v)
+end
+M.format_number = num
+
+-- Label values: backslash, double quote and line feed escaped.
+local function label(v)
+  return (tostring(v):gsub("[\\\"\n]", { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
+end
+M.escape_label = label
+
+local function parse_num(s)
+  if s == "NaN" then return 0 / 0 end
+  if s == "+Inf" then return math.huge end
+  if s == "-Inf" then return -math.huge end
+  return math.tointeger(tonumber(s)) or tonumber(s)
+end
+
+-- Read the state worth keeping (counters, last success) from a file this
+-- module wrote. Anything unreadable is ignored: the counters start at 0.
+function M.read_state(path)
+  local state = { resources = {}, cycles = {} }
+  local f = io.open(path, "rb")
+  if not f then return state end
+  for line in f:lines() do
+    local outcome, v = line:match('^resclean_resources_total{outcome="([%w_]+)"} (%S+)$')
+    if outcome then
+      state.resources[outcome] = parse_num(v)
+    else
+      local code
+      code, v = line:match('^resclean_sweep_cycles_total{exit_code="(%d+)"} (%S+)$')
+      if code then
+        state.cycles[tonumber(code)] = parse_num(v)
+      else
+        v = line:match("^resclean_sweep_last_success_timestamp_seconds (%S+)$")
+        if v then state.last_success = parse_num(v) end
+      end
+    end
+  end
+  f:close()
+  return state
+end
+
+-- opts.now: clock for timestamps (specs); opts.fresh: ignore the old file.
+function M.new(path, opts)
+  assert(type(path) == "string" and path ~= "", "metrics: a file path is needed")
+  opts = opts or {}
+  local state = opts.fresh and { resources = {}, cycles = {} } or M.read_state(path)
+  local m = setmetatable({
+    path = path,
+    now = opts.now or sys.time,
+    resources = {},
+    cycles = {},
+    last_success = state.last_success,
+    gauges = {},
+  }, Metrics)
+  for _, o in ipairs(M.OUTCOMES) do m.resources[o] = state.resources[o] or 0 end
+  for o, v in pairs(state.resources) do m.resources[o] = v end
+  for _, c in ipairs(M.EXIT_CODES) do m.cycles[c] = state.cycles[c] or 0 end
+  for c, v in pairs(state.cycles) do m.cycles[c] = v end
+  return m
+end
+
+local function policy_gauges(g, p)
+  if not p then return end
+  g.max_age = p.max_age
+  g.interval = p.interval
+  g.table, g.bucket = p.table, p.bucket
+end
+
+-- After a cycle: summary is the sweep's summary (counts by outcome,
+-- eligible, duration_ms, rate, error, dry_run, singleton_busy,
+-- oldest_age_s), code its exit code.
+function Metrics:record(summary, code, p)
+  summary = summary or {}
+  local g = self.gauges
+  local now = self.now()
+  if not summary.dry_run then
+    for _, o in ipairs(M.OUTCOMES) do
+      local n = summary[o]
+      if math.type(n) == "integer" and n > 0 then self.resources[o] = self.resources[o] + n end
+    end
+  end
+  self.cycles[code] = (self.cycles[code] or 0) + 1
+  g.exit_code = code
+  g.last_run = now
+  if summary.duration_ms then g.duration = summary.duration_ms / 1000 end
+  if summary.eligible then g.eligible = summary.eligible end
+  if summary.rate then g.rate = summary.rate end
+  if summary.oldest_age_s ~= nil then
+    g.oldest = summary.oldest_age_s
+  elseif summary.eligible == 0 then
+    g.oldest = 0
+  elseif not summary.error then
+    g.oldest = nil -- not reported by this sweep: unknown rather than stale
+  end
+  g.dry_run = summary.dry_run and 1 or 0
+  g.singleton_busy = summary.singleton_busy and 1 or 0
+  policy_gauges(g, p)
+  if (code == 0 or code == 1) and not summary.error and not summary.dry_run then
+    self.last_success = now
+  end
+  return self:flush()
+end
+
+-- A cycle that could not start: storage or database unreachable (exit 3).
+function Metrics:record_failure(p, code)
+  code = code or 3
+  self.cycles[code] = (self.cycles[code] or 0) + 1
+  self.gauges.exit_code = code
+  self.gauges.last_run = self.now()
+  policy_gauges(self.gauges, p)
+  return self:flush()
+end
+
+-- write(), with a warning logged on failure: metrics never stop a sweep.
+function Metrics:flush()
+  local ok, err = self:write()
+  if not ok then log.warn("metrics_write_failed", { path = self.path, message = err.message }) end
+  return ok, err
+end
+
+-- The file's text.
+function Metrics:render()
+  local g = self.gauges
+  local values = {
+    resclean_sweep_last_exit_code = g.exit_code,
+    resclean_sweep_last_run_timestamp_seconds = g.last_run,
+    resclean_sweep_last_success_timestamp_seconds = self.last_success,
+    resclean_sweep_duration_seconds = g.duration,
+    resclean_sweep_eligible = g.eligible,
+    resclean_sweep_rate = g.rate,
+    resclean_pending_oldest_age_seconds = g.oldest,
+    resclean_sweep_dry_run = g.dry_run,
+    resclean_sweep_singleton_busy = g.singleton_busy,
+    resclean_policy_max_age_seconds = g.max_age,
+    resclean_policy_interval_seconds = g.interval,
+  }
+  local out = {}
+  local function add(s) out[#out + 1] = s end
+  for _, fam in ipairs(M.FAMILIES) do
+    local name, kind, help = fam[1], fam[2], fam[3]
+    local samples = {}
+    if name == "resclean_resources_total" then
+      local names = {}
+      for o in pairs(self.resources) do names[#names + 1] = o end
+      table.sort(names)
+      for _, o in ipairs(names) do
+        samples[#samples + 1] = ('%s{outcome="%s"} %s'):format(name, label(o), num(self.resources[o]))
+      end
+    elseif name == "resclean_sweep_cycles_total" then
+      local codes = {}
+      for c in pairs(self.cycles) do codes[#codes + 1] = c end
+      table.sort(codes)
+      for _, c in ipairs(codes) do
+        samples[#samples + 1] = ('%s{exit_code="%d"} %s'):format(name, c, num(self.cycles[c]))
+      end
+    elseif name == "resclean_info" then
+      if g.table then
+        samples[1] = ('%s{table="%s",bucket="%s"} 1'):format(name, label(g.table), label(g.bucket or ""))
+      end
+    elseif values[name] ~= nil then
+      samples[1] = name .. " " .. num(values[name])
+    end
+    if #samples > 0 then
+      add(("# HELP %s %s"):format(name, help))
+      add(("# TYPE %s %s"):format(name, kind))
+      for _, s in ipairs(samples) do add(s) end
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- Write the file atomically. Returns true or nil, err ({kind="metrics"}).
+function Metrics:write()
+  local text = self:render()
+  local tmp = ("%s.tmp.%d"):format(self.path, sys.pid())
+  local f, err = io.open(tmp, "wb")
+  if not f then
+    return nil, { kind = "metrics", code = "open", message = ("cannot write metrics: %s"):format(err) }
+  end
+  local ok, werr = f:write(text)
+  if ok then ok, werr = f:flush() end
+  f:close()
+  if ok then ok, werr = os.rename(tmp, self.path) end
+  if not ok then
+    os.remove(tmp)
+    return nil, { kind = "metrics", code = "write", message = ("cannot write metrics %s: %s"):format(self.path, werr) }
+  end
+  return true
+end
+
+return M

@@ -1,0 +1,118 @@
+-- Fixtures for integration specs, the demo and the bench: the upstream
+-- tables filled with realistic rows (through SQL on the harness's
+-- PostgreSQL) and objects in a bucket (through resclean.s3 on its RGW).
+local pg = require("resclean.pg")
+local s3 = require("resclean.s3")
+
+local M = {}
+
+local function need(name)
+  local v = os.getenv(name)
+  if not v or v == "" then
+    error(name .. " is not set: run the specs through spec/support/with-stack.sh (make test)", 3)
+  end
+  return v
+end
+
+function M.check(res, err)
+  if not res then
+    error(("%s error %s: %s"):format(err.kind or "?", tostring(err.code), tostring(err.message)), 2)
+  end
+  return res
+end
+local check = M.check
+
+function M.connect()
+  return check(pg.connect(need("DATABASE_URL")))
+end
+
+function M.s3_options(bucket, extra)
+  local o = {
+    endpoint = need("AWS_ENDPOINT_URL_S3"), region = os.getenv("AWS_REGION") or "us-east-1",
+    access_key = need("AWS_ACCESS_KEY_ID"), secret_key = need("AWS_SECRET_ACCESS_KEY"),
+    bucket = bucket,
+  }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+-- A client on a fresh bucket.
+function M.bucket(name, extra)
+  local c = check(s3.client(M.s3_options(name, extra)))
+  check(c:create_bucket())
+  return c
+end
+
+-- Empty the tables resclean works on.
+function M.reset(conn)
+  check(conn:query("TRUNCATE attacks, attack_resource_files, upload_resource_files"))
+end
+
+-- Insert n rows; returns their ids (text). opts: age_s (default 2 days),
+-- type (WORD_LIST), uploaded (false), content (for ephemeral types).
+function M.rows(conn, n, opts)
+  opts = opts or {}
+  local res = check(conn:query([[
+    INSERT INTO attack_resource_files (id, file_name, download_url, checksum, guid, resource_type,
+      line_format, line_encoding, used_for_modes, source, line_count, byte_size, content,
+      is_uploaded, created_at, updated_at)
+    SELECT gen_random_uuid(), 'list-' || g || '.txt', '', '', gen_random_uuid(), $2::attackresourcetype,
+      'freeform', 'utf-8', '[0]'::json, 'upload', 0, 0, $4::json, $3,
+      now() - make_interval(secs => $5::float8 + g * 0.001), now()
+    FROM generate_series(1, $1::int) AS g
+    RETURNING id::text AS id]],
+    n, opts.type or "WORD_LIST", opts.uploaded or false,
+    opts.content, opts.age_s or 2 * 86400))
+  local ids = {}
+  for i, r in ipairs(res) do ids[i] = r.id end
+  return ids
+end
+
+-- Put a small object for every id.
+function M.objects(client, ids, body)
+  for _, id in ipairs(ids) do check(client:put(id, body or ("data of " .. id))) end
+end
+
+-- Reference an id from an attack (blocks its deletion: 23503).
+function M.reference(conn, id)
+  check(conn:query("INSERT INTO attacks (name, word_list_id) VALUES ('attack', $1)", id))
+end
+
+-- Which of ids still have a row?
+function M.existing_rows(conn, ids)
+  local res = check(conn:query("SELECT id::text AS id FROM attack_resource_files WHERE id = ANY($1::uuid[])", ids))
+  local set = {}
+  for _, r in ipairs(res) do set[r.id] = true end
+  return set
+end
+
+function M.count(conn, where, ...)
+  local res = check(conn:query("SELECT count(*)::int AS n FROM attack_resource_files" ..
+    (where and (" WHERE " .. where) or ""), ...))
+  return res[1].n
+end
+
+-- Which of ids still have an object?
+function M.existing_objects(client, ids)
+  local set = {}
+  for _, id in ipairs(ids) do
+    local h = check(client:head(id))
+    if h.exists then set[id] = true end
+  end
+  return set
+end
+
+function M.count_set(set)
+  local n = 0
+  for _ in pairs(set) do n = n + 1 end
+  return n
+end
+
+local counter = 0
+-- A bucket name unique to this process and call.
+function M.unique_bucket(prefix)
+  counter = counter + 1
+  return ("%s-%d-%d"):format(prefix or "spec", require("resclean.sys").pid(), counter)
+end
+
+return M
