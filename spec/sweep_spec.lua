@@ -185,8 +185,8 @@ describe("the sweep", function()
     while running() and sys.monotime() < deadline do
       local id = with_obj[math.random(#with_obj)]
       local res = fx.check(racer:query(
-        "UPDATE attack_resource_files SET is_uploaded = true, updated_at = now() WHERE id = $1 RETURNING id::text AS id",
-        id))
+        "UPDATE attack_resource_files SET is_uploaded = true, updated_at = now() WHERE id = $1"
+        .. " RETURNING id::text AS id", id))
       if res[1] then confirmed[res[1].id] = true end
     end
     racer:close()
@@ -385,7 +385,7 @@ describe("cancel", function()
     local ids = fx.rows(conn, 2, { age_s = 5 })
     local holder = fx.connect()
     do
-      local tx <close> = fx.check(holder:begin())
+      local tx <close> = fx.check(holder:begin()) -- luacheck: ignore 211
       fx.check(holder:query("SELECT 1 FROM attack_resource_files WHERE id = $1 FOR UPDATE", ids[1]))
       local t0 = sys.monotime()
       local r = cancel(ids, nil, { "--policy", policy_file("return { lock_timeout = 1 }") })
