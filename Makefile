@@ -31,7 +31,6 @@ ALL_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
 LDFLAGS += -fsanitize=address,undefined
 export ASAN_OPTIONS = detect_leaks=1:abort_on_error=0:strict_string_checks=1
 export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
-export LSAN_OPTIONS = suppressions=$(CURDIR)/spec/support/lsan.supp:print_suppressions=0
 else
 OBJDIR  = build/obj
 BIN     = resclean
