@@ -361,12 +361,13 @@ function M.reconcile(conn, store, owners, p, opts)
   end
   local s = run:summary({ older_than_s = opts.older_than })
   local c = run.counts
-  run:say("listed %d objects: %d match key_pattern, %d too recent, %d owned, %d orphans; %d missing objects",
+  run:say("listed %d objects: %d match key_pattern, %d too recent, %d owned, %d orphaned; "
+    .. "%d confirmed rows without object",
     c.listed, c.considered, c.recent, c.owned, c.orphans, c.missing_objects)
   if opts.apply then
-    run:say("deleted %d orphans, %d failed", c.object_deleted, c.failed)
+    run:say("deleted: %d, failed: %d", c.object_deleted, c.failed)
   elseif c.orphans > 0 then
-    run:say("plan only: nothing was deleted; run with --apply to delete the %d orphans", c.orphans)
+    run:say("plan only: nothing was deleted; run with --apply to delete the orphaned objects")
   end
   return s.failed > 0 and app.EXIT.failed or app.EXIT.ok
 end

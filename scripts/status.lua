@@ -208,7 +208,8 @@ local function print_report(r)
   if c.uses_index then
     add("claim query: uses index %s", c.index)
   else
-    add("claim query: scans the table (about %d rows) -- no index serves it", c.table_rows_estimate)
+    add("claim query: scans the table (%s) -- no index serves it", c.table_rows_estimate > 0
+      and ("about " .. c.table_rows_estimate .. " rows") or "size unknown: empty or not analysed yet")
     if c.note then
       add("  note: %s:", c.note)
       for _, i in ipairs(c.indexes_on_created) do add("    %s", i.definition) end

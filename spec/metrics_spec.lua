@@ -263,3 +263,19 @@ describe("sweep --metrics-file", function()
     assert.is_false(exists(path .. ".tmp." .. sys.pid()))
   end)
 end)
+
+describe("the example alert rules", function()
+  it("pass promtool check rules and use only metrics the sweep writes", function()
+    local out = h.tmpdir() .. "/promtool.out"
+    local _, _, code = os.execute(("promtool check rules examples/resclean-alerts.yml >%s 2>&1"):format(h.q(out)))
+    assert.are.equal(0, code, h.readall(out))
+    local known = {}
+    for _, fam in ipairs(metrics.FAMILIES) do known[fam[1]] = true end
+    local used = 0
+    for name in h.readall("examples/resclean-alerts.yml"):gmatch("resclean_[%w_]+") do
+      assert.is_true(known[name], "unknown metric in the alert rules: " .. name)
+      used = used + 1
+    end
+    assert.is_true(used >= 4)
+  end)
+end)
