@@ -136,14 +136,20 @@ function Metrics:record(summary, code, p)
   g.exit_code = code
   g.last_run = now
   if summary.duration_ms then g.duration = summary.duration_ms / 1000 end
-  if summary.eligible then g.eligible = summary.eligible end
-  if summary.rate then g.rate = summary.rate end
-  if summary.oldest_age_s ~= nil then
-    g.oldest = summary.oldest_age_s
-  elseif summary.eligible == 0 then
-    g.oldest = 0
-  elseif not summary.error then
-    g.oldest = nil -- not reported by this sweep: unknown rather than stale
+  if summary.singleton_busy then
+    -- Another sweeper did the work: this one knows nothing of the backlog.
+    g.eligible, g.oldest, g.rate = nil, nil, nil
+  elseif not summary.error or (summary.eligible or 0) > 0 then
+    -- (a cycle that failed before counting reports eligible 0: keep the last values)
+    g.eligible = summary.eligible
+    g.rate = summary.rate
+    if summary.oldest_age_s ~= nil then
+      g.oldest = summary.oldest_age_s
+    elseif summary.eligible == 0 then
+      g.oldest = 0
+    else
+      g.oldest = nil -- not reported: unknown rather than stale
+    end
   end
   g.dry_run = summary.dry_run and 1 or 0
   g.singleton_busy = summary.singleton_busy and 1 or 0
@@ -162,6 +168,19 @@ function Metrics:record_failure(p, code)
   self.gauges.last_run = self.now()
   policy_gauges(self.gauges, p)
   return self:flush()
+end
+
+-- Can the file be written? (a temporary file is created in its folder and
+-- removed). For a start-up check: true or nil, err.
+function Metrics:check()
+  local tmp = ("%s.tmp.%d"):format(self.path, sys.pid())
+  local f, err = io.open(tmp, "wb")
+  if not f then
+    return nil, { kind = "metrics", code = "open", message = ("cannot write metrics: %s"):format(err) }
+  end
+  f:close()
+  os.remove(tmp)
+  return true
 end
 
 -- write(), with a warning logged on failure: metrics never stop a sweep.
