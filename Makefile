@@ -93,7 +93,7 @@ install: $(BIN)
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/resclean
 	install -m 644 lib/resclean/*.lua $(DESTDIR)$(SHAREDIR)/lib/resclean/
 	install -m 644 scripts/*.lua $(DESTDIR)$(SHAREDIR)/scripts/
-	if [ -f resclean.1 ]; then install -m 644 resclean.1 $(DESTDIR)$(PREFIX)/share/man/man1/; fi
+	install -m 644 src/resclean.1 $(DESTDIR)$(PREFIX)/share/man/man1/resclean.1
 
 clean:
 	rm -rf build resclean
