@@ -53,21 +53,26 @@ static int buf_add(buf *b, const void *s, size_t n) {
     if (b->cap - b->n <= n) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap - b->n <= n) {
-            if (cap > SIZE_MAX / 2) return -1;
+            if (cap > SIZE_MAX / 2)
+                return -1;
             cap *= 2;
         }
         char *p = realloc(b->p, cap);
-        if (p == NULL) return -1;
+        if (p == NULL)
+            return -1;
         b->p = p;
         b->cap = cap;
     }
-    if (n > 0) memcpy(b->p + b->n, s, n);
+    if (n > 0)
+        memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = '\0';
     return 0;
 }
 
-static int buf_str(buf *b, const char *s) { return buf_add(b, s, strlen(s)); }
+static int buf_str(buf *b, const char *s) {
+    return buf_add(b, s, strlen(s));
+}
 
 static void buf_free(buf *b) {
     free(b->p);
@@ -101,7 +106,8 @@ static double monotime(void) {
 /* Uniform in [0, 1) from OpenSSL's generator: only used for retry jitter. */
 static double random01(void) {
     uint32_t u = 0;
-    if (RAND_bytes((unsigned char *)&u, sizeof u) != 1) u = (uint32_t)clock();
+    if (RAND_bytes((unsigned char *)&u, sizeof u) != 1)
+        u = (uint32_t)clock();
     return (double)u / 4294967296.0;
 }
 
@@ -136,15 +142,18 @@ static void client_release(s3_client *c) {
 
 static s3_client *check_client(lua_State *L) {
     s3_client *c = luaL_checkudata(L, 1, CLIENT_MT);
-    if (c->closed) luaL_error(L, "attempt to use a closed s3 client");
-    if (c->busy) luaL_error(L, "s3 client is busy (called from its own trace hook?)");
+    if (c->closed)
+        luaL_error(L, "attempt to use a closed s3 client");
+    if (c->busy)
+        luaL_error(L, "s3 client is busy (called from its own trace hook?)");
     return c;
 }
 
 /* __gc, __close and close(): idempotent. */
 static int client_close(lua_State *L) {
     s3_client *c = luaL_checkudata(L, 1, CLIENT_MT);
-    if (c->busy) return luaL_error(L, "cannot close an s3 client while it is busy");
+    if (c->busy)
+        return luaL_error(L, "cannot close an s3 client while it is busy");
     client_release(c);
     return 0;
 }
@@ -264,9 +273,12 @@ static void list_entry_free(list_entry *e) {
 }
 
 static void list_free(list_out *l) {
-    if (l == NULL) return;
-    for (size_t i = 0; i < l->n; i++) list_entry_free(&l->e[i]);
-    for (size_t i = 0; i < l->np; i++) free(l->prefixes[i]);
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        list_entry_free(&l->e[i]);
+    for (size_t i = 0; i < l->np; i++)
+        free(l->prefixes[i]);
     list_entry_free(&l->cur);
     free(l->cur_prefix);
     free(l->e);
@@ -290,7 +302,8 @@ static void batch_release(s3_batch *b) {
     }
     if (b->easy != NULL) {
         for (int i = 0; i < b->nslots; i++)
-            if (b->easy[i] != NULL) curl_easy_cleanup(b->easy[i]);
+            if (b->easy[i] != NULL)
+                curl_easy_cleanup(b->easy[i]);
         free(b->easy);
         b->easy = NULL;
     }
@@ -319,7 +332,8 @@ static s3_batch *batch_new(lua_State *L, size_t nreq) {
     luaL_setmetatable(L, BATCH_MT);
     if (nreq > 0) {
         b->reqs = calloc(nreq, sizeof *b->reqs);
-        if (b->reqs == NULL) luaL_error(L, "not enough memory");
+        if (b->reqs == NULL)
+            luaL_error(L, "not enough memory");
         b->nreq = nreq;
         for (size_t i = 0; i < nreq; i++) {
             b->reqs[i].idempotent = 1;
@@ -364,11 +378,14 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
         return len;
     }
     const char *colon = memchr(p, ':', len);
-    if (colon == NULL) return len;
+    if (colon == NULL)
+        return len;
     nl = (size_t)(colon - p);
     const char *v = colon + 1, *end = p + len;
-    while (v < end && (*v == ' ' || *v == '\t')) v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t')) end--;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
+        end--;
     size_t vl = (size_t)(end - v);
     int rc = 0;
     if (nl == 4 && strncasecmp(p, "etag", 4) == 0)
@@ -422,11 +439,13 @@ static int trace_call(lua_State *L) {
     lua_createtable(L, 0, (int)t->nh + 1);
     for (size_t i = 0; i < t->nh; i++) {
         const char *v = t->hdrs[i].value;
-        if (strcmp(t->hdrs[i].name, "x-amz-security-token") == 0) v = REDACTED;
+        if (strcmp(t->hdrs[i].name, "x-amz-security-token") == 0)
+            v = REDACTED;
         lua_pushstring(L, v);
         lua_setfield(L, -2, t->hdrs[i].name);
     }
-    lua_pushfstring(L, "AWS4-HMAC-SHA256 Credential=" REDACTED ", SignedHeaders=%s, Signature=" REDACTED,
+    lua_pushfstring(L,
+                    "AWS4-HMAC-SHA256 Credential=" REDACTED ", SignedHeaders=%s, Signature=" REDACTED,
                     t->signed_headers ? t->signed_headers : "");
     lua_setfield(L, -2, "authorization");
     if (r->body != NULL)
@@ -448,7 +467,8 @@ static int add_header_line(struct curl_slist **l, const char *name, const char *
     }
     struct curl_slist *n = curl_slist_append(*l, line.p);
     buf_free(&line);
-    if (n == NULL) return -1;
+    if (n == NULL)
+        return -1;
     *l = n;
     return 0;
 }
@@ -465,21 +485,27 @@ static int req_start(lua_State *L, s3_client *c, s3_req *r, CURL *easy, char *er
 
     req_reset_attempt(r);
     r->attempts++;
-    if (r->attempts == 1) r->first_start = monotime();
+    if (r->attempts == 1)
+        r->first_start = monotime();
 
     if (c->path_style) {
-        if (buf_str(&host, c->authority) || buf_str(&path, "/") || buf_str(&path, c->bucket)) goto done;
-        if (r->key != NULL && (buf_str(&path, "/") || buf_add(&path, r->key, r->keylen))) goto done;
+        if (buf_str(&host, c->authority) || buf_str(&path, "/") || buf_str(&path, c->bucket))
+            goto done;
+        if (r->key != NULL && (buf_str(&path, "/") || buf_add(&path, r->key, r->keylen)))
+            goto done;
     } else {
         if (buf_str(&host, c->bucket) || buf_str(&host, ".") || buf_str(&host, c->authority) ||
             buf_str(&path, "/"))
             goto done;
-        if (r->key != NULL && buf_add(&path, r->key, r->keylen)) goto done;
+        if (r->key != NULL && buf_add(&path, r->key, r->keylen))
+            goto done;
     }
     hdrs[nh++] = (sigv4_kv){"host", host.p};
     hdrs[nh++] = (sigv4_kv){"x-amz-content-sha256", r->payload_hash};
-    if (r->content_md5[0] != '\0') hdrs[nh++] = (sigv4_kv){"content-md5", r->content_md5};
-    if (r->content_type != NULL) hdrs[nh++] = (sigv4_kv){"content-type", r->content_type};
+    if (r->content_md5[0] != '\0')
+        hdrs[nh++] = (sigv4_kv){"content-md5", r->content_md5};
+    if (r->content_type != NULL)
+        hdrs[nh++] = (sigv4_kv){"content-type", r->content_type};
 
     sigv4_request q;
     memset(&q, 0, sizeof q);
@@ -497,7 +523,8 @@ static int req_start(lua_State *L, s3_client *c, s3_req *r, CURL *easy, char *er
     q.service = "s3";
     q.now = time(NULL);
     q.s3 = 1;
-    if (sigv4_sign(&q, &res) != 0) goto done;
+    if (sigv4_sign(&q, &res) != 0)
+        goto done;
     for (size_t i = 0; i < res.nadd_headers && nh < sizeof hdrs / sizeof hdrs[0]; i++)
         hdrs[nh++] = res.add_headers[i];
 
@@ -510,14 +537,18 @@ static int req_start(lua_State *L, s3_client *c, s3_req *r, CURL *easy, char *er
     url.p = NULL;
 
     for (size_t i = 0; i < nh; i++)
-        if (add_header_line(&r->hdrs, hdrs[i].name, hdrs[i].value)) goto done;
-    if (add_header_line(&r->hdrs, "authorization", res.authorization)) goto done;
+        if (add_header_line(&r->hdrs, hdrs[i].name, hdrs[i].value))
+            goto done;
+    if (add_header_line(&r->hdrs, "authorization", res.authorization))
+        goto done;
     struct curl_slist *n = curl_slist_append(r->hdrs, "Expect:"); /* no 100-continue round trip */
-    if (n == NULL) goto done;
+    if (n == NULL)
+        goto done;
     r->hdrs = n;
     if (r->content_type == NULL) {
         n = curl_slist_append(r->hdrs, "Content-Type:"); /* not curl's form default */
-        if (n == NULL) goto done;
+        if (n == NULL)
+            goto done;
         r->hdrs = n;
     }
 
@@ -551,13 +582,15 @@ static int req_start(lua_State *L, s3_client *c, s3_req *r, CURL *easy, char *er
     curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, c->verify_tls ? 1L : 0L);
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, c->verify_tls ? 2L : 0L);
-    if (c->ca_file != NULL) curl_easy_setopt(easy, CURLOPT_CAINFO, c->ca_file);
+    if (c->ca_file != NULL)
+        curl_easy_setopt(easy, CURLOPT_CAINFO, c->ca_file);
     if (r->nobody) {
         curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
     } else if (r->body != NULL) {
         curl_easy_setopt(easy, CURLOPT_POSTFIELDS, r->body);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->bodylen);
-        if (strcmp(r->method, "POST") != 0) curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, r->method);
+        if (strcmp(r->method, "POST") != 0)
+            curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, r->method);
     } else if (strcmp(r->method, "GET") == 0) {
         curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     } else {
@@ -606,7 +639,8 @@ static const char *local_name(const char *n) {
 static void XMLCALL xw_start(void *ud, const XML_Char *name, const XML_Char **attrs) {
     xw *w = ud;
     (void)attrs;
-    if (w->failed) return;
+    if (w->failed)
+        return;
     if (w->depth >= XW_MAXDEPTH) {
         xw_fail(w);
         return;
@@ -614,24 +648,31 @@ static void XMLCALL xw_start(void *ud, const XML_Char *name, const XML_Char **at
     snprintf(w->names[w->depth], sizeof w->names[0], "%s", local_name(name));
     w->depth++;
     w->text.n = 0;
-    if (w->text.p) w->text.p[0] = '\0';
-    if (w->on_start) w->on_start(w, w->names[w->depth - 1]);
+    if (w->text.p)
+        w->text.p[0] = '\0';
+    if (w->on_start)
+        w->on_start(w, w->names[w->depth - 1]);
 }
 
 static void XMLCALL xw_end(void *ud, const XML_Char *name) {
     xw *w = ud;
     (void)name;
-    if (w->failed) return;
-    if (w->on_end) w->on_end(w, w->names[w->depth - 1], w->text.p ? w->text.p : "", w->text.n);
+    if (w->failed)
+        return;
+    if (w->on_end)
+        w->on_end(w, w->names[w->depth - 1], w->text.p ? w->text.p : "", w->text.n);
     w->depth--;
     w->text.n = 0;
-    if (w->text.p) w->text.p[0] = '\0';
+    if (w->text.p)
+        w->text.p[0] = '\0';
 }
 
 static void XMLCALL xw_chars(void *ud, const XML_Char *s, int len) {
     xw *w = ud;
-    if (w->failed || w->depth == 0) return;
-    if (w->text.n + (size_t)len > MAX_REPLY || buf_add(&w->text, s, (size_t)len) != 0) xw_fail(w);
+    if (w->failed || w->depth == 0)
+        return;
+    if (w->text.n + (size_t)len > MAX_REPLY || buf_add(&w->text, s, (size_t)len) != 0)
+        xw_fail(w);
 }
 
 static void XMLCALL xw_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
@@ -645,12 +686,14 @@ static int xw_parse(xw *w, const char *data, size_t len, char root[48]) {
     int ok = 0;
     root[0] = '\0';
     w->p = XML_ParserCreate("UTF-8");
-    if (w->p == NULL) return -1;
+    if (w->p == NULL)
+        return -1;
     XML_SetUserData(w->p, w);
     XML_SetElementHandler(w->p, xw_start, xw_end);
     XML_SetCharacterDataHandler(w->p, xw_chars);
     XML_SetStartDoctypeDeclHandler(w->p, xw_doctype);
-    if (len <= INT_MAX && XML_Parse(w->p, data, (int)len, 1) == XML_STATUS_OK && !w->failed) ok = 1;
+    if (len <= INT_MAX && XML_Parse(w->p, data, (int)len, 1) == XML_STATUS_OK && !w->failed)
+        ok = 1;
     XML_ParserFree(w->p);
     w->p = NULL;
     buf_free(&w->text);
@@ -664,17 +707,22 @@ typedef struct err_body {
 } err_body;
 
 static void copy_trunc(char *dst, size_t cap, const char *s, size_t n) {
-    if (n >= cap) n = cap - 1;
+    if (n >= cap)
+        n = cap - 1;
     memcpy(dst, s, n);
     dst[n] = '\0';
 }
 
 static void err_end(xw *w, const char *name, const char *text, size_t len) {
     err_body *e = w->ud;
-    if (w->depth != 2 || strcmp(w->names[0], "Error") != 0) return;
-    if (strcmp(name, "Code") == 0) copy_trunc(e->code, sizeof e->code, text, len);
-    else if (strcmp(name, "Message") == 0) copy_trunc(e->message, sizeof e->message, text, len);
-    else if (strcmp(name, "RequestId") == 0) copy_trunc(e->request_id, sizeof e->request_id, text, len);
+    if (w->depth != 2 || strcmp(w->names[0], "Error") != 0)
+        return;
+    if (strcmp(name, "Code") == 0)
+        copy_trunc(e->code, sizeof e->code, text, len);
+    else if (strcmp(name, "Message") == 0)
+        copy_trunc(e->message, sizeof e->message, text, len);
+    else if (strcmp(name, "RequestId") == 0)
+        copy_trunc(e->request_id, sizeof e->request_id, text, len);
 }
 
 /* An <Error> document: 0 when the body is one, -1 otherwise. */
@@ -682,10 +730,12 @@ static int parse_error_body(const s3_req *r, err_body *e) {
     xw w;
     memset(&w, 0, sizeof w);
     memset(e, 0, sizeof *e);
-    if (r->resp.n == 0) return -1;
+    if (r->resp.n == 0)
+        return -1;
     w.ud = e;
     w.on_end = err_end;
-    if (xw_parse(&w, r->resp.p, r->resp.n, e->root) != 0) return -1;
+    if (xw_parse(&w, r->resp.p, r->resp.n, e->root) != 0)
+        return -1;
     return e->code[0] != '\0' ? 0 : -1;
 }
 
@@ -702,28 +752,32 @@ static int transport_retryable(CURLcode cc) {
     case CURLE_PARTIAL_FILE:
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-        return 1;
-    default:
-        return 0;
+    case CURLE_HTTP2_STREAM: return 1;
+    default: return 0;
     }
 }
 
-static int status_retryable(long status) { return status >= 500 || status == 429; }
+static int status_retryable(long status) {
+    return status >= 500 || status == 429;
+}
 
 /* After an attempt ended: DONE, or WAITING for a retry with backoff and jitter. */
 static void req_finish_attempt(s3_client *c, s3_req *r, CURLcode cc, const char *errbuf) {
     r->cc = cc;
     r->retryable = cc != CURLE_OK ? (!r->too_large && !r->oom && transport_retryable(cc))
                                   : status_retryable(r->status);
-    if (cc != CURLE_OK && errbuf[0] != '\0') r->errmsg = dupn(errbuf, strlen(errbuf));
+    if (cc != CURLE_OK && errbuf[0] != '\0')
+        r->errmsg = dupn(errbuf, strlen(errbuf));
     r->state = RQ_DONE;
-    if (!r->retryable || !r->idempotent || r->attempts >= c->max_attempts) return;
+    if (!r->retryable || !r->idempotent || r->attempts >= c->max_attempts)
+        return;
     double d = c->retry_base_seconds * (double)(1u << (r->attempts - 1 < 16 ? r->attempts - 1 : 16));
-    if (d > 10.0) d = 10.0;
+    if (d > 10.0)
+        d = 10.0;
     d = d / 2 + random01() * d / 2; /* equal jitter: spread, but never hammer */
     double now = monotime();
-    if (now + d - r->first_start > c->retry_max_seconds) return;
+    if (now + d - r->first_start > c->retry_max_seconds)
+        return;
     r->next_at = now + d;
     r->state = RQ_WAITING;
 }
@@ -742,34 +796,43 @@ enum { DRIVE_OK, DRIVE_TRACE_ERROR, DRIVE_NOMEM };
 static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
     size_t next = 0, done = 0, waiting = 0;
     int running = 0, rc = DRIVE_OK;
-    if ((size_t)conc > b->nreq) conc = b->nreq > 0 ? (int)b->nreq : 1;
+    if ((size_t)conc > b->nreq)
+        conc = b->nreq > 0 ? (int)b->nreq : 1;
     b->easy = calloc((size_t)conc, sizeof *b->easy);
     b->slot_req = calloc((size_t)conc, sizeof *b->slot_req);
     b->errbufs = calloc((size_t)conc, CURL_ERROR_SIZE);
-    if (b->easy == NULL || b->slot_req == NULL || b->errbufs == NULL) return DRIVE_NOMEM;
+    if (b->easy == NULL || b->slot_req == NULL || b->errbufs == NULL)
+        return DRIVE_NOMEM;
     b->nslots = conc;
     for (int i = 0; i < conc; i++)
-        if ((b->easy[i] = curl_easy_init()) == NULL) return DRIVE_NOMEM;
+        if ((b->easy[i] = curl_easy_init()) == NULL)
+            return DRIVE_NOMEM;
     for (size_t i = 0; i < b->nreq; i++)
-        if (b->reqs[i].state == RQ_DONE) done++;
+        if (b->reqs[i].state == RQ_DONE)
+            done++;
 
     c->busy = 1;
     while (done < b->nreq) {
         double now = monotime();
         /* fill free slots: due retries first, then new requests */
         for (int s = 0; s < conc; s++) {
-            if (b->slot_req[s] != NULL) continue;
+            if (b->slot_req[s] != NULL)
+                continue;
             s3_req *r = NULL;
             if (waiting > 0) {
                 for (size_t i = 0; i < b->nreq && r == NULL; i++)
-                    if (b->reqs[i].state == RQ_WAITING && b->reqs[i].next_at <= now) r = &b->reqs[i];
-                if (r != NULL) waiting--;
+                    if (b->reqs[i].state == RQ_WAITING && b->reqs[i].next_at <= now)
+                        r = &b->reqs[i];
+                if (r != NULL)
+                    waiting--;
             }
             while (r == NULL && next < b->nreq) {
-                if (b->reqs[next].state == RQ_QUEUED) r = &b->reqs[next];
+                if (b->reqs[next].state == RQ_QUEUED)
+                    r = &b->reqs[next];
                 next++;
             }
-            if (r == NULL) break;
+            if (r == NULL)
+                break;
             int st = req_start(L, c, r, b->easy[s], b->errbufs + (size_t)s * CURL_ERROR_SIZE, trace);
             if (st == START_TRACE_ERROR) {
                 rc = DRIVE_TRACE_ERROR;
@@ -786,22 +849,27 @@ static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
             b->slot_req[s] = r;
             running++;
         }
-        if (done >= b->nreq) break;
+        if (done >= b->nreq)
+            break;
 
         int still = 0, q = 0;
         curl_multi_perform(c->multi, &still);
         CURLMsg *m;
         while ((m = curl_multi_info_read(c->multi, &q)) != NULL) {
-            if (m->msg != CURLMSG_DONE) continue;
+            if (m->msg != CURLMSG_DONE)
+                continue;
             CURL *e = m->easy_handle;
             CURLcode cc = m->data.result;
             int s;
-            for (s = 0; s < conc && b->easy[s] != e; s++) {}
-            if (s == conc) continue; /* not ours: cannot happen */
+            for (s = 0; s < conc && b->easy[s] != e; s++) {
+            }
+            if (s == conc)
+                continue; /* not ours: cannot happen */
             s3_req *r = b->slot_req[s];
             long nconn = 0;
             r->status = easy_status(e);
-            if (curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn) == CURLE_OK) c->n_connects += nconn;
+            if (curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn) == CURLE_OK)
+                c->n_connects += nconn;
             c->n_requests++;
             curl_multi_remove_handle(c->multi, e);
             b->slot_req[s] = NULL;
@@ -814,22 +882,28 @@ static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
                 c->n_retries++;
             }
         }
-        if (done >= b->nreq) break;
+        if (done >= b->nreq)
+            break;
 
         /* wait for traffic, or until the next retry is due */
         long wait_ms = 1000;
         int free_slot = running < conc;
-        if (free_slot && next < b->nreq) wait_ms = 0;
+        if (free_slot && next < b->nreq)
+            wait_ms = 0;
         if (free_slot && waiting > 0) {
             now = monotime();
             for (size_t i = 0; i < b->nreq; i++) {
-                if (b->reqs[i].state != RQ_WAITING) continue;
+                if (b->reqs[i].state != RQ_WAITING)
+                    continue;
                 double ms = (b->reqs[i].next_at - now) * 1000.0;
-                if (ms < 0) ms = 0;
-                if (ms < (double)wait_ms) wait_ms = (long)ms;
+                if (ms < 0)
+                    ms = 0;
+                if (ms < (double)wait_ms)
+                    wait_ms = (long)ms;
             }
         }
-        if (wait_ms > 0 || running > 0) curl_multi_poll(c->multi, NULL, 0, (int)wait_ms, NULL);
+        if (wait_ms > 0 || running > 0)
+            curl_multi_poll(c->multi, NULL, 0, (int)wait_ms, NULL);
     }
 out:
     for (int s = 0; s < conc; s++) {
@@ -848,7 +922,8 @@ static void run_batch(lua_State *L, s3_client *c, s3_batch *b, int conc) {
     int trace = 0;
     luaL_checkstack(L, 10, NULL);
     lua_getiuservalue(L, 1, 1); /* ... trace */
-    if (lua_isfunction(L, -1)) trace = lua_gettop(L);
+    if (lua_isfunction(L, -1))
+        trace = lua_gettop(L);
     int rc = drive(L, c, b, conc, trace);
     if (rc == DRIVE_TRACE_ERROR) {
         batch_release(b);
@@ -857,8 +932,10 @@ static void run_batch(lua_State *L, s3_client *c, s3_batch *b, int conc) {
         batch_release(b);
         luaL_error(L, "not enough memory");
     }
-    if (trace == 0) lua_pop(L, 1);
-    else lua_remove(L, trace);
+    if (trace == 0)
+        lua_pop(L, 1);
+    else
+        lua_remove(L, trace);
 }
 
 /* ---------------------------------------------------------------- errors */
@@ -948,8 +1025,10 @@ static void push_req_error(lua_State *L, const s3_req *r, const char *op, const 
         else if (r->h_reqid != NULL)
             set_str(L, "request_id", r->h_reqid);
     }
-    if (code_override != NULL) code = code_override;
-    if (msg_override != NULL) msg = msg_override;
+    if (code_override != NULL)
+        code = code_override;
+    if (msg_override != NULL)
+        msg = msg_override;
     set_str(L, "code", code);
     set_str(L, "message", msg);
     lua_pushinteger(L, r->attempts);
@@ -963,7 +1042,9 @@ static int fail_req(lua_State *L, const s3_req *r, const char *op) {
     return 2;
 }
 
-static int http_ok(const s3_req *r) { return r->local_code == NULL && r->cc == CURLE_OK && r->status / 100 == 2; }
+static int http_ok(const s3_req *r) {
+    return r->local_code == NULL && r->cc == CURLE_OK && r->status / 100 == 2;
+}
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -978,7 +1059,8 @@ static void set_body(s3_req *r, const char *body, size_t len, int md5) {
     r->body = body;
     r->bodylen = len;
     sigv4_sha256_hex(body, len, r->payload_hash);
-    if (md5) set_md5(r);
+    if (md5)
+        set_md5(r);
 }
 
 /* The key argument at idx: a string; an empty one is refused before any request. */
@@ -1005,7 +1087,8 @@ static int opt_concurrency(lua_State *L, int idx, s3_client *c) {
         lua_getfield(L, idx, "concurrency");
         if (!lua_isnil(L, -1)) {
             lua_Integer v = luaL_checkinteger(L, -1);
-            if (v < 1 || v > MAX_CONCURRENCY) luaL_error(L, "concurrency must be 1..%d", MAX_CONCURRENCY);
+            if (v < 1 || v > MAX_CONCURRENCY)
+                luaL_error(L, "concurrency must be 1..%d", MAX_CONCURRENCY);
             conc = (int)v;
         }
         lua_pop(L, 1);
@@ -1033,7 +1116,8 @@ static size_t check_keys(lua_State *L, int idx, size_t *total) {
 static void copy_keys(lua_State *L, int idx, s3_batch *b, size_t n, size_t total) {
     b->keys = calloc(n > 0 ? n : 1, sizeof *b->keys);
     b->arena = malloc(total > 0 ? total : 1);
-    if (b->keys == NULL || b->arena == NULL) luaL_error(L, "not enough memory");
+    if (b->keys == NULL || b->arena == NULL)
+        luaL_error(L, "not enough memory");
     b->nkeys = n;
     char *p = b->arena;
     for (size_t i = 0; i < n; i++) {
@@ -1084,7 +1168,8 @@ static void init_head(s3_req *r, const char *key, size_t len) {
     r->nobody = 1;
     r->key = key;
     r->keylen = len;
-    if (len == 0) refuse_empty(r);
+    if (len == 0)
+        refuse_empty(r);
 }
 
 /* client:head(key) -> {exists, size, etag, last_modified, mtime} | nil, err */
@@ -1115,7 +1200,8 @@ static int s3_head_many(lua_State *L) {
     int conc = opt_concurrency(L, 3, c);
     s3_batch *b = batch_new(L, n);
     copy_keys(L, 2, b, n, total);
-    for (size_t i = 0; i < n; i++) init_head(&b->reqs[i], b->keys[i].s, b->keys[i].len);
+    for (size_t i = 0; i < n; i++)
+        init_head(&b->reqs[i], b->keys[i].s, b->keys[i].len);
     run_batch(L, c, b, conc);
     lua_Integer failed = 0;
     lua_createtable(L, (int)n, 0);
@@ -1168,7 +1254,8 @@ static int s3_get(lua_State *L) {
     r->method = "GET";
     r->key = key;
     r->keylen = len;
-    if (len == 0) refuse_empty(r);
+    if (len == 0)
+        refuse_empty(r);
     run_batch(L, c, b, 1);
     int n;
     if (http_ok(r)) {
@@ -1180,8 +1267,10 @@ static int s3_get(lua_State *L) {
             strip_quotes(L, r->h_etag);
             lua_setfield(L, -2, "etag");
         }
-        if (r->h_lastmod) set_str(L, "last_modified", r->h_lastmod);
-        if (r->h_ctype) set_str(L, "content_type", r->h_ctype);
+        if (r->h_lastmod)
+            set_str(L, "last_modified", r->h_lastmod);
+        if (r->h_ctype)
+            set_str(L, "content_type", r->h_ctype);
         n = 2;
     } else {
         n = fail_req(L, r, "get");
@@ -1200,7 +1289,8 @@ static int s3_put(lua_State *L) {
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
         lua_getfield(L, 4, "content_type");
-        if (!lua_isnil(L, -1)) ctype = luaL_checkstring(L, -1);
+        if (!lua_isnil(L, -1))
+            ctype = luaL_checkstring(L, -1);
         lua_pop(L, 1); /* still anchored by the options table for this call */
     }
     s3_batch *b = batch_new(L, 1);
@@ -1210,7 +1300,8 @@ static int s3_put(lua_State *L) {
     r->keylen = len;
     r->content_type = ctype;
     set_body(r, body, blen, 1);
-    if (len == 0) refuse_empty(r);
+    if (len == 0)
+        refuse_empty(r);
     run_batch(L, c, b, 1);
     int n;
     if (http_ok(r)) {
@@ -1229,7 +1320,8 @@ static int s3_put(lua_State *L) {
 
 /* DELETE of a missing key is 204 on S3; a 404 NoSuchKey (some servers) means gone too. */
 static int delete_ok(const s3_req *r) {
-    if (http_ok(r)) return 1;
+    if (http_ok(r))
+        return 1;
     if (r->local_code == NULL && r->cc == CURLE_OK && r->status == 404) {
         err_body e;
         return parse_error_body(r, &e) == 0 && strcmp(e.code, "NoSuchKey") == 0;
@@ -1241,7 +1333,8 @@ static void init_delete(s3_req *r, const char *key, size_t len) {
     r->method = "DELETE";
     r->key = key;
     r->keylen = len;
-    if (len == 0) refuse_empty(r);
+    if (len == 0)
+        refuse_empty(r);
 }
 
 /* client:delete(key) -> true | nil, err */
@@ -1272,23 +1365,32 @@ static int xml_safe(const unsigned char *s, size_t n) {
     while (i < n) {
         unsigned c = s[i];
         if (c < 0x80) {
-            if (c < 0x20) return 0;
+            if (c < 0x20)
+                return 0;
             i++;
             continue;
         }
         uint32_t cp;
         size_t len;
-        if ((c & 0xE0) == 0xC0) cp = c & 0x1F, len = 2;
-        else if ((c & 0xF0) == 0xE0) cp = c & 0x0F, len = 3;
-        else if ((c & 0xF8) == 0xF0) cp = c & 0x07, len = 4;
-        else return 0;
-        if (i + len > n) return 0;
+        if ((c & 0xE0) == 0xC0)
+            cp = c & 0x1F, len = 2;
+        else if ((c & 0xF0) == 0xE0)
+            cp = c & 0x0F, len = 3;
+        else if ((c & 0xF8) == 0xF0)
+            cp = c & 0x07, len = 4;
+        else
+            return 0;
+        if (i + len > n)
+            return 0;
         for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            if ((s[i + k] & 0xC0) != 0x80)
+                return 0;
             cp = (cp << 6) | (s[i + k] & 0x3F);
         }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return 0;
-        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || cp == 0xFFFE || cp == 0xFFFF) return 0;
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000))
+            return 0;
+        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || cp == 0xFFFE || cp == 0xFFFF)
+            return 0;
         i += len;
     }
     return 1;
@@ -1306,8 +1408,10 @@ static int xml_escape(buf *b, const char *s, size_t n) {
         case '\'': rep = "&apos;"; break;
         default: break;
         }
-        if (rep == NULL) continue;
-        if (buf_add(b, s + start, i - start) || buf_str(b, rep)) return -1;
+        if (rep == NULL)
+            continue;
+        if (buf_add(b, s + start, i - start) || buf_str(b, rep))
+            return -1;
         start = i + 1;
     }
     return buf_add(b, s + start, n - start);
@@ -1317,7 +1421,8 @@ static int bkey_cmp(const void *a, const void *b) {
     const bkey *x = *(const bkey *const *)a, *y = *(const bkey *const *)b;
     size_t n = x->len < y->len ? x->len : y->len;
     int c = memcmp(x->s, y->s, n);
-    if (c != 0) return c;
+    if (c != 0)
+        return c;
     return x->len < y->len ? -1 : x->len > y->len;
 }
 
@@ -1333,12 +1438,15 @@ typedef struct dm_parse {
 static void dm_apply(dm_parse *d, int deleted) {
     bkey probe = {d->key.p ? d->key.p : "", d->key.n, 0, 0, "", ""}, *pp = &probe;
     bkey **hit = bsearch(&pp, d->r->order, d->r->norder, sizeof *d->r->order, bkey_cmp);
-    if (hit == NULL) return; /* a key we did not ask for: ignore */
-    while (hit > d->r->order && bkey_cmp(hit - 1, &pp) == 0) hit--;
+    if (hit == NULL)
+        return; /* a key we did not ask for: ignore */
+    while (hit > d->r->order && bkey_cmp(hit - 1, &pp) == 0)
+        hit--;
     for (; hit < d->r->order + d->r->norder && bkey_cmp(hit, &pp) == 0; hit++) {
         bkey *k = *hit;
         if (deleted) {
-            if (k->state == 0) k->state = 1;
+            if (k->state == 0)
+                k->state = 1;
         } else {
             k->state = 2; /* an error wins over a Deleted for the same key */
             snprintf(k->code, sizeof k->code, "%s", d->code[0] ? d->code : "UnknownError");
@@ -1361,7 +1469,8 @@ static void dm_end(xw *w, const char *name, const char *text, size_t len) {
     if (w->depth == 3 && (strcmp(w->names[1], "Deleted") == 0 || strcmp(w->names[1], "Error") == 0)) {
         if (strcmp(name, "Key") == 0) {
             d->key.n = 0;
-            if (buf_add(&d->key, text, len) != 0) xw_fail(w);
+            if (buf_add(&d->key, text, len) != 0)
+                xw_fail(w);
             d->key_seen = 1;
         } else if (strcmp(name, "Code") == 0) {
             copy_trunc(d->code, sizeof d->code, text, len);
@@ -1371,7 +1480,8 @@ static void dm_end(xw *w, const char *name, const char *text, size_t len) {
         }
     } else if (w->depth == 2 && strcmp(w->names[0], "DeleteResult") == 0) {
         int del = strcmp(name, "Deleted") == 0;
-        if (!del && strcmp(name, "Error") != 0) return;
+        if (!del && strcmp(name, "Error") != 0)
+            return;
         if (!d->key_seen) {
             d->bad = 1; /* an entry without a key: the reply cannot be trusted */
             return;
@@ -1397,7 +1507,8 @@ static int build_delete_objects(s3_req *r, bkey **order, size_t n, int quiet) {
             buf_str(&body, "</Key></Object>"))
             goto fail;
     }
-    if (buf_str(&body, "</Delete>")) goto fail;
+    if (buf_str(&body, "</Delete>"))
+        goto fail;
     r->method = "POST";
     r->query[0] = q_delete;
     r->nquery = 1;
@@ -1413,6 +1524,39 @@ fail:
     return -1;
 }
 
+/* Apply a DeleteObjects reply to the keys of its request (order: sorted by bkey_cmp, states
+ * 0). A key is deleted only when the reply lists it in <Deleted> (or, Quiet, does not list
+ * it as an <Error>); listed errors set state 2, unmentioned keys state 4. Returns 0, or -1
+ * when the reply is not a well-formed DeleteResult (states then mean nothing: no key is
+ * deleted). Separate from the network so spec/fuzz can drive it. */
+static int delete_result_apply(const char *body, size_t len, bkey **order, size_t n, int quiet) {
+    s3_req r;
+    dm_parse d;
+    xw w;
+    char root[48];
+    memset(&r, 0, sizeof r);
+    memset(&d, 0, sizeof d);
+    memset(&w, 0, sizeof w);
+    r.order = order;
+    r.norder = n;
+    d.r = &r;
+    w.ud = &d;
+    w.on_start = dm_start;
+    w.on_end = dm_end;
+    int ok = xw_parse(&w, body ? body : "", len, root) == 0 &&
+             strcmp(w.names[0], "DeleteResult") == 0 && !d.bad;
+    buf_free(&d.key);
+    if (!ok)
+        return -1;
+    for (size_t k = 0; k < n; k++) {
+        if (order[k]->state == 0 && quiet)
+            order[k]->state = 1; /* Quiet: only errors are listed */
+        else if (order[k]->state == 0)
+            order[k]->state = 4; /* not mentioned: not deleted */
+    }
+    return 0;
+}
+
 /* client:delete_many(keys, {concurrency=N, quiet=false, batch=1000}) -> results, nfailed;
  * results[i] is {key, deleted=true} or {key, deleted=false, err} */
 static int s3_delete_many(lua_State *L) {
@@ -1426,7 +1570,8 @@ static int s3_delete_many(lua_State *L) {
         lua_getfield(L, 3, "batch");
         if (!lua_isnil(L, -1)) {
             per = luaL_checkinteger(L, -1);
-            if (per < 1 || per > MAX_DELETE_KEYS) luaL_error(L, "batch must be 1..%d", MAX_DELETE_KEYS);
+            if (per < 1 || per > MAX_DELETE_KEYS)
+                luaL_error(L, "batch must be 1..%d", MAX_DELETE_KEYS);
         }
         lua_pop(L, 2);
     }
@@ -1437,8 +1582,10 @@ static int s3_delete_many(lua_State *L) {
         size_t len;
         lua_rawgeti(L, 2, (lua_Integer)i);
         const char *s = lua_tolstring(L, -1, &len);
-        if (len > 0 && xml_safe((const unsigned char *)s, len)) nxml++;
-        else if (len > 0) nsingle++;
+        if (len > 0 && xml_safe((const unsigned char *)s, len))
+            nxml++;
+        else if (len > 0)
+            nsingle++;
         lua_pop(L, 1);
     }
     size_t nchunks = (nxml + (size_t)per - 1) / (size_t)per;
@@ -1462,7 +1609,8 @@ static int s3_delete_many(lua_State *L) {
                 size_t left = nxml - ci * (size_t)per;
                 size_t m = left < (size_t)per ? left : (size_t)per;
                 order = malloc(m * sizeof *order);
-                if (order == NULL) luaL_error(L, "not enough memory");
+                if (order == NULL)
+                    luaL_error(L, "not enough memory");
                 b->reqs[ci].order = order; /* owned by the batch from now on */
                 b->reqs[ci].norder = m;
             }
@@ -1482,31 +1630,10 @@ static int s3_delete_many(lua_State *L) {
     /* outcomes per key */
     for (size_t j = 0; j < nchunks; j++) {
         s3_req *r = &b->reqs[j];
-        dm_parse d;
-        xw w;
-        char root[48];
-        memset(&d, 0, sizeof d);
-        memset(&w, 0, sizeof w);
-        d.r = r;
-        int parsed = 0;
-        if (http_ok(r) && r->status == 200) {
-            w.ud = &d;
-            w.on_start = dm_start;
-            w.on_end = dm_end;
-            parsed = xw_parse(&w, r->resp.p ? r->resp.p : "", r->resp.n, root) == 0 &&
-                     strcmp(w.names[0], "DeleteResult") == 0 && !d.bad;
-        }
-        buf_free(&d.key);
-        if (!parsed) {
-            /* the whole request failed, or its reply cannot be trusted: no key is deleted */
-            for (size_t k = 0; k < r->norder; k++) r->order[k]->state = 3;
-        } else {
-            for (size_t k = 0; k < r->norder; k++) {
-                bkey *bk = r->order[k];
-                if (bk->state == 0 && quiet) bk->state = 1; /* Quiet: only errors are listed */
-                else if (bk->state == 0) bk->state = 4;     /* not mentioned: not deleted */
-            }
-        }
+        if (!http_ok(r) || r->status != 200 ||
+            delete_result_apply(r->resp.p, r->resp.n, r->order, r->norder, quiet) != 0)
+            for (size_t k = 0; k < r->norder; k++)
+                r->order[k]->state = 3; /* failed, or untrusted reply */
     }
     lua_Integer failed = 0;
     lua_createtable(L, (int)n, 0);
@@ -1519,7 +1646,8 @@ static int s3_delete_many(lua_State *L) {
         if (k->req != SIZE_MAX && k->req >= nchunks) { /* single DELETE */
             const s3_req *r = &b->reqs[k->req];
             ok = delete_ok(r);
-            if (!ok) push_req_error(L, r, "delete", NULL, NULL);
+            if (!ok)
+                push_req_error(L, r, "delete", NULL, NULL);
         } else if (k->state == 1) {
             ok = 1;
         } else if (k->state == 3) {
@@ -1573,7 +1701,8 @@ static int list_push_entry(list_out *l) {
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 64;
         list_entry *e = realloc(l->e, cap * sizeof *e);
-        if (e == NULL) return -1;
+        if (e == NULL)
+            return -1;
         l->e = e;
         l->cap = cap;
     }
@@ -1586,10 +1715,12 @@ static int list_push_prefix(list_out *l) {
     if (l->np == l->pcap) {
         size_t cap = l->pcap ? l->pcap * 2 : 16;
         char **p = realloc(l->prefixes, cap * sizeof *p);
-        if (p == NULL) return -1;
+        if (p == NULL)
+            return -1;
         l->prefixes = p;
         size_t *pl = realloc(l->prefixlens, cap * sizeof *pl);
-        if (pl == NULL) return -1;
+        if (pl == NULL)
+            return -1;
         l->prefixlens = pl;
         l->pcap = cap;
     }
@@ -1601,19 +1732,23 @@ static int list_push_prefix(list_out *l) {
 
 static void list_end(xw *w, const char *name, const char *text, size_t len) {
     list_out *l = w->ud;
-    if (strcmp(w->names[0], "ListBucketResult") != 0) return;
+    if (strcmp(w->names[0], "ListBucketResult") != 0)
+        return;
     if (w->depth == 2) {
         if (strcmp(name, "IsTruncated") == 0) {
             l->truncated = len == 4 && strncmp(text, "true", 4) == 0;
         } else if (strcmp(name, "NextContinuationToken") == 0) {
             free(l->next_token);
-            if ((l->next_token = dupn(text, len)) == NULL) xw_fail(w);
+            if ((l->next_token = dupn(text, len)) == NULL)
+                xw_fail(w);
         } else if (strcmp(name, "EncodingType") == 0) {
             l->url_encoded = len == 3 && strncmp(text, "url", 3) == 0;
         } else if (strcmp(name, "Contents") == 0) {
-            if (l->cur.key == NULL || list_push_entry(l) != 0) xw_fail(w);
+            if (l->cur.key == NULL || list_push_entry(l) != 0)
+                xw_fail(w);
         } else if (strcmp(name, "CommonPrefixes") == 0) {
-            if (l->cur_prefix != NULL && list_push_prefix(l) != 0) xw_fail(w);
+            if (l->cur_prefix != NULL && list_push_prefix(l) != 0)
+                xw_fail(w);
         }
     } else if (w->depth == 3 && strcmp(w->names[1], "Contents") == 0) {
         char **slot = NULL;
@@ -1634,24 +1769,31 @@ static void list_end(xw *w, const char *name, const char *text, size_t len) {
             memcpy(tmp, text, len);
             tmp[len] = '\0';
             l->cur.size = strtoll(tmp, &e, 10);
-            if (*e != '\0' || l->cur.size < 0) xw_fail(w);
+            if (*e != '\0' || l->cur.size < 0)
+                xw_fail(w);
             l->cur.has_size = 1;
         }
         if (slot != NULL) {
             free(*slot);
-            if ((*slot = dupn(text, len)) == NULL) xw_fail(w);
+            if ((*slot = dupn(text, len)) == NULL)
+                xw_fail(w);
         }
-    } else if (w->depth == 3 && strcmp(w->names[1], "CommonPrefixes") == 0 && strcmp(name, "Prefix") == 0) {
+    } else if (w->depth == 3 && strcmp(w->names[1], "CommonPrefixes") == 0 &&
+               strcmp(name, "Prefix") == 0) {
         free(l->cur_prefix);
-        if ((l->cur_prefix = dupn(text, len)) == NULL) xw_fail(w);
+        if ((l->cur_prefix = dupn(text, len)) == NULL)
+            xw_fail(w);
         l->cur_prefixlen = len;
     }
 }
 
 static int hexval(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
     return -1;
 }
 
@@ -1661,10 +1803,12 @@ static int url_decode(char *s, size_t *len) {
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '%') {
             int h, l;
-            if (i + 2 >= n) return -1;
+            if (i + 2 >= n)
+                return -1;
             h = hexval((unsigned char)s[i + 1]);
             l = hexval((unsigned char)s[i + 2]);
-            if (h < 0 || l < 0) return -1;
+            if (h < 0 || l < 0)
+                return -1;
             s[o++] = (char)(h * 16 + l);
             i += 2;
         } else if (s[i] == '+') {
@@ -1678,20 +1822,38 @@ static int url_decode(char *s, size_t *len) {
     return 0;
 }
 
+/* Parse a ListObjectsV2 reply into l (zeroed), keys decoded. 0 ok, -1 malformed. */
+static int list_parse(list_out *l, const char *body, size_t len) {
+    xw w;
+    char root[48];
+    memset(&w, 0, sizeof w);
+    w.ud = l;
+    w.on_end = list_end;
+    int ok = xw_parse(&w, body ? body : "", len, root) == 0 &&
+             strcmp(w.names[0], "ListBucketResult") == 0 && (!l->truncated || l->next_token != NULL);
+    for (size_t i = 0; ok && l->url_encoded && i < l->n; i++)
+        ok = url_decode(l->e[i].key, &l->e[i].keylen) == 0;
+    for (size_t i = 0; ok && l->url_encoded && i < l->np; i++)
+        ok = url_decode(l->prefixes[i], &l->prefixlens[i]) == 0;
+    return ok ? 0 : -1;
+}
+
 static int opt_string(lua_State *L, int t, const char *field, const char **out) {
     lua_getfield(L, t, field);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         return 0;
     }
-    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "option '%s' must be a string", field);
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "option '%s' must be a string", field);
     *out = lua_tostring(L, -1);
     lua_pop(L, 1); /* anchored by the options table */
     return 1;
 }
 
 /* client:list{prefix, start_after, continuation, max, delimiter} ->
- * {keys={{key, size, last_modified, etag}...}, prefixes={...}, truncated, next_continuation} | nil, err */
+ * {keys={{key, size, last_modified, etag}...}, prefixes={...}, truncated, next_continuation} | nil, err
+ */
 static int s3_list(lua_State *L) {
     s3_client *c = check_client(L);
     const char *prefix = NULL, *start_after = NULL, *token = NULL, *delim = NULL;
@@ -1706,7 +1868,8 @@ static int s3_list(lua_State *L) {
         maxbuf[0] = '\0';
         if (!lua_isnil(L, -1)) {
             lua_Integer m = luaL_checkinteger(L, -1);
-            if (m < 1 || m > 1000) luaL_error(L, "max must be 1..1000");
+            if (m < 1 || m > 1000)
+                luaL_error(L, "max must be 1..1000");
             snprintf(maxbuf, sizeof maxbuf, "%d", (int)m);
         }
         lua_pop(L, 1);
@@ -1718,11 +1881,16 @@ static int s3_list(lua_State *L) {
     r->method = "GET";
     r->query[r->nquery++] = (sigv4_kv){"list-type", "2"};
     r->query[r->nquery++] = (sigv4_kv){"encoding-type", "url"};
-    if (prefix) r->query[r->nquery++] = (sigv4_kv){"prefix", prefix};
-    if (start_after) r->query[r->nquery++] = (sigv4_kv){"start-after", start_after};
-    if (token) r->query[r->nquery++] = (sigv4_kv){"continuation-token", token};
-    if (delim) r->query[r->nquery++] = (sigv4_kv){"delimiter", delim};
-    if (maxbuf[0]) r->query[r->nquery++] = (sigv4_kv){"max-keys", maxbuf};
+    if (prefix)
+        r->query[r->nquery++] = (sigv4_kv){"prefix", prefix};
+    if (start_after)
+        r->query[r->nquery++] = (sigv4_kv){"start-after", start_after};
+    if (token)
+        r->query[r->nquery++] = (sigv4_kv){"continuation-token", token};
+    if (delim)
+        r->query[r->nquery++] = (sigv4_kv){"delimiter", delim};
+    if (maxbuf[0])
+        r->query[r->nquery++] = (sigv4_kv){"max-keys", maxbuf};
     run_batch(L, c, b, 1);
     if (!http_ok(r)) {
         int n = fail_req(L, r, "list");
@@ -1734,18 +1902,11 @@ static int s3_list(lua_State *L) {
         batch_release(b);
         return luaL_error(L, "not enough memory");
     }
-    xw w;
-    char root[48];
-    memset(&w, 0, sizeof w);
-    w.ud = l;
-    w.on_end = list_end;
-    int ok = xw_parse(&w, r->resp.p ? r->resp.p : "", r->resp.n, root) == 0 &&
-             strcmp(w.names[0], "ListBucketResult") == 0 && (!l->truncated || l->next_token != NULL);
-    for (size_t i = 0; ok && l->url_encoded && i < l->n; i++) ok = url_decode(l->e[i].key, &l->e[i].keylen) == 0;
-    for (size_t i = 0; ok && l->url_encoded && i < l->np; i++) ok = url_decode(l->prefixes[i], &l->prefixlens[i]) == 0;
+    int ok = list_parse(l, r->resp.p, r->resp.n) == 0;
     if (!ok) {
         lua_pushnil(L);
-        push_req_error(L, r, "list", "MalformedReply", "ListObjectsV2 reply is not a valid ListBucketResult");
+        push_req_error(L, r, "list", "MalformedReply",
+                       "ListObjectsV2 reply is not a valid ListBucketResult");
         batch_release(b);
         return 2;
     }
@@ -1760,7 +1921,8 @@ static int s3_list(lua_State *L) {
             lua_pushinteger(L, (lua_Integer)e->size);
             lua_setfield(L, -2, "size");
         }
-        if (e->last_modified) set_str(L, "last_modified", e->last_modified);
+        if (e->last_modified)
+            set_str(L, "last_modified", e->last_modified);
         if (e->etag) {
             strip_quotes(L, e->etag);
             lua_setfield(L, -2, "etag");
@@ -1776,7 +1938,8 @@ static int s3_list(lua_State *L) {
     lua_setfield(L, -2, "prefixes");
     lua_pushboolean(L, l->truncated);
     lua_setfield(L, -2, "truncated");
-    if (l->truncated) set_str(L, "next_continuation", l->next_token);
+    if (l->truncated)
+        set_str(L, "next_continuation", l->next_token);
     batch_release(b);
     return 1;
 }
@@ -1793,7 +1956,8 @@ static s3_batch *bucket_call(lua_State *L, s3_client *c, const char *method, con
         r->query[0] = (sigv4_kv){sub, ""};
         r->nquery = 1;
     }
-    if (strcmp(method, "HEAD") == 0) r->nobody = 1;
+    if (strcmp(method, "HEAD") == 0)
+        r->nobody = 1;
     if (body != NULL) {
         r->content_type = ctype;
         set_body(r, body, blen, 1);
@@ -1813,7 +1977,8 @@ static int s3_create_bucket(lua_State *L) {
                         c->region);
         body = lua_tostring(L, -1);
     }
-    s3_batch *b = bucket_call(L, c, "PUT", NULL, body, body ? strlen(body) : 0, body ? "application/xml" : NULL);
+    s3_batch *b =
+        bucket_call(L, c, "PUT", NULL, body, body ? strlen(body) : 0, body ? "application/xml" : NULL);
     const s3_req *r = &b->reqs[0];
     int ok = http_ok(r), n;
     if (!ok && r->local_code == NULL && r->cc == CURLE_OK && r->status == 409) {
@@ -1830,7 +1995,8 @@ static int s3_create_bucket(lua_State *L) {
     return n;
 }
 
-static int simple_bucket_call(lua_State *L, const char *method, const char *sub, const char *op, int body_arg) {
+static int simple_bucket_call(lua_State *L, const char *method, const char *sub, const char *op,
+                              int body_arg) {
     s3_client *c = check_client(L);
     size_t blen = 0;
     const char *body = body_arg ? luaL_checklstring(L, body_arg, &blen) : NULL;
@@ -1847,10 +2013,14 @@ static int simple_bucket_call(lua_State *L, const char *method, const char *sub,
 }
 
 /* client:delete_bucket() -> true | nil, err (the bucket must be empty) */
-static int s3_delete_bucket(lua_State *L) { return simple_bucket_call(L, "DELETE", NULL, "delete_bucket", 0); }
+static int s3_delete_bucket(lua_State *L) {
+    return simple_bucket_call(L, "DELETE", NULL, "delete_bucket", 0);
+}
 
 /* client:put_bucket_policy(json) -> true | nil, err */
-static int s3_put_bucket_policy(lua_State *L) { return simple_bucket_call(L, "PUT", "policy", "put_bucket_policy", 2); }
+static int s3_put_bucket_policy(lua_State *L) {
+    return simple_bucket_call(L, "PUT", "policy", "put_bucket_policy", 2);
+}
 
 /* client:delete_bucket_policy() -> true | nil, err */
 static int s3_delete_bucket_policy(lua_State *L) {
@@ -1868,13 +2038,17 @@ static int s3_presign(lua_State *L) {
     lua_Integer expires = luaL_checkinteger(L, 4);
     time_t now = time(NULL);
     for (const char *m = method; *m; m++)
-        if (*m < 'A' || *m > 'Z') luaL_argerror(L, 2, "an HTTP method in capitals");
-    if (*method == '\0') luaL_argerror(L, 2, "an HTTP method in capitals");
-    if (expires < 1 || expires > 604800) luaL_argerror(L, 4, "expires must be 1..604800 seconds");
+        if (*m < 'A' || *m > 'Z')
+            luaL_argerror(L, 2, "an HTTP method in capitals");
+    if (*method == '\0')
+        luaL_argerror(L, 2, "an HTTP method in capitals");
+    if (expires < 1 || expires > 604800)
+        luaL_argerror(L, 4, "expires must be 1..604800 seconds");
     if (!lua_isnoneornil(L, 5)) {
         luaL_checktype(L, 5, LUA_TTABLE);
         lua_getfield(L, 5, "now");
-        if (!lua_isnil(L, -1)) now = (time_t)luaL_checkinteger(L, -1);
+        if (!lua_isnil(L, -1))
+            now = (time_t)luaL_checkinteger(L, -1);
         lua_pop(L, 1);
     }
     if (len == 0) {
@@ -1922,8 +2096,10 @@ static int s3_presign(lua_State *L) {
     sigv4_result *res = lua_newuserdatauv(L, sizeof *res, 0); /* path host res */
     memset(res, 0, sizeof *res);
     luaL_setmetatable(L, RESULT_MT);
-    if (sigv4_sign(&q, res) != 0) return luaL_error(L, "not enough memory");
-    lua_pushfstring(L, "%s://%s%s?%s", c->https ? "https" : "http", hdr.value, res->encoded_path, res->query);
+    if (sigv4_sign(&q, res) != 0)
+        return luaL_error(L, "not enough memory");
+    lua_pushfstring(L, "%s://%s%s?%s", c->https ? "https" : "http", hdr.value, res->encoded_path,
+                    res->query);
     sigv4_result_free(res);
     return 1;
 }
@@ -1944,25 +2120,42 @@ static int s3_stats(lua_State *L) {
     return 1;
 }
 
-static const char *const client_fields[] = {
-    "endpoint", "region", "access_key", "secret_key", "session_token", "bucket", "path_style",
-    "connect_timeout", "timeout", "ca_file", "verify_tls", "max_attempts", "retry_max_seconds",
-    "retry_base_seconds", "concurrency", "trace", NULL};
+static const char *const client_fields[] = {"endpoint",
+                                            "region",
+                                            "access_key",
+                                            "secret_key",
+                                            "session_token",
+                                            "bucket",
+                                            "path_style",
+                                            "connect_timeout",
+                                            "timeout",
+                                            "ca_file",
+                                            "verify_tls",
+                                            "max_attempts",
+                                            "retry_max_seconds",
+                                            "retry_base_seconds",
+                                            "concurrency",
+                                            "trace",
+                                            NULL};
 
 static char *opt_dup(lua_State *L, const char *field, int required) {
     lua_getfield(L, 1, field);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
-        if (required) luaL_error(L, "s3.client: '%s' is required", field);
+        if (required)
+            luaL_error(L, "s3.client: '%s' is required", field);
         return NULL;
     }
-    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "s3.client: '%s' must be a string", field);
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "s3.client: '%s' must be a string", field);
     size_t n;
     const char *s = lua_tolstring(L, -1, &n);
-    if (n == 0 && required) luaL_error(L, "s3.client: '%s' must not be empty", field);
+    if (n == 0 && required)
+        luaL_error(L, "s3.client: '%s' must not be empty", field);
     char *p = dupn(s, n);
     lua_pop(L, 1);
-    if (p == NULL) luaL_error(L, "not enough memory");
+    if (p == NULL)
+        luaL_error(L, "not enough memory");
     return p;
 }
 
@@ -1970,9 +2163,11 @@ static double opt_num(lua_State *L, const char *field, double def, double lo, do
     lua_getfield(L, 1, field);
     double v = def;
     if (!lua_isnil(L, -1)) {
-        if (!lua_isnumber(L, -1)) luaL_error(L, "s3.client: '%s' must be a number", field);
+        if (!lua_isnumber(L, -1))
+            luaL_error(L, "s3.client: '%s' must be a number", field);
         v = lua_tonumber(L, -1);
-        if (!(v >= lo && v <= hi)) luaL_error(L, "s3.client: '%s' must be in %f..%f", field, lo, hi);
+        if (!(v >= lo && v <= hi))
+            luaL_error(L, "s3.client: '%s' must be in %f..%f", field, lo, hi);
     }
     lua_pop(L, 1);
     return v;
@@ -1982,7 +2177,8 @@ static int opt_bool(lua_State *L, const char *field, int def) {
     lua_getfield(L, 1, field);
     int v = def;
     if (!lua_isnil(L, -1)) {
-        if (!lua_isboolean(L, -1)) luaL_error(L, "s3.client: '%s' must be a boolean", field);
+        if (!lua_isboolean(L, -1))
+            luaL_error(L, "s3.client: '%s' must be a boolean", field);
         v = lua_toboolean(L, -1);
     }
     lua_pop(L, 1);
@@ -2004,7 +2200,8 @@ static void parse_endpoint(lua_State *L, s3_client *c, const char *ep) {
     size_t n = strcspn(a, "/?#");
     if (a[n] != '\0' && strcmp(a + n, "/") != 0)
         luaL_error(L, "s3.client: endpoint must be scheme://host[:port] without a path or query");
-    if (n == 0) luaL_error(L, "s3.client: endpoint has no host");
+    if (n == 0)
+        luaL_error(L, "s3.client: endpoint has no host");
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)a[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
@@ -2015,9 +2212,11 @@ static void parse_endpoint(lua_State *L, s3_client *c, const char *ep) {
         (!c->https && n > 3 && strncmp(a + n - 3, ":80", 3) == 0 && a[n - 4] != ':'))
         n -= c->https ? 4 : 3;
     c->authority = dupn(a, n);
-    if (c->authority == NULL) luaL_error(L, "not enough memory");
+    if (c->authority == NULL)
+        luaL_error(L, "not enough memory");
     for (char *p = c->authority; *p; p++)
-        if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
 }
 
 /* s3.client{endpoint, region, access_key, secret_key, session_token, bucket, path_style,
@@ -2032,11 +2231,14 @@ static int s3_client_new(lua_State *L) {
         lua_pop(L, 1);
         int known = 0;
         if (lua_type(L, -1) == LUA_TSTRING)
-            for (const char *const *f = client_fields; *f && !known; f++) known = strcmp(*f, lua_tostring(L, -1)) == 0;
-        if (!known) luaL_error(L, "s3.client: unknown option '%s'", luaL_tolstring(L, -1, NULL));
+            for (const char *const *f = client_fields; *f && !known; f++)
+                known = strcmp(*f, lua_tostring(L, -1)) == 0;
+        if (!known)
+            luaL_error(L, "s3.client: unknown option '%s'", luaL_tolstring(L, -1, NULL));
     }
     lua_getfield(L, 1, "trace");
-    if (!lua_isnil(L, -1) && !lua_isfunction(L, -1)) luaL_error(L, "s3.client: 'trace' must be a function");
+    if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
+        luaL_error(L, "s3.client: 'trace' must be a function");
     /* 1 opts 2 trace */
     s3_client *c = lua_newuserdatauv(L, sizeof *c, 1); /* opts trace client */
     memset(c, 0, sizeof *c);
@@ -2046,16 +2248,19 @@ static int s3_client_new(lua_State *L) {
     lua_setiuservalue(L, -2, 1);
 
     lua_getfield(L, 1, "endpoint"); /* opts trace client endpoint */
-    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "s3.client: 'endpoint' is required (a string)");
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "s3.client: 'endpoint' is required (a string)");
     parse_endpoint(L, c, lua_tostring(L, -1));
     lua_pop(L, 1);
     c->region = opt_dup(L, "region", 0);
-    if (c->region == NULL && (c->region = dupn("us-east-1", 9)) == NULL) luaL_error(L, "not enough memory");
+    if (c->region == NULL && (c->region = dupn("us-east-1", 9)) == NULL)
+        luaL_error(L, "not enough memory");
     c->access_key = opt_dup(L, "access_key", 1);
     c->secret_key = opt_dup(L, "secret_key", 1);
     c->session_token = opt_dup(L, "session_token", 0);
     c->bucket = opt_dup(L, "bucket", 1);
-    if (strchr(c->bucket, '/') != NULL) luaL_error(L, "s3.client: 'bucket' must not contain '/'");
+    if (strchr(c->bucket, '/') != NULL)
+        luaL_error(L, "s3.client: 'bucket' must not contain '/'");
     c->ca_file = opt_dup(L, "ca_file", 0);
     c->path_style = opt_bool(L, "path_style", 1);
     c->verify_tls = opt_bool(L, "verify_tls", 1);
@@ -2066,7 +2271,8 @@ static int s3_client_new(lua_State *L) {
     c->retry_base_seconds = opt_num(L, "retry_base_seconds", 0.1, 0, 60);
     c->concurrency = (int)opt_num(L, "concurrency", 16, 1, MAX_CONCURRENCY);
     c->multi = curl_multi_init();
-    if (c->multi == NULL) luaL_error(L, "s3.client: cannot create a curl multi handle");
+    if (c->multi == NULL)
+        luaL_error(L, "s3.client: cannot create a curl multi handle");
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)MAX_CONCURRENCY);
     c->closed = 0;
     return 1;
@@ -2077,33 +2283,27 @@ static int result_gc(lua_State *L) {
     return 0;
 }
 
-static const luaL_Reg client_methods[] = {
-    {"close", client_close},
-    {"create_bucket", s3_create_bucket},
-    {"delete", s3_delete},
-    {"delete_bucket", s3_delete_bucket},
-    {"delete_bucket_policy", s3_delete_bucket_policy},
-    {"delete_many", s3_delete_many},
-    {"get", s3_get},
-    {"head", s3_head},
-    {"head_bucket", s3_head_bucket},
-    {"head_many", s3_head_many},
-    {"list", s3_list},
-    {"presign", s3_presign},
-    {"put", s3_put},
-    {"put_bucket_policy", s3_put_bucket_policy},
-    {"stats", s3_stats},
-    {NULL, NULL}};
+static const luaL_Reg client_methods[] = {{"close", client_close},
+                                          {"create_bucket", s3_create_bucket},
+                                          {"delete", s3_delete},
+                                          {"delete_bucket", s3_delete_bucket},
+                                          {"delete_bucket_policy", s3_delete_bucket_policy},
+                                          {"delete_many", s3_delete_many},
+                                          {"get", s3_get},
+                                          {"head", s3_head},
+                                          {"head_bucket", s3_head_bucket},
+                                          {"head_many", s3_head_many},
+                                          {"list", s3_list},
+                                          {"presign", s3_presign},
+                                          {"put", s3_put},
+                                          {"put_bucket_policy", s3_put_bucket_policy},
+                                          {"stats", s3_stats},
+                                          {NULL, NULL}};
 
 static const luaL_Reg client_meta[] = {
-    {"__close", client_close},
-    {"__gc", client_close},
-    {"__tostring", client_tostring},
-    {NULL, NULL}};
+    {"__close", client_close}, {"__gc", client_close}, {"__tostring", client_tostring}, {NULL, NULL}};
 
-static const luaL_Reg s3_funcs[] = {
-    {"client", s3_client_new},
-    {NULL, NULL}};
+static const luaL_Reg s3_funcs[] = {{"client", s3_client_new}, {NULL, NULL}};
 
 int luaopen_resclean_s3(lua_State *L) {
     if (luaL_newmetatable(L, CLIENT_MT)) {
