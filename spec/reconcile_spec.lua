@@ -33,10 +33,13 @@ local function set_of(list)
   return s
 end
 
+-- JSON log lines; on stderr, the one-line "resclean: ..." messages are not JSON.
 local function parse_log(text)
   local by = {}
   for line in text:gmatch("[^\n]+") do
-    local rec = cjson.decode(line)
+    local ok, rec = pcall(cjson.decode, line)
+    assert(ok or line:match("^resclean: "), "not a JSON log line: " .. line)
+    rec = ok and rec or { event = "message", text = line }
     by[rec.event] = by[rec.event] or {}
     table.insert(by[rec.event], rec)
   end
