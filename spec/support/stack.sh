@@ -475,6 +475,11 @@ write_env() {
 stop_stack() {
     local pid name pidfile_pid
     [[ -e $DIR ]] || return 0
+    # An empty DIR (mktemp -d, start refused early) is simply removed.
+    if [[ -d $DIR && -z $(ls -A "$DIR") ]]; then
+        rmdir -- "$DIR"
+        return 0
+    fi
     [[ -e $DIR/$MARKER ]] || die "$DIR is not a stack directory (no $MARKER); not touching it"
     terminate radosgw "$(recorded_pid radosgw)"
     terminate ceph-osd "$(recorded_pid ceph-osd)"
@@ -527,6 +532,7 @@ cmd_start() {
     local pg_port pg_pid main_pid=$$
     T0=$(now_us)
     command -v radosgw >/dev/null || die "radosgw not installed"
+    [[ -x $PG_BIN/initdb ]] || die "no initdb in $PG_BIN"
     [[ -f $SCHEMA ]] || die "schema not found: $SCHEMA"
     if [[ -e $DIR ]]; then
         [[ -d $DIR && -z $(ls -A "$DIR") ]] || die "$DIR exists and is not empty"
@@ -629,6 +635,7 @@ cmd_restart_rgw() {
 cmd_pg_ctl() {
     local rc=0 pid
     [[ -f $DIR/env && -e $DIR/$MARKER ]] || die "no running stack in $DIR"
+    [[ -x $PG_BIN/pg_ctl ]] || die "no pg_ctl in $PG_BIN"
     as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PG_LOG" "$@" || rc=$?
     if [[ -f $PGDATA/postmaster.pid ]]; then
         pid=$(head -n 1 "$PGDATA/postmaster.pid")
