@@ -4,7 +4,8 @@ will not produce on demand (HTML or truncated replies, 5xx, dropped connections,
 bodies). The integration specs use the real RGW; this is only for resclean.s3's own
 robustness specs. It checks no signatures.
 
-    fake_s3.py DIR      listen on a free loopback port, write it to DIR/port
+    fake_s3.py DIR [CERT KEY]   listen on a free loopback port (TLS with CERT and KEY),
+                                write the port to DIR/port
 
 Control (JSON over HTTP on the same port):
     PUT /__script    body: a list of replies; each request takes the next one, the last
@@ -19,6 +20,7 @@ import base64
 import hashlib
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -134,6 +136,10 @@ def main():
     d = sys.argv[1]
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.daemon_threads = True
+    if len(sys.argv) > 3:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     tmp = os.path.join(d, "port.tmp")
     with open(tmp, "w") as f:
         f.write(str(srv.server_address[1]))

@@ -140,13 +140,31 @@ end
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec/support"
 
--- Start fake_s3.py; returns {endpoint, script(list), log(), clear(), stop()}.
-function M.fake_server()
+-- A self-signed certificate for name (a DNS name or an IP address): cert, key paths.
+function M.self_signed(dir, name)
+  local san = name:match("^[%d%.]+$") and ("IP:" .. name) or ("DNS:" .. name)
+  local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
+  assert(os.execute(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+    .. "-subj /CN=%s -addext subjectAltName=%s -keyout %s -out %s >/dev/null 2>&1")
+    :format(name, san, helpers.q(key), helpers.q(cert))))
+  return cert, key
+end
+
+-- Start fake_s3.py; returns {endpoint, script(list), log(), clear(), stop(), client(opts)}.
+-- opts.tls = a name: serve HTTPS with a self-signed certificate for that name (f.cert).
+function M.fake_server(opts)
+  opts = opts or {}
   local dir = helpers.tmpdir()
-  local cmd = ("python3 %s %s >%s 2>&1 & echo $! >%s"):format(helpers.q(here .. "/fake_s3.py"),
-    helpers.q(dir), helpers.q(dir .. "/log"), helpers.q(dir .. "/pid"))
-  assert(os.execute(cmd))
+  local tls = ""
   local f = {}
+  if opts.tls then
+    local cert, key = M.self_signed(dir, opts.tls)
+    f.cert = cert
+    tls = " " .. helpers.q(cert) .. " " .. helpers.q(key)
+  end
+  local cmd = ("python3 %s %s%s >%s 2>&1 & echo $! >%s"):format(helpers.q(here .. "/fake_s3.py"),
+    helpers.q(dir), tls, helpers.q(dir .. "/log"), helpers.q(dir .. "/pid"))
+  assert(os.execute(cmd))
   f.pid = tonumber(helpers.wait_for(function()
     local h = io.open(dir .. "/pid")
     local s = h and h:read("a")
@@ -159,10 +177,10 @@ function M.fake_server()
     if h then h:close() end
     return s and s:match("%d+")
   end, 10, "fake_s3.py to listen"))
-  f.endpoint = ("http://127.0.0.1:%d"):format(f.port)
+  f.endpoint = ("%s://127.0.0.1:%d"):format(opts.tls and "https" or "http", f.port)
   local function control(method, path, body)
     local bodyfile = helpers.tmpfile(body or "", "control")
-    local p = assert(io.popen(("curl -sS -X %s --data-binary @%s %s%s"):format(method, helpers.q(bodyfile),
+    local p = assert(io.popen(("curl -sS -k -X %s --data-binary @%s %s%s"):format(method, helpers.q(bodyfile),
       f.endpoint, path)))
     local out = p:read("a")
     p:close()
