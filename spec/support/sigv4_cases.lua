@@ -6,7 +6,8 @@ local lfs = require("lfs")
 
 local M = {}
 
--- repo_root/../shared/testdata/sigv4, found from this file's own location.
+-- $RESCLEAN_SIGV4_TESTDATA, else repo_root/../shared/testdata/sigv4 (found from this
+-- file's own location), else the workplace's /work/shared (a checkout elsewhere, as CI's).
 function M.root()
   local env = os.getenv("RESCLEAN_SIGV4_TESTDATA")
   if env and env ~= "" then
@@ -14,6 +15,9 @@ function M.root()
   end
   local src = debug.getinfo(1, "S").source:gsub("^@", "")
   local dir = src:match("^(.*)/[^/]*$") or "."
+  for _, cand in ipairs({ dir .. "/../../../shared/testdata/sigv4", "/work/shared/testdata/sigv4" }) do
+    if lfs.attributes(cand, "mode") == "directory" then return cand end
+  end
   return dir .. "/../../../shared/testdata/sigv4"
 end
 
