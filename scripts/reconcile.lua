@@ -88,6 +88,13 @@ local TEXT_TYPES = { text = true, ["character varying"] = true, character = true
 -- err (kind "policy" for what is missing).
 function M.check_owners(conn, p, page_size)
   page_size = page_size or PAGE
+  local listed = false
+  for _, o in ipairs(p.owners) do listed = listed or o.table == p.table end
+  if not listed then
+    return nil, { kind = "policy", field = "owners",
+                  message = ("the policy's table %q is not among its owners: its objects would look orphaned")
+                    :format(p.table) }
+  end
   local out = {}
   for i, o in ipairs(p.owners) do
     local res, err = conn:query([[

@@ -197,6 +197,18 @@ describe("reconcile", function()
     assert.are.same(keys_of(before), keys_of(bucket_keys()))
   end)
 
+  it("refuses to run when the owners do not include the policy's own table", function()
+    local bad = h.tmpfile([[return { url_lifetime = 1, owners = {
+      { table = "upload_resource_files", key_column = "id" } } }
+]], "policy.lua")
+    local before = bucket_keys()
+    local r = h.run({ "run", "scripts/reconcile.lua", "--apply", "--policy", bad, "--older-than", tostring(OLD) },
+      { RESCLEAN_BUCKET = bucket, RESCLEAN_POLICY = false })
+    assert.are.equal(2, r.code)
+    assert.matches("is not among its owners", r.stderr, 1, true)
+    assert.are.same(keys_of(before), keys_of(bucket_keys()))
+  end)
+
   it("refuses an --older-than shorter than the URL lifetime", function()
     local r = h.run({ "run", "scripts/reconcile.lua", "--apply", "--older-than", "60" },
       { RESCLEAN_BUCKET = bucket, RESCLEAN_POLICY = false })
