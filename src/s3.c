@@ -788,7 +788,7 @@ static long easy_status(CURL *e) {
     return st;
 }
 
-enum { DRIVE_OK, DRIVE_TRACE_ERROR, DRIVE_NOMEM };
+enum { DRIVE_OK, DRIVE_TRACE_ERROR, DRIVE_NOMEM, DRIVE_CURL };
 
 /* Run every request of b to completion, at most conc at once, on the client's multi
  * handle (one connection pool). Never raises: on DRIVE_TRACE_ERROR the trace hook's
@@ -853,7 +853,11 @@ static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
             break;
 
         int still = 0, q = 0;
-        curl_multi_perform(c->multi, &still);
+        CURLMcode mc = curl_multi_perform(c->multi, &still);
+        if (mc != CURLM_OK) { /* out of memory or a broken handle: would never finish */
+            rc = mc == CURLM_OUT_OF_MEMORY ? DRIVE_NOMEM : DRIVE_CURL;
+            goto out;
+        }
         CURLMsg *m;
         while ((m = curl_multi_info_read(c->multi, &q)) != NULL) {
             if (m->msg != CURLMSG_DONE)
@@ -931,6 +935,9 @@ static void run_batch(lua_State *L, s3_client *c, s3_batch *b, int conc) {
     } else if (rc == DRIVE_NOMEM) {
         batch_release(b);
         luaL_error(L, "not enough memory");
+    } else if (rc == DRIVE_CURL) {
+        batch_release(b);
+        luaL_error(L, "s3: libcurl's multi interface failed");
     }
     if (trace == 0)
         lua_pop(L, 1);
@@ -982,7 +989,7 @@ static void push_req_error(lua_State *L, const s3_req *r, const char *op, const 
     }
     if (r->local_code != NULL) {
         code = r->local_code;
-        msg = msg_override ? msg_override : "refused before sending";
+        msg = msg_override ? msg_override : "an empty key is refused before any request";
         lua_pushboolean(L, 0);
         lua_setfield(L, -2, "retryable");
     } else if (r->cc != CURLE_OK) {
