@@ -93,6 +93,8 @@ install: $(BIN)
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/resclean
 	install -m 644 lib/resclean/*.lua $(DESTDIR)$(SHAREDIR)/lib/resclean/
 	install -m 644 scripts/*.lua $(DESTDIR)$(SHAREDIR)/scripts/
+	install -d $(DESTDIR)$(SHAREDIR)/examples
+	install -m 644 examples/* $(DESTDIR)$(SHAREDIR)/examples/
 	install -m 644 src/resclean.1 $(DESTDIR)$(PREFIX)/share/man/man1/resclean.1
 
 clean:

@@ -36,6 +36,10 @@ local function main(...)
   local p, err = app.load_policy(opts)
   if not p then return app.fail(app.EXIT.usage, err.message) end
   local metrics = opts["metrics-file"] and require("resclean.metrics").new(opts["metrics-file"])
+  if metrics then
+    local ok, merr = metrics:check()
+    if not ok then return app.fail(app.EXIT.usage, merr.message) end
+  end
 
   local function cycle()
     -- The policy is re-read every cycle; a broken edit keeps the last good one.
@@ -48,7 +52,7 @@ local function main(...)
     local store, code, msg = app.open_store(p, true)
     if not store then
       app.fail(code, msg)
-      if metrics then metrics:record_failure(p) end
+      if metrics then metrics:record_failure(p, code) end
       return code
     end
     local summary
