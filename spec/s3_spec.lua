@@ -649,6 +649,16 @@ describe("resclean.s3 failure modes (scripted fake server)", function()
     c:close()
   end)
 
+  it("heads objects of any size: the reply limit is for bodies only", function()
+    f.script({ { status = 200, length = 5 * 1024 * 1024 * 1024, headers = { ETag = '"abc"' } } })
+    local c = f.client()
+    local r = assert(c:head("big"))
+    assert.is_true(r.exists)
+    assert.equal(5 * 1024 * 1024 * 1024, r.size)
+    assert.equal("abc", r.etag)
+    c:close()
+  end)
+
   it("rejects list replies that are malformed or truncated without a token", function()
     local c = f.client({ max_attempts = 1 })
     for _, body in ipairs({
