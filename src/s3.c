@@ -122,9 +122,13 @@ typedef struct s3_client {
     char *authority; /* host[:port] as sent in Host, default port dropped */
     char *region, *access_key, *secret_key, *session_token, *bucket, *ca_file;
     CURLM *multi;
+    CURL *idle[MAX_CONCURRENCY]; /* easy handles kept between calls (buffers, no re-init) */
+    int nidle;
 } s3_client;
 
 static void client_release(s3_client *c) {
+    while (c->nidle > 0)
+        curl_easy_cleanup(c->idle[--c->nidle]);
     if (c->multi != NULL) {
         curl_multi_cleanup(c->multi);
         c->multi = NULL;
@@ -805,7 +809,7 @@ static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
         return DRIVE_NOMEM;
     b->nslots = conc;
     for (int i = 0; i < conc; i++)
-        if ((b->easy[i] = curl_easy_init()) == NULL)
+        if ((b->easy[i] = c->nidle > 0 ? c->idle[--c->nidle] : curl_easy_init()) == NULL)
             return DRIVE_NOMEM;
     for (size_t i = 0; i < b->nreq; i++)
         if (b->reqs[i].state == RQ_DONE)
@@ -915,6 +919,12 @@ out:
             curl_multi_remove_handle(c->multi, b->easy[s]);
             b->slot_req[s]->state = RQ_DONE;
             b->slot_req[s] = NULL;
+        }
+        /* detached: back to the client for the next call */
+        if (c->nidle < MAX_CONCURRENCY) {
+            curl_easy_reset(b->easy[s]); /* drop pointers into this batch (headers, error buffer) */
+            c->idle[c->nidle++] = b->easy[s];
+            b->easy[s] = NULL;
         }
     }
     c->busy = 0;
