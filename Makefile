@@ -41,7 +41,7 @@ OBJ     = $(SRC:src/%.c=$(OBJDIR)/%.o)
 DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev \
             libpq-dev libcurl4-openssl-dev libssl-dev libexpat1-dev
 DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
-            radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps
+            radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl
 DEB_BENCH = hyperfine
 
 .PHONY: all asan deps test lint specs demo bench install clean fuzz

@@ -44,9 +44,11 @@ function M.open_store(p, check)
   local storage = require("resclean.storage")
   local sopts, err = config.s3_options(p)
   if not sopts then return nil, M.EXIT.usage, err.message end
-  local store
-  store, err = storage.new(sopts)
-  if not store then return nil, M.EXIT.usage, sweep.errmsg(err) end
+  -- s3.client raises on options it cannot take (an endpoint with a path):
+  -- that is a configuration error, exit 2.
+  local okc, store, serr = pcall(storage.new, sopts)
+  if not okc then return nil, M.EXIT.usage, "storage configuration: " .. log.redact(tostring(store)) end
+  if not store then return nil, M.EXIT.usage, sweep.errmsg(serr) end
   if check then
     local ok
     ok, err = store:check()
