@@ -1,23 +1,30 @@
 -- What fuzzing found (spec/fuzz), kept as regressions: each input is replayed through the real
--- resclean.s3 client against a scripted server on loopback. A DeleteObjects reply that does
--- not say a key was deleted must never make delete_many report it deleted: the sweep deletes
--- the row of every key reported deleted, so a wrong "deleted" leaves an object without its row.
+-- resclean.s3 client against a scripted server on loopback.
+--  * A DeleteObjects reply that does not say a key was deleted must never make delete_many
+--    report it deleted: the sweep deletes the row of every key reported deleted, so a wrong
+--    "deleted" leaves an object without its row.
+--  * A request for a key must name that key: a shorter one (cut at a NUL byte) is another
+--    object, which a DELETE would remove.
 local fs = require("support.faults_support")
+local fx = require("support.fixtures")
 local h = require("support.helpers")
 local s3 = require("resclean.s3")
 
+local sigv4 = require("resclean.sigv4")
+
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec"
-local DIR = here .. "/fuzz/regressions/delete_result"
+local ROOT = here .. "/fuzz/regressions"
+local DIR = ROOT .. "/delete_result"
 
 -- The keys delete_result_fuzz.c always asks for, besides those of the input's first line.
 local FIXED_KEYS = { "a", "b", "a b", "x&y", "\u{FC}", "0f8fad5b-d9cb-469f-a165-70867728950e", "k/../k", "A" }
 
-local function inputs()
-  local p = assert(io.popen("ls " .. h.q(DIR)))
+local function inputs(dir)
+  local p = assert(io.popen("ls " .. h.q(dir)))
   local names = {}
   for name in p:lines() do names[#names + 1] = name end
   p:close()
-  assert(#names > 0, "no regression inputs in " .. DIR)
+  assert(#names > 0, "no regression inputs in " .. dir)
   return names
 end
 
@@ -58,7 +65,7 @@ describe("fuzz regressions: DeleteObjects replies", function()
     assert.is_true(res[1].deleted and res[2].deleted)
   end)
 
-  for _, name in ipairs(inputs()) do
+  for _, name in ipairs(inputs(DIR)) do
     it("reports no key deleted for the malformed reply " .. name, function()
       local keys, body = parse(h.readall(DIR .. "/" .. name))
       fake.config({ delete_objects = { status = 200, body_file = h.tmpfile(body, "reply.xml") } })
@@ -70,6 +77,36 @@ describe("fuzz regressions: DeleteObjects replies", function()
         assert.is_false(res[i].deleted, ("key %q reported deleted"):format(k))
         assert.is_table(res[i].err)
       end
+    end)
+  end
+end)
+
+describe("fuzz regressions: object keys in requests", function()
+  local fake, client
+
+  setup(function()
+    fake = fs.fake_s3()
+    client = assert(s3.client({ endpoint = fake.endpoint, access_key = "AKFAKE", secret_key = "fake-secret",
+      bucket = "fuzz", max_attempts = 1 }))
+  end)
+
+  teardown(function()
+    if client then client:close() end
+    if fake then fake.stop() end
+  end)
+
+  for _, name in ipairs(inputs(ROOT .. "/s3_request")) do
+    it("names exactly the key " .. name .. " in HEAD, DELETE and presigned URLs", function()
+      local key = h.readall(ROOT .. "/s3_request/" .. name)
+      local want = "/fuzz/" .. sigv4.uri_encode(key, true)
+      fake.clear()
+      client:head(key)
+      client:delete(key)
+      local log = fake.log()
+      assert.are.equal(2, #log)
+      for _, r in ipairs(log) do assert.are.equal(want, r.path, r.method .. " names another key") end
+      local url = fx.check(client:presign("DELETE", key, 60))
+      assert.are.equal(fake.endpoint .. want, url:match("^[^?]*"))
     end)
   end
 end)
