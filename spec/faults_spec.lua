@@ -89,7 +89,7 @@ describe("under faults, the sweep", function()
   end)
 
   -- A session whose rows are deleted (uncommitted) while the batch's storage phase runs.
-  local MID_BATCH = "state = 'idle in transaction' AND query LIKE 'DELETE FROM%'"
+  local MID_BATCH = "state = 'idle in transaction' AND query ILIKE '%DELETE FROM%'"
 
   it("rolls the batch back and exits 3 when its database session is terminated mid-batch (--once)", function()
     local w = fs.world(conn, { stale = 2000, with_objects = 100, tag = "pg-term" })
