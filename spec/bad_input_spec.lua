@@ -3,6 +3,7 @@
 -- sends. Each ends in a clear message and the documented exit code, with nothing touched.
 local fs = require("support.faults_support")
 local fx = require("support.fixtures")
+local s3 = require("resclean.s3")
 
 local conn, w
 
@@ -298,6 +299,18 @@ return {
         assert.are.equal(5, fx.count(conn))
       end)
     end
+
+    it("never lets a content type smuggle a header into a request (CR LF in put's content_type)", function()
+      fake.config({})
+      fake.clear()
+      local c = assert(s3.client({ endpoint = fake.endpoint, access_key = "AKFAKE", secret_key = "fake-secret",
+        bucket = "fake-bucket", max_attempts = 1 }))
+      pcall(c.put, c, "k", "body", { content_type = "text/plain\r\nX-Injected: yes" })
+      c:close()
+      for _, r in ipairs(fake.log()) do
+        assert.is_nil(r.headers["x-injected"], "a header was injected into " .. r.method .. " " .. r.path)
+      end
+    end)
 
     for _, c in ipairs({
       { "an HTML page", { status = 200, body = "<html><body>login</body></html>" } },

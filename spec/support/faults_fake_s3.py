@@ -18,7 +18,7 @@ Control (JSON over HTTP on the same port):
                      "echo": true (a DeleteResult listing the requested keys as Deleted),
                      "short": N (announce the body's length, send N bytes, close),
                      "drop": true (close without answering)}
-    GET /__log      [{method, path, kind, keys}] of every request so far
+    GET /__log      [{method, path, kind, keys, headers}] of every request so far
     DELETE /__log   forget it
 """
 import json
@@ -81,7 +81,8 @@ class Handler(BaseHTTPRequestHandler):
         kind = kind_of(self.command, self.path)
         keys = request_keys(body) if kind == "delete_objects" else None
         with LOCK:
-            LOG.append({"method": self.command, "path": self.path, "kind": kind, "keys": keys})
+            LOG.append({"method": self.command, "path": self.path, "kind": kind, "keys": keys,
+                        "headers": {k.lower(): v for k, v in self.headers.items()}})
             reply = CONFIG.get(kind) or DEFAULTS[kind]
         if reply.get("drop"):
             self.close_connection = True
