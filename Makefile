@@ -1,4 +1,8 @@
-# resclean: build, test, demo, bench. GNU make; pkg-config for every library.
+# res# libFuzzer harnesses (clang) for the S3 reply parsing and SigV4 encoding; a few minutes each.
+fuzz:
+	@$(MAKE) --no-print-directory -C spec/fuzz run
+
+clean: build, test, demo, bench. GNU make; pkg-config for every library.
 #
 #   make            build ./resclean
 #   make test       install what is missing, build, lint, run every spec on a
@@ -42,7 +46,7 @@ DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev \
             libpq-dev libcurl4-openssl-dev libssl-dev libexpat1-dev
 DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
             radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl
-DEB_BENCH = hyperfine
+DEB_BENCH = hyperfine clang libclang-rt-14-dev
 
 .PHONY: all asan deps test lint specs demo bench install clean fuzz
 all: $(BIN)
@@ -96,6 +100,10 @@ install: $(BIN)
 	install -d $(DESTDIR)$(SHAREDIR)/examples
 	install -m 644 examples/* $(DESTDIR)$(SHAREDIR)/examples/
 	install -m 644 src/resclean.1 $(DESTDIR)$(PREFIX)/share/man/man1/resclean.1
+
+# libFuzzer harnesses (clang) for the S3 reply parsing and SigV4 encoding; a few minutes each.
+fuzz:
+	@$(MAKE) --no-print-directory -C spec/fuzz run
 
 clean:
 	rm -rf build resclean

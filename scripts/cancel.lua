@@ -46,7 +46,7 @@ local function main(...)
     dry_run = opts["dry-run"], ids = ids,
   })
   store:close()
-  if summary.error then io.stderr:write("resclean: ", summary.error, "\n") end
+  app.report(summary)
   return code
 end
 

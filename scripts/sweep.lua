@@ -61,7 +61,7 @@ local function main(...)
       dry_run = opts["dry-run"], check_plan = require("resclean.plan").check,
     })
     store:close()
-    if summary.error then io.stderr:write("resclean: ", summary.error, "\n") end
+    app.report(summary)
     if metrics then metrics:record(summary, code, p) end
     return code
   end

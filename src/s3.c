@@ -481,6 +481,7 @@ static int add_header_line(struct curl_slist **l, const char *name, const char *
  * function or 0. On START_TRACE_ERROR the error value is on the stack top. */
 static int req_start(lua_State *L, s3_client *c, s3_req *r, CURL *easy, char *errbuf, int trace) {
     buf path = {0}, host = {0}, url = {0};
+    char *wire_path = NULL;
     sigv4_result res;
     sigv4_kv hdrs[10];
     size_t nh = 0;
@@ -511,10 +512,15 @@ static int req_start(lua_State *L, s3_client *c, s3_req *r, CURL *easy, char *er
     if (r->content_type != NULL)
         hdrs[nh++] = (sigv4_kv){"content-type", r->content_type};
 
+    /* Encoded here, with its length: sigv4 takes C strings, and a key with a NUL byte
+     * must not become the shorter key before it (DELETE "a\0b" deleting "a"). */
+    if ((wire_path = sigv4_uri_encode(path.p, path.n, 1)) == NULL)
+        goto done;
     sigv4_request q;
     memset(&q, 0, sizeof q);
     q.method = r->method;
-    q.path = path.p;
+    q.path = wire_path;
+    q.path_encoded = 1;
     q.query = r->query;
     q.nquery = r->nquery;
     q.headers = hdrs;
@@ -609,6 +615,7 @@ static int req_start(lua_State *L, s3_client *c, s3_req *r, CURL *easy, char *er
     r->state = RQ_RUNNING;
     rc = START_OK;
 done:
+    free(wire_path);
     sigv4_result_free(&res);
     buf_free(&path);
     buf_free(&host);
@@ -624,6 +631,7 @@ typedef struct xw {
     XML_Parser p;
     int depth, failed;
     char names[XW_MAXDEPTH][48];
+    unsigned char has_child[XW_MAXDEPTH]; /* the element at that depth has a child element */
     buf text;
     void *ud;
     void (*on_start)(struct xw *w, const char *name);
@@ -640,15 +648,27 @@ static const char *local_name(const char *n) {
     return c ? c + 1 : n;
 }
 
+/* Only blanks: the text of an element that has child elements (S3 replies have no mixed
+ * content; text next to a child means the reply is not what we think it is). */
+static int xw_blank(const buf *t) {
+    for (size_t i = 0; i < t->n; i++)
+        if (t->p[i] != ' ' && t->p[i] != '\t' && t->p[i] != '\r' && t->p[i] != '\n')
+            return 0;
+    return 1;
+}
+
 static void XMLCALL xw_start(void *ud, const XML_Char *name, const XML_Char **attrs) {
     xw *w = ud;
     (void)attrs;
     if (w->failed)
         return;
-    if (w->depth >= XW_MAXDEPTH) {
+    if (w->depth >= XW_MAXDEPTH || (w->depth > 0 && !xw_blank(&w->text))) {
         xw_fail(w);
         return;
     }
+    if (w->depth > 0)
+        w->has_child[w->depth - 1] = 1;
+    w->has_child[w->depth] = 0;
     snprintf(w->names[w->depth], sizeof w->names[0], "%s", local_name(name));
     w->depth++;
     w->text.n = 0;
@@ -663,6 +683,10 @@ static void XMLCALL xw_end(void *ud, const XML_Char *name) {
     (void)name;
     if (w->failed)
         return;
+    if (w->has_child[w->depth - 1] && !xw_blank(&w->text)) {
+        xw_fail(w);
+        return;
+    }
     if (w->on_end)
         w->on_end(w, w->names[w->depth - 1], w->text.p ? w->text.p : "", w->text.n);
     w->depth--;
@@ -800,6 +824,7 @@ enum { DRIVE_OK, DRIVE_TRACE_ERROR, DRIVE_NOMEM, DRIVE_CURL };
 static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
     size_t next = 0, done = 0, waiting = 0;
     int running = 0, rc = DRIVE_OK;
+    CURLcode down = CURLE_OK; /* a request gave up on the server: send no more (fail fast) */
     if ((size_t)conc > b->nreq)
         conc = b->nreq > 0 ? (int)b->nreq : 1;
     b->easy = calloc((size_t)conc, sizeof *b->easy);
@@ -837,6 +862,20 @@ static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
             }
             if (r == NULL)
                 break;
+            if (down != CURLE_OK) {
+                /* The server did not answer another request of this call through all its
+                 * attempts: this one would wait out the same timeouts. Fail it unsent, so a
+                 * dead or frozen server costs one round of timeouts, not one per request. */
+                free(r->errmsg);
+                r->errmsg = dupn("not sent: the server did not answer an earlier request of this call",
+                                 sizeof "not sent: the server did not answer an earlier request of this call" - 1);
+                r->cc = down;
+                r->retryable = 1;
+                r->state = RQ_DONE;
+                done++;
+                s--; /* the slot is still free */
+                continue;
+            }
             int st = req_start(L, c, r, b->easy[s], b->errbufs + (size_t)s * CURL_ERROR_SIZE, trace);
             if (st == START_TRACE_ERROR) {
                 rc = DRIVE_TRACE_ERROR;
@@ -885,6 +924,8 @@ static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
             req_finish_attempt(c, r, cc, b->errbufs + (size_t)s * CURL_ERROR_SIZE);
             if (r->state == RQ_DONE) {
                 done++;
+                if (cc != CURLE_OK && r->retryable && !r->too_large && !r->oom)
+                    down = cc; /* unreachable, timed out or cut off, after its retries */
             } else {
                 waiting++;
                 c->n_retries++;
@@ -1306,8 +1347,13 @@ static int s3_put(lua_State *L) {
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
         lua_getfield(L, 4, "content_type");
-        if (!lua_isnil(L, -1))
-            ctype = luaL_checkstring(L, -1);
+        if (!lua_isnil(L, -1)) {
+            size_t clen;
+            ctype = luaL_checklstring(L, -1, &clen);
+            /* a header value: CR, LF or NUL would end it and start another header */
+            if (strcspn(ctype, "\r\n") != clen)
+                luaL_argerror(L, 4, "content_type must not contain CR, LF or NUL");
+        }
         lua_pop(L, 1); /* still anchored by the options table for this call */
     }
     s3_batch *b = batch_new(L, 1);
@@ -2088,7 +2134,18 @@ static int s3_presign(lua_State *L) {
     }
     luaL_addchar(&pb, '/');
     luaL_addlstring(&pb, key, len);
-    luaL_pushresult(&pb); /* path */
+    luaL_pushresult(&pb); /* raw path */
+    {
+        /* encoded with its length, as in req_start: a NUL byte stays in the key */
+        size_t plen;
+        const char *raw = lua_tolstring(L, -1, &plen);
+        char *enc = sigv4_uri_encode(raw, plen, 1);
+        if (enc == NULL)
+            return luaL_error(L, "not enough memory");
+        lua_pushstring(L, enc);
+        free(enc);
+        lua_remove(L, -2); /* path (encoded) */
+    }
     if (c->path_style)
         lua_pushstring(L, c->authority);
     else
@@ -2098,6 +2155,7 @@ static int s3_presign(lua_State *L) {
     memset(&q, 0, sizeof q);
     q.method = method;
     q.path = lua_tostring(L, -2);
+    q.path_encoded = 1;
     q.headers = &hdr;
     q.nheaders = 1;
     q.payload_hash = "UNSIGNED-PAYLOAD";

@@ -44,6 +44,11 @@ function M.open_store(p, check)
   local storage = require("resclean.storage")
   local sopts, err = config.s3_options(p)
   if not sopts then return nil, M.EXIT.usage, err.message end
+  if sopts.ca_file then
+    local f, ferr = io.open(sopts.ca_file, "r")
+    if not f then return nil, M.EXIT.usage, "AWS_CA_BUNDLE cannot be read: " .. tostring(ferr) end
+    f:close()
+  end
   -- s3.client raises on options it cannot take (an endpoint with a path):
   -- that is a configuration error, exit 2.
   local okc, store, serr = pcall(storage.new, sopts)
@@ -59,6 +64,11 @@ function M.open_store(p, check)
     end
   end
   return store
+end
+
+-- The cycle's error on stderr (policy errors already name the file).
+function M.report(summary)
+  if summary.error then io.stderr:write("resclean: ", log.redact(summary.error), "\n") end
 end
 
 return M

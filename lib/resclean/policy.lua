@@ -170,6 +170,7 @@ function M.validate(p, source)
     out[k] = norm ~= nil and norm or p[k]
   end
   if out.type_column == false then out.type_column = nil end
+  out.source = source -- for messages about the policy found later (a missing table)
   if out.max_deletes_per_run == 0 then out.max_deletes_per_run = nil end
   return out
 end

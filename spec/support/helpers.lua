@@ -89,6 +89,9 @@ function M.spawn(argv, env)
   local line = ("( %s%s </dev/null >%s 2>%s & echo $! >%s; wait $!; echo $? >%s.tmp; mv %s.tmp %s ) >/dev/null 2>&1 &")
     :format(envprefix(env), table.concat(cmd, " "), M.q(dir .. "/out"), M.q(dir .. "/err"),
       M.q(dir .. "/pid"), M.q(dir .. "/rc"), M.q(dir .. "/rc"), M.q(dir .. "/rc"))
+  -- The files exist before the child runs, so reading them early never fails.
+  M.write(dir .. "/out", "")
+  M.write(dir .. "/err", "")
   assert(os.execute(line))
   local proc = { dir = dir }
   local function exists(f)
