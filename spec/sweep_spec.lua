@@ -151,6 +151,7 @@ describe("the sweep", function()
     local pol = policy_file('return { batch_size = 100, lock_timeout = 0.001 }')
     local procs = {}
     for i = 1, 4 do procs[i] = h.spawn({ "run", "scripts/sweep.lua", "--once", "--policy", pol }, env()) end
+    finally(function() for _, p in ipairs(procs) do if p.alive() then p.kill("KILL") end end end)
     local seen, total = {}, 0
     for _, p in ipairs(procs) do
       assert.are.equal(0, p.wait(120), p.stderr())
@@ -174,6 +175,7 @@ describe("the sweep", function()
     local pol = policy_file('return { batch_size = 50 }')
     local procs = {}
     for i = 1, 4 do procs[i] = h.spawn({ "run", "scripts/sweep.lua", "--once", "--policy", pol }, env()) end
+    finally(function() for _, p in ipairs(procs) do if p.alive() then p.kill("KILL") end end end)
     -- The application confirms random stale uploads while the sweepers run.
     local confirmed = {}
     local racer = fx.connect()
@@ -231,6 +233,7 @@ describe("the sweep", function()
     fx.rows(conn, 3)
     local pol = policy_file('return { interval = 2, jitter = 0 }')
     local p = h.spawn({ "run", "scripts/sweep.lua", "--policy", pol }, env())
+    finally(function() if p.alive() then p.kill("KILL") end end)
     local function sweeps()
       local _, by = h.parse_log(p.stdout())
       return by.sweep or {}
@@ -256,6 +259,7 @@ describe("the sweep", function()
     fx.objects(client, { table.unpack(ids, 1, 100) })
     local pol = policy_file('return { batch_size = 50 }')
     local p = h.spawn({ "run", "scripts/sweep.lua", "--policy", pol }, env())
+    finally(function() if p.alive() then p.kill("KILL") end end)
     h.wait_for(function() return p.stdout():find('"event":"resource"', 1, true) end, 30, "the first batch")
     p.kill("TERM")
     assert.are.equal(0, p.wait(30), p.stderr())
@@ -271,6 +275,7 @@ describe("the sweep", function()
     fx.rows(conn, 2, { age_s = 7200 }) -- 2 h old: not stale under the default 24 h
     local path = policy_file('return { interval = 1, jitter = 0 }')
     local p = h.spawn({ "run", "scripts/sweep.lua", "--policy", path }, env())
+    finally(function() if p.alive() then p.kill("KILL") end end)
     local function sweeps()
       local _, by = h.parse_log(p.stdout())
       return by.sweep or {}
