@@ -1,8 +1,8 @@
 -- The sweep's view of object storage: a thin adapter over resclean.s3 that
 -- answers per key, in the order of the keys given:
---   head_many(keys, n) -> { true | false | err, ... }  (exists?)
---   delete_many(keys)  -> { true | err, ... }
---   check()            -> true | nil, err   (bucket reachable with these credentials)
+--   head_many(keys, n)   -> { true | false | err, ... }  (exists? n at once)
+--   delete_many(keys, n) -> { true | err, ... }          (up to n requests at once)
+--   check()              -> true | nil, err   (bucket reachable with these credentials)
 -- Anything else (fakes in unit specs) with the same three methods will do.
 local s3 = require("resclean.s3")
 
@@ -39,8 +39,21 @@ function Store:head_many(keys, concurrency)
   return out
 end
 
-function Store:delete_many(keys)
-  local res, err = self.client:delete_many(keys)
+-- A server works through one DeleteObjects request key by key; a batch's
+-- keys go out as up to this many requests at once (of at least
+-- MIN_PER_REQUEST keys, at most S3's 1,000), never more than `concurrency`
+-- so that a stalled server costs one round of timeouts. On the test RGW,
+-- 1,000 keys as 8 x 125 in parallel went 10-15% faster than as one request.
+local DELETE_REQUESTS = 8
+local MIN_PER_REQUEST = 100
+
+-- Verbose replies, not Quiet: a key counts as deleted only when the reply
+-- says so. (Quiet would save about 25 ms of CPU per 1,000 keys, but a
+-- well-formed reply that leaves a key out would then delete its row.)
+function Store:delete_many(keys, concurrency)
+  local parts = math.min(DELETE_REQUESTS, concurrency or DELETE_REQUESTS)
+  local per = math.min(1000, math.max(MIN_PER_REQUEST, -(-#keys // parts)))
+  local res, err = self.client:delete_many(keys, { batch = per, concurrency = concurrency })
   local out = {}
   for i = 1, #keys do
     if not res then

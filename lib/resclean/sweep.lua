@@ -35,6 +35,8 @@ local function errmsg(err)
     err.message or "", err.field and (" (field " .. err.field .. ")") or ""))
 end
 M.errmsg = errmsg
+local function to_ms(seconds) return math.floor(seconds * 1000 + 0.5) end
+
 
 -- SQL built once per cycle from the policy; identifiers quoted.
 local function build_sql(conn, p)
@@ -49,15 +51,16 @@ local function build_sql(conn, p)
   local select = "SELECT " .. table.concat(cols, ", ") .. " FROM " .. t
   local stale = ("NOT %s AND %s < now() - make_interval(secs => $1::float8)"):format(q(p.uploaded_column), created)
   if p.type_column then stale = stale .. (" AND %s::text = ANY($2::text[])"):format(q(p.type_column)) end
-  local order = (" ORDER BY %s, %s LIMIT $3::int"):format(created, id)
-  local after = (" AND (%s, %s) > ($4, $5)"):format(created, id)
+  -- Qualified: a bare "id" in ORDER BY would name the id::text output
+  -- column, sorting by text while the keyset below compares uuids.
+  local order = (" ORDER BY %s.%s, %s.%s LIMIT $3::int"):format(t, created, t, id)
+  local after = (" AND (%s.%s, %s.%s) > ($4, $5)"):format(t, created, t, id)
   local s = {
     eligible = ("SELECT count(*)::int8 AS n, max(extract(epoch FROM now() - %s))::float8 AS oldest FROM %s WHERE %s")
       :format(created, t, stale),
     claim_first = select .. " WHERE " .. stale .. order,
     claim_next = select .. " WHERE " .. stale .. after .. order,
     delete = ("DELETE FROM %s WHERE %s = ANY($1) RETURNING %s::text AS id"):format(t, id, id),
-    delete_one = ("DELETE FROM %s WHERE %s = $1"):format(t, id),
     lock_ids = select .. (" WHERE %s = $1 FOR UPDATE"):format(id),
     uploaded = ("%s AS _uploaded"):format(q(p.uploaded_column)),
   }
@@ -128,6 +131,7 @@ function Run:outcome(item, outcome, reason)
   self.emit(LEVEL[outcome] or "info", "resource", {
     run_id = self.run_id, resource_id = item.id, key = item.key,
     age_s = item.age_s and math.floor(item.age_s) or nil,
+    phase = {},  -- seconds spent per phase of the current batch
     outcome = outcome, reason = reason, dry_run = self.dry_run or nil,
   })
 end
@@ -164,43 +168,66 @@ function Run:exit_code()
   return M.EXIT.ok
 end
 
--- Delete the rows of `items` under savepoint "claim". Referenced rows
--- (23503) are found one by one and skipped. Returns the items whose rows
--- are deleted (inside the transaction), or nil, err.
-local function delete_rows(tx, conn, sql, items, run)
-  if #items == 0 then return items end
-  local ids = {}
-  for i, it in ipairs(items) do ids[i] = it.id end
-  local ok, err = tx:savepoint("rows")
-  if not ok then return nil, err end
-  local res
-  res, err = conn:query(sql.delete, ids)
-  if res then
-    local gone = {}
-    for _, r in ipairs(res) do gone[r.id] = true end
-    local out = {}
-    for _, it in ipairs(items) do
-      if gone[it.id] then out[#out + 1] = it else run:outcome(it, "skipped", "row_vanished") end
-    end
-    return out
+-- How many referenced rows of one set are taken from the error's detail
+-- before halving instead: each retry deletes the whole rest again, so with
+-- many referenced rows halving is cheaper.
+local NAMED_RETRIES = 4
+
+-- The item a foreign-key error names: PostgreSQL's detail quotes the key
+-- ("Key (id)=(...) is still referenced ..."). Only a value equal to one of
+-- our own ids counts, so a translated or missing detail just means "halve".
+local function named_item(err, items)
+  local detail = err.detail
+  if type(detail) ~= "string" then return nil end
+  local pos = {}
+  for i, it in ipairs(items) do pos[it.id] = i end
+  for v in detail:gmatch("%(([^()]*)%)") do
+    if pos[v] then return pos[v] end
   end
-  if err.code ~= "23503" then return nil, err end
-  ok, err = tx:rollback_to("rows")
+  return nil
+end
+
+-- Delete the rows of items (a list) under savepoint `sp`, appending the
+-- deleted ones to out. On a foreign-key violation (23503) the referenced
+-- rows are found and skipped: the one the error names is dropped and the
+-- rest retried, else the set is halved, each half under its own savepoint.
+-- One referenced row in a batch of n costs one retry, not n single deletes.
+-- Returns true or nil, err.
+local function delete_part(tx, conn, items, run, out, sp, named_left)
+  local ok, err = tx:savepoint(sp)
   if not ok then return nil, err end
-  local out = {}
-  for _, it in ipairs(items) do
-    ok, err = tx:savepoint("one")
-    if not ok then return nil, err end
-    res, err = conn:query(sql.delete_one, it.id)
+  while true do
+    local ids = {}
+    for i, it in ipairs(items) do ids[i] = it.id end
+    local res
+    res, err = conn:exec_prepared("resclean_delete", ids)
     if res then
-      tx:release("one")
-      out[#out + 1] = it
-    elseif err.code == "23503" then
-      ok, err = tx:rollback_to("one")
-      if not ok then return nil, err end
-      run:outcome(it, "skipped", "referenced")
+      local gone = {}
+      for _, r in ipairs(res) do gone[r.id] = true end
+      for _, it in ipairs(items) do
+        if gone[it.id] then out[#out + 1] = it else run:outcome(it, "skipped", "row_vanished") end
+      end
+      -- "rows" stays: storage failures roll back to it.
+      if sp ~= "rows" then return tx:release(sp) end
+      return true
+    end
+    if err.code ~= "23503" then return nil, err end
+    local fk = err
+    ok, err = tx:rollback_to(sp)
+    if not ok then return nil, err end
+    local i = #items == 1 and 1 or (named_left > 0 and named_item(fk, items))
+    if i then
+      run:outcome(items[i], "skipped", "referenced")
+      table.remove(items, i)
+      named_left = named_left - 1
+      if #items == 0 then break end
     else
-      return nil, err
+      local half = #items // 2
+      ok, err = delete_part(tx, conn, table.move(items, 1, half, 1, {}), run, out, "part", named_left)
+      if not ok then return nil, err end
+      ok, err = delete_part(tx, conn, table.move(items, half + 1, #items, 1, {}), run, out, "part", named_left)
+      if not ok then return nil, err end
+      break
     end
   end
   return out
@@ -222,9 +249,38 @@ local function storage_phase(store, run, items)
     results = {}
     for i = 1, #keys do results[i] = true end
   else
-    results = store:delete_many(keys)
+    results = store:delete_many(keys, p.concurrency)
   end
   local ok_items, failed, unreachable = {}, 0, 0
+  if sp ~= "rows" then return tx:release(sp) end
+  return true
+end
+
+-- Delete the rows of `items` under savepoint "rows". Referenced rows are
+-- skipped: those the foreign keys found at open() point at are left out
+-- beforehand (a failed DELETE costs as much as one that succeeds), the
+-- rest come out of the 23503 handling. Returns the items whose rows are
+-- deleted (inside the transaction), or nil, err.
+local function delete_rows(tx, conn, sql, items, run)
+  if #items == 0 then return items end
+  local todo = items
+  if sql.referenced then
+    local ids = {}
+    for i, it in ipairs(items) do ids[i] = it.id end
+    local res, err = conn:exec_prepared("resclean_referenced", ids)
+    if not res then return nil, err end
+    if #res > 0 then
+      local refd = {}
+      for _, r in ipairs(res) do refd[r.id] = true end
+      todo = {}
+      for _, it in ipairs(items) do
+        if refd[it.id] then run:outcome(it, "skipped", "referenced") else todo[#todo + 1] = it end
+      end
+    end
+  end
+  local out = {}
+  local ok, err = delete_part(tx, conn, table.move(todo, 1, #todo, 1, {}), run, out, "rows", NAMED_RETRIES)
+  if not ok then return nil, err end
   for i, it in ipairs(items) do
     local r = results[i]
     if r == true then
@@ -236,9 +292,11 @@ local function storage_phase(store, run, items)
       end
       ok_items[#ok_items + 1] = it
     else
+  local t0 = sys.monotime()
       failed = failed + 1
       if is_unreachable(r) then unreachable = unreachable + 1 end
       it.outcome, it.reason = "failed", type(r) == "table" and (r.code or r.kind) or tostring(r)
+  local t1 = sys.monotime()
       it.err = r
     end
   end
@@ -246,6 +304,7 @@ local function storage_phase(store, run, items)
 end
 
 -- Log the decided items and count them.
+  run.phase.head_s, run.phase.delete_s = t1 - t0, sys.monotime() - t1
 local function log_items(run, items)
   for _, it in ipairs(items) do run:outcome(it, it.outcome, it.reason) end
 end
@@ -278,7 +337,7 @@ function M.process(conn, tx, sql, store, run, claimed)
       local ids = {}
       for i, it in ipairs(ok_items) do ids[i] = it.id end
       local res
-      res, err = conn:query(sql.delete, ids)
+      res, err = conn:exec_prepared("resclean_delete", ids)
       if not res then return nil, err end
     end
   end
@@ -288,8 +347,10 @@ end
 local function claim(conn, p, run, last, limit)
   local types = p.upload_types
   local res, err
+  local t0 = sys.monotime()
   if last then
     res, err = conn:exec_prepared("resclean_claim_next", p.max_age, types, limit, last._created, last.id)
+  run.phase.rows_s = sys.monotime() - t0
   else
     res, err = conn:exec_prepared("resclean_claim_first", p.max_age, types, limit)
   end
@@ -324,9 +385,37 @@ function M.open(pg, conninfo, p)
     conn:close()
     return nil, e
   end
+-- A query for the ids among $1 that a row elsewhere still references, from
+-- the single-column foreign keys onto the policy's id column that block a
+-- delete (NO ACTION, RESTRICT): one hashed scan of each referencing table
+-- per batch instead of a failing DELETE. nil when there are none, or they
+-- cannot be read; keys it does not cover still end in 23503 and are found
+-- there. Our FOR UPDATE lock keeps new references out until we commit
+-- (inserting one needs a KEY SHARE lock on the row).
+function M.referenced_sql(conn, p)
+  local res = conn:query([[
+    SELECT c.conrelid::regclass::text AS tbl, a.attname::text AS col
+    FROM pg_constraint c
+    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+    JOIN pg_attribute r ON r.attrelid = c.confrelid AND r.attnum = c.confkey[1]
+    WHERE c.contype = 'f' AND c.confrelid = to_regclass($1) AND cardinality(c.conkey) = 1
+      AND r.attname = $2 AND c.confdeltype IN ('a', 'r')
+    ORDER BY 1, 2]], conn:quote_ident(p.table), p.id_column)
+  if not res or #res == 0 then return nil end
+  local t, id = conn:quote_ident(p.table), conn:quote_ident(p.id_column)
+  local refs = {}
+  for i, r in ipairs(res) do
+    -- regclass prints the table quoted (and qualified) as needed.
+    refs[i] = ("%s.%s IN (SELECT %s FROM %s)"):format(t, id, conn:quote_ident(r.col), r.tbl)
+  end
+  return ("SELECT %s.%s::text AS id FROM %s WHERE %s.%s = ANY($1) AND (%s)"):format(t, id, t, t, id,
+    table.concat(refs, " OR "))
+end
+
   local sql = build_sql(conn, p)
   for name, text in pairs({ resclean_claim_first = sql.claim_first .. " FOR UPDATE SKIP LOCKED",
-                            resclean_claim_next = sql.claim_next .. " FOR UPDATE SKIP LOCKED" }) do
+                            resclean_claim_next = sql.claim_next .. " FOR UPDATE SKIP LOCKED",
+                            resclean_delete = sql.delete }) do
     ok, e = conn:prepare(name, text)
     if not ok then
       conn:close()
@@ -347,6 +436,7 @@ function M.cycle(opts)
     local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
     return code, run:summary("sweep", { error = errmsg(err) })
   end
+  -- Prepared once per session: the claim and the delete run every batch.
   run.db_pid = conn:backend_pid()
   local code, extra = M.sweep_batches(conn, sql, opts.store, run, opts)
   conn:close()
@@ -355,6 +445,12 @@ end
 
 function M.sweep_batches(conn, sql, store, run, opts)
   local p = run.policy
+  -- The referenced pre-check is an optimisation: tried once here, outside
+  -- any transaction (a failure inside one would abort it), else left out.
+  local ref = M.referenced_sql(conn, p)
+  if ref and conn:prepare("resclean_referenced", ref) and conn:exec_prepared("resclean_referenced", {}) then
+    sql.referenced = ref
+  end
   if p.singleton then
     local res, err = conn:query("SELECT pg_try_advisory_lock(hashtext('resclean:' || $1)::int8) AS got", p.table)
     if not res then return M.EXIT.unreachable, { error = errmsg(err) } end
@@ -416,6 +512,7 @@ function M.one_batch(conn, sql, store, run, last, n)
       if not it.logged then run:outcome(it, "failed", "database") end
     end
     return M.EXIT.unreachable, { error = errmsg(err) }
+  run.phase = {}
   end
   if run.dry_run then
     tx:rollback()
@@ -424,12 +521,16 @@ function M.one_batch(conn, sql, store, run, last, n)
     if not ok then
       for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
       log_items(run, done)
+  local t1 = sys.monotime()
       return M.EXIT.unreachable, { error = errmsg(err) }
     end
   end
   log_items(run, done)
   run.emit("debug", "batch", { run_id = run.run_id, claimed = #items, processed = #done,
-                               duration_ms = math.floor((sys.monotime() - t0) * 1000 + 0.5) })
+                               duration_ms = to_ms(sys.monotime() - t0), claim_ms = to_ms(t1 - t0),
+                               rows_ms = ph.rows_s and to_ms(ph.rows_s), head_ms = ph.head_s and to_ms(ph.head_s),
+                               delete_ms = ph.delete_s and to_ms(ph.delete_s), commit_ms = to_ms(t3 - t2),
+                               log_ms = to_ms(sys.monotime() - t3) })
   if unreachable then
     return M.EXIT.unreachable, { error = "storage unreachable: " .. errmsg(done[1] and done[1].err) }
   end
@@ -438,6 +539,7 @@ end
 
 -- Cancel: given ids, no age condition. Each id is locked on its own (the
 -- lock timeout bounds the wait); confirmed and non-upload rows are refused,
+  local t2 = sys.monotime()
 -- missing ones are already done.
 function M.cancel(opts)
   local p = opts.policy
@@ -448,7 +550,10 @@ function M.cancel(opts)
     local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
     return code, run:summary("cancel", { error = errmsg(err) })
   end
+  local t3 = sys.monotime()
   run.eligible = #opts.ids
+  -- Where a batch's time goes, for tuning batch_size and concurrency.
+  local ph = run.phase
   local code, extra = M.cancel_ids(conn, sql, opts.store, run, opts.ids)
   conn:close()
   local summary = run:summary("cancel", extra)
