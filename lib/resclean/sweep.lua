@@ -35,8 +35,8 @@ local function errmsg(err)
     err.message or "", err.field and (" (field " .. err.field .. ")") or ""))
 end
 M.errmsg = errmsg
-local function to_ms(seconds) return math.floor(seconds * 1000 + 0.5) end
 
+local function to_ms(seconds) return math.floor(seconds * 1000 + 0.5) end
 
 -- SQL built once per cycle from the policy; identifiers quoted.
 local function build_sql(conn, p)
@@ -109,6 +109,7 @@ function M.new_run(opts)
     eligible = 0,
     started = sys.monotime(),
     last_progress = sys.monotime(),
+    phase = {},  -- seconds spent per phase of the current batch
     emit = opts.emit or log.emit,
   }, Run)
   for _, o in ipairs(M.OUTCOMES) do r.counts[o] = 0 end
@@ -131,7 +132,6 @@ function Run:outcome(item, outcome, reason)
   self.emit(LEVEL[outcome] or "info", "resource", {
     run_id = self.run_id, resource_id = item.id, key = item.key,
     age_s = item.age_s and math.floor(item.age_s) or nil,
-    phase = {},  -- seconds spent per phase of the current batch
     outcome = outcome, reason = reason, dry_run = self.dry_run or nil,
   })
 end
@@ -230,28 +230,6 @@ local function delete_part(tx, conn, items, run, out, sp, named_left)
       break
     end
   end
-  return out
-end
-
--- The storage half of a batch. Items' rows are deleted (uncommitted) under
--- savepoint "rows". Returns the items to keep deleted, with outcomes
--- decided, and whether storage looked unreachable.
-local function storage_phase(store, run, items)
-  local p = run.policy
-  local keys = {}
-  for i, it in ipairs(items) do keys[i] = it.key end
-  local exists
-  if p.verify and #keys > 0 then
-    exists = store:head_many(keys, p.concurrency)
-  end
-  local results
-  if run.dry_run or #keys == 0 then
-    results = {}
-    for i = 1, #keys do results[i] = true end
-  else
-    results = store:delete_many(keys, p.concurrency)
-  end
-  local ok_items, failed, unreachable = {}, 0, 0
   if sp ~= "rows" then return tx:release(sp) end
   return true
 end
@@ -281,6 +259,31 @@ local function delete_rows(tx, conn, sql, items, run)
   local out = {}
   local ok, err = delete_part(tx, conn, table.move(todo, 1, #todo, 1, {}), run, out, "rows", NAMED_RETRIES)
   if not ok then return nil, err end
+  return out
+end
+
+-- The storage half of a batch. Items' rows are deleted (uncommitted) under
+-- savepoint "rows". Returns the items to keep deleted, with outcomes
+-- decided, and whether storage looked unreachable.
+local function storage_phase(store, run, items)
+  local p = run.policy
+  local keys = {}
+  for i, it in ipairs(items) do keys[i] = it.key end
+  local exists
+  local t0 = sys.monotime()
+  if p.verify and #keys > 0 then
+    exists = store:head_many(keys, p.concurrency)
+  end
+  local t1 = sys.monotime()
+  local results
+  if run.dry_run or #keys == 0 then
+    results = {}
+    for i = 1, #keys do results[i] = true end
+  else
+    results = store:delete_many(keys, p.concurrency)
+  end
+  run.phase.head_s, run.phase.delete_s = t1 - t0, sys.monotime() - t1
+  local ok_items, failed, unreachable = {}, 0, 0
   for i, it in ipairs(items) do
     local r = results[i]
     if r == true then
@@ -292,11 +295,9 @@ local function delete_rows(tx, conn, sql, items, run)
       end
       ok_items[#ok_items + 1] = it
     else
-  local t0 = sys.monotime()
       failed = failed + 1
       if is_unreachable(r) then unreachable = unreachable + 1 end
       it.outcome, it.reason = "failed", type(r) == "table" and (r.code or r.kind) or tostring(r)
-  local t1 = sys.monotime()
       it.err = r
     end
   end
@@ -304,7 +305,6 @@ local function delete_rows(tx, conn, sql, items, run)
 end
 
 -- Log the decided items and count them.
-  run.phase.head_s, run.phase.delete_s = t1 - t0, sys.monotime() - t1
 local function log_items(run, items)
   for _, it in ipairs(items) do run:outcome(it, it.outcome, it.reason) end
 end
@@ -325,8 +325,10 @@ function M.process(conn, tx, sql, store, run, claimed)
       log.debug("bad_key", { run_id = run.run_id, resource_id = it.id, detail = why })
     end
   end
+  local t0 = sys.monotime()
   local deleted, err = delete_rows(tx, conn, sql, items, run)
   if not deleted then return nil, err end
+  run.phase.rows_s = sys.monotime() - t0
   local ok_items, failed, unreachable = storage_phase(store, run, deleted)
   if failed > 0 then
     -- Put back the rows whose objects are still there.
@@ -347,10 +349,8 @@ end
 local function claim(conn, p, run, last, limit)
   local types = p.upload_types
   local res, err
-  local t0 = sys.monotime()
   if last then
     res, err = conn:exec_prepared("resclean_claim_next", p.max_age, types, limit, last._created, last.id)
-  run.phase.rows_s = sys.monotime() - t0
   else
     res, err = conn:exec_prepared("resclean_claim_first", p.max_age, types, limit)
   end
@@ -363,28 +363,6 @@ local function claim(conn, p, run, last, limit)
   return items
 end
 
--- Open the cycle's session: fresh connection, timeouts, schema check,
--- prepared claims. Returns conn, sql or nil, err.
-function M.open(pg, conninfo, p)
-  local conn, err = pg.connect(conninfo)
-  if not conn then return nil, err end
-  local sets = {
-    ("SET statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)),
-    ("SET lock_timeout = %d"):format(math.ceil(p.lock_timeout * 1000)),
-    "SET idle_in_transaction_session_timeout = 0",
-  }
-  for _, s in ipairs(sets) do
-    local ok, e = conn:query(s)
-    if not ok then
-      conn:close()
-      return nil, e
-    end
-  end
-  local ok, e = M.check_schema(conn, p)
-  if not ok then
-    conn:close()
-    return nil, e
-  end
 -- A query for the ids among $1 that a row elsewhere still references, from
 -- the single-column foreign keys onto the policy's id column that block a
 -- delete (NO ACTION, RESTRICT): one hashed scan of each referencing table
@@ -412,7 +390,30 @@ function M.referenced_sql(conn, p)
     table.concat(refs, " OR "))
 end
 
+-- Open the cycle's session: fresh connection, timeouts, schema check,
+-- prepared claims. Returns conn, sql or nil, err.
+function M.open(pg, conninfo, p)
+  local conn, err = pg.connect(conninfo)
+  if not conn then return nil, err end
+  local sets = {
+    ("SET statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)),
+    ("SET lock_timeout = %d"):format(math.ceil(p.lock_timeout * 1000)),
+    "SET idle_in_transaction_session_timeout = 0",
+  }
+  for _, s in ipairs(sets) do
+    local ok, e = conn:query(s)
+    if not ok then
+      conn:close()
+      return nil, e
+    end
+  end
+  local ok, e = M.check_schema(conn, p)
+  if not ok then
+    conn:close()
+    return nil, e
+  end
   local sql = build_sql(conn, p)
+  -- Prepared once per session: the claim and the delete run every batch.
   for name, text in pairs({ resclean_claim_first = sql.claim_first .. " FOR UPDATE SKIP LOCKED",
                             resclean_claim_next = sql.claim_next .. " FOR UPDATE SKIP LOCKED",
                             resclean_delete = sql.delete }) do
@@ -421,6 +422,12 @@ end
       conn:close()
       return nil, e
     end
+  end
+  -- The referenced pre-check is an optimisation: tried once here, outside
+  -- any transaction (a failure inside one would abort it), else left out.
+  local ref = M.referenced_sql(conn, p)
+  if ref and conn:prepare("resclean_referenced", ref) and conn:exec_prepared("resclean_referenced", {}) then
+    sql.referenced = ref
   end
   return conn, sql
 end
@@ -436,7 +443,6 @@ function M.cycle(opts)
     local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
     return code, run:summary("sweep", { error = errmsg(err) })
   end
-  -- Prepared once per session: the claim and the delete run every batch.
   run.db_pid = conn:backend_pid()
   local code, extra = M.sweep_batches(conn, sql, opts.store, run, opts)
   conn:close()
@@ -445,12 +451,6 @@ end
 
 function M.sweep_batches(conn, sql, store, run, opts)
   local p = run.policy
-  -- The referenced pre-check is an optimisation: tried once here, outside
-  -- any transaction (a failure inside one would abort it), else left out.
-  local ref = M.referenced_sql(conn, p)
-  if ref and conn:prepare("resclean_referenced", ref) and conn:exec_prepared("resclean_referenced", {}) then
-    sql.referenced = ref
-  end
   if p.singleton then
     local res, err = conn:query("SELECT pg_try_advisory_lock(hashtext('resclean:' || $1)::int8) AS got", p.table)
     if not res then return M.EXIT.unreachable, { error = errmsg(err) } end
@@ -491,6 +491,7 @@ end
 -- and summary extras to stop the cycle.
 function M.one_batch(conn, sql, store, run, last, n)
   local t0 = sys.monotime()
+  run.phase = {}
   local tx <close>, err = conn:begin()
   if not tx then return M.EXIT.unreachable, { error = errmsg(err) } end
   local ok
@@ -499,6 +500,7 @@ function M.one_batch(conn, sql, store, run, last, n)
   local items
   items, err = claim(conn, run.policy, run, last, n)
   if not items then return M.EXIT.unreachable, { error = errmsg(err) } end
+  local t1 = sys.monotime()
   if #items == 0 then
     tx:commit()
     return nil, nil
@@ -512,8 +514,8 @@ function M.one_batch(conn, sql, store, run, last, n)
       if not it.logged then run:outcome(it, "failed", "database") end
     end
     return M.EXIT.unreachable, { error = errmsg(err) }
-  run.phase = {}
   end
+  local t2 = sys.monotime()
   if run.dry_run then
     tx:rollback()
   else
@@ -521,11 +523,13 @@ function M.one_batch(conn, sql, store, run, last, n)
     if not ok then
       for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
       log_items(run, done)
-  local t1 = sys.monotime()
       return M.EXIT.unreachable, { error = errmsg(err) }
     end
   end
+  local t3 = sys.monotime()
   log_items(run, done)
+  -- Where a batch's time goes, for tuning batch_size and concurrency.
+  local ph = run.phase
   run.emit("debug", "batch", { run_id = run.run_id, claimed = #items, processed = #done,
                                duration_ms = to_ms(sys.monotime() - t0), claim_ms = to_ms(t1 - t0),
                                rows_ms = ph.rows_s and to_ms(ph.rows_s), head_ms = ph.head_s and to_ms(ph.head_s),
@@ -539,7 +543,6 @@ end
 
 -- Cancel: given ids, no age condition. Each id is locked on its own (the
 -- lock timeout bounds the wait); confirmed and non-upload rows are refused,
-  local t2 = sys.monotime()
 -- missing ones are already done.
 function M.cancel(opts)
   local p = opts.policy
@@ -550,10 +553,7 @@ function M.cancel(opts)
     local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
     return code, run:summary("cancel", { error = errmsg(err) })
   end
-  local t3 = sys.monotime()
   run.eligible = #opts.ids
-  -- Where a batch's time goes, for tuning batch_size and concurrency.
-  local ph = run.phase
   local code, extra = M.cancel_ids(conn, sql, opts.store, run, opts.ids)
   conn:close()
   local summary = run:summary("cancel", extra)
