@@ -31,8 +31,7 @@ M.is_unreachable = is_unreachable
 
 local function errmsg(err)
   if type(err) ~= "table" then return tostring(err) end
-  return log.redact(("%s%s%s"):format(err.code and (tostring(err.code) .. ": ") or "",
-    err.message or "", err.field and (" (field " .. err.field .. ")") or ""))
+  return log.redact(("%s%s"):format(err.code and (tostring(err.code) .. ": ") or "", err.message or ""))
 end
 M.errmsg = errmsg
 
@@ -74,25 +73,48 @@ M.build_sql = build_sql
 -- configuration error (exit 2) before anything is touched.
 function M.check_schema(conn, p)
   local res, err = conn:query(
-    "SELECT column_name::text AS c FROM information_schema.columns "
+    "SELECT column_name::text AS c, data_type::text AS t FROM information_schema.columns "
     .. "WHERE table_schema = ANY(current_schemas(false)) AND table_name = $1", p.table)
   if not res then return nil, err end
-  if #res == 0 then
-    return nil, { kind = "policy", field = "table",
-                  message = ("table %q does not exist (policy field 'table')"):format(p.table) }
+  local function bad(field, msg)
+    return nil, { kind = "policy", field = field,
+                  message = ("policy %s: field '%s': %s"):format(p.source or "(defaults)", field, msg) }
   end
+  if #res == 0 then return bad("table", ("table %q does not exist"):format(p.table)) end
   local have = {}
-  for _, r in ipairs(res) do have[r.c] = true end
+  for _, r in ipairs(res) do have[r.c] = r.t end
   local need = { id_column = p.id_column, uploaded_column = p.uploaded_column,
                  created_column = p.created_column, type_column = p.type_column }
   for i, c in ipairs(p.key_columns) do need["key_columns[" .. i .. "]"] = c end
-  for field, col in pairs(need) do
+  local fields = {}
+  for field in pairs(need) do fields[#fields + 1] = field end
+  table.sort(fields)
+  for _, field in ipairs(fields) do
+    local col = need[field]
     if not have[col] then
-      return nil, { kind = "policy", field = field,
-                    message = ("column %q does not exist in table %q (policy field '%s')"):format(col, p.table, field) }
+      return bad(field, ("column %q does not exist in table %q"):format(col, p.table))
     end
   end
+  -- The claim reads NOT uploaded_column and now() - created_column: other types fail there,
+  -- mid-run, as an SQL error that would look like an unreachable database.
+  if have[p.uploaded_column] ~= "boolean" then
+    return bad("uploaded_column", ("column %q is %s, expected boolean"):format(p.uploaded_column,
+      have[p.uploaded_column]))
+  end
+  local t = have[p.created_column]
+  if t ~= "timestamp with time zone" and t ~= "timestamp without time zone" and t ~= "date" then
+    return bad("created_column", ("column %q is %s, expected a timestamp"):format(p.created_column, t))
+  end
   return true
+end
+
+-- Exit code when the session cannot be opened: 2 for what configuration can fix (the policy
+-- names what is not there, DATABASE_URL cannot be parsed), else 3.
+local function open_failure_code(err)
+  if err.kind == "policy" or (err.kind == "pg" and err.code == "connection" and err.retryable == false) then
+    return M.EXIT.usage
+  end
+  return M.EXIT.unreachable
 end
 
 -- A run: counts by outcome, the log context, limits.
@@ -440,8 +462,7 @@ function M.cycle(opts)
   local conn, sql = M.open(opts.pg, opts.conninfo, p)
   if not conn then
     local err = sql
-    local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
-    return code, run:summary("sweep", { error = errmsg(err) })
+    return open_failure_code(err), run:summary("sweep", { error = errmsg(err) })
   end
   run.db_pid = conn:backend_pid()
   local code, extra = M.sweep_batches(conn, sql, opts.store, run, opts)
@@ -550,8 +571,7 @@ function M.cancel(opts)
   local conn, sql = M.open(opts.pg, opts.conninfo, p)
   if not conn then
     local err = sql
-    local code = err.kind == "policy" and M.EXIT.usage or M.EXIT.unreachable
-    return code, run:summary("cancel", { error = errmsg(err) })
+    return open_failure_code(err), run:summary("cancel", { error = errmsg(err) })
   end
   run.eligible = #opts.ids
   local code, extra = M.cancel_ids(conn, sql, opts.store, run, opts.ids)
