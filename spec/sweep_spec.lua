@@ -315,6 +315,14 @@ describe("the sweep", function()
     assert.is_true(math.abs(s.rate - s.total / (s.duration_ms / 1000)) <= 0.1 + s.rate * 0.01)
   end)
 
+  it("sweeps every pending row when the policy has no type column", function()
+    local ids = fx.rows(conn, 2, { type = "EPHEMERAL_WORD_LIST" })
+    local r = sweep({ "--once", "--policy", policy_file("return { type_column = false }") })
+    assert.are.equal(0, r.code, r.stderr)
+    for _, id in ipairs(ids) do assert.are.equal("record_only", r.outcomes[id].outcome) end
+    assert.are.equal(0, fx.count(conn))
+  end)
+
   it("reports deleted (existence not checked) with verify off", function()
     local ids = fx.rows(conn, 3)
     fx.objects(client, { ids[1] })

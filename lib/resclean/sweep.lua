@@ -49,7 +49,12 @@ local function build_sql(conn, p)
   if p.type_column then cols[#cols + 1] = ("%s::text AS _type"):format(q(p.type_column)) end
   local select = "SELECT " .. table.concat(cols, ", ") .. " FROM " .. t
   local stale = ("NOT %s AND %s < now() - make_interval(secs => $1::float8)"):format(q(p.uploaded_column), created)
-  if p.type_column then stale = stale .. (" AND %s::text = ANY($2::text[])"):format(q(p.type_column)) end
+  if p.type_column then
+    stale = stale .. (" AND %s::text = ANY($2::text[])"):format(q(p.type_column))
+  else
+    -- $2 is still bound (the same parameters for every statement): give it a type.
+    stale = stale .. " AND $2::text[] IS NOT NULL"
+  end
   -- Qualified: a bare "id" in ORDER BY would name the id::text output
   -- column, sorting by text while the keyset below compares uuids.
   local order = (" ORDER BY %s.%s, %s.%s LIMIT $3::int"):format(t, created, t, id)
