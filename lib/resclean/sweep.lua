@@ -459,20 +459,27 @@ function M.open(pg, conninfo, p)
   return conn, sql
 end
 
+-- Run body(conn, sql, run) on a fresh session of its own, closed after;
+-- returns exit code, summary line (event), run.
+local function with_session(opts, event, body)
+  local run = M.new_run(opts)
+  local conn, sql = M.open(opts.pg, opts.conninfo, opts.policy)
+  if not conn then
+    return open_failure_code(sql), run:summary(event, { error = errmsg(sql) }), run
+  end
+  run.db_pid = conn:backend_pid()
+  local code, extra = body(conn, sql, run)
+  conn:close()
+  return code, run:summary(event, extra), run
+end
+
 -- One sweep cycle. opts: pg (module), store (storage adapter), policy,
 -- conninfo, dry_run, run_id. Returns exit code, summary fields.
 function M.cycle(opts)
-  local p = opts.policy
-  local run = M.new_run(opts)
-  local conn, sql = M.open(opts.pg, opts.conninfo, p)
-  if not conn then
-    local err = sql
-    return open_failure_code(err), run:summary("sweep", { error = errmsg(err) })
-  end
-  run.db_pid = conn:backend_pid()
-  local code, extra = M.sweep_batches(conn, sql, opts.store, run, opts)
-  conn:close()
-  return code, run:summary("sweep", extra)
+  local code, summary = with_session(opts, "sweep", function(conn, sql, run)
+    return M.sweep_batches(conn, sql, opts.store, run, opts)
+  end)
+  return code, summary
 end
 
 function M.sweep_batches(conn, sql, store, run, opts)
@@ -571,17 +578,10 @@ end
 -- lock timeout bounds the wait); confirmed and non-upload rows are refused,
 -- missing ones are already done.
 function M.cancel(opts)
-  local p = opts.policy
-  local run = M.new_run(opts)
-  local conn, sql = M.open(opts.pg, opts.conninfo, p)
-  if not conn then
-    local err = sql
-    return open_failure_code(err), run:summary("cancel", { error = errmsg(err) })
-  end
-  run.eligible = #opts.ids
-  local code, extra = M.cancel_ids(conn, sql, opts.store, run, opts.ids)
-  conn:close()
-  local summary = run:summary("cancel", extra)
+  local code, summary, run = with_session(opts, "cancel", function(conn, sql, run)
+    run.eligible = #opts.ids
+    return M.cancel_ids(conn, sql, opts.store, run, opts.ids)
+  end)
   if code == M.EXIT.ok and run.counts.skipped > 0 then code = M.EXIT.failed end
   return code, summary
 end
