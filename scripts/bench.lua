@@ -585,20 +585,26 @@ local function time_claims(conn, sql, p, rounds)
     tx:rollback()
     return res
   end
+  local last
   for _ = 1, rounds do
     local res = one(first, "claim_first", p.max_age, p.upload_types, p.batch_size)
-    local last = res[#res]
+    last = res[#res]
     one(nxt, "claim_next", p.max_age, p.upload_types, p.batch_size, last._created, last.id)
   end
-  return median(first), median(nxt)
+  return median(first), median(nxt), last
 end
 
-local function plan_of(conn, sql, p)
-  local res = check(conn:query("EXPLAIN " .. sql.claim_first .. " FOR UPDATE SKIP LOCKED", p.max_age, p.upload_types,
-    p.batch_size))
-  local top = {}
-  for i = 1, math.min(#res, 6) do top[i] = res[i]["QUERY PLAN"] end
-  return table.concat(top, "\n      ")
+-- The scan lines of a claim's plan (which node reads the table, and how).
+local function plan_of(conn, sql, name, ...)
+  local res = check(conn:query("EXPLAIN " .. sql[name] .. " FOR UPDATE SKIP LOCKED", ...))
+  local lines = {}
+  for _, r in ipairs(res) do
+    local l = r["QUERY PLAN"]
+    if l:find("Scan", 1, true) or l:find("Index Cond", 1, true) or l:find("Sort Key", 1, true) then
+      lines[#lines + 1] = (l:gsub("^%s*%->%s*", ""):gsub("^%s+", ""))
+    end
+  end
+  return ("%s: %s"):format(name, table.concat(lines, "; "))
 end
 
 local function scale(conn, opts)
@@ -649,14 +655,19 @@ local function scale(conn, opts)
     check(conn:query("ANALYZE attack_resource_files"))
     return sys.monotime() - t
   end
-  local f1, n1 = time_claims(conn, sql, p, 5)
+  local function plans(last)
+    say("      %s", plan_of(conn, sql, "claim_first", p.max_age, p.upload_types, p.batch_size))
+    say("      %s", plan_of(conn, sql, "claim_next", p.max_age, p.upload_types, p.batch_size, last._created, last.id))
+  end
+  local f1, n1, last = time_claims(conn, sql, p, 5)
   say("  without the index: claim_first %.1f ms, claim_next %.1f ms per batch of %d (median of 5)", f1, n1,
     p.batch_size)
-  say("      %s", plan_of(conn, sql, p))
+  plans(last)
   say("  %s  -- %.1f s", index_sql, create_index())
-  local f2, n2 = time_claims(conn, sql, p, 5)
+  local f2, n2
+  f2, n2, last = time_claims(conn, sql, p, 5)
   say("  with the index: claim_first %.1f ms, claim_next %.1f ms per batch of %d (median of 5)", f2, n2, p.batch_size)
-  say("      %s", plan_of(conn, sql, p))
+  plans(last)
   check(conn:query(drop_index))
   local w1 = sweep_part("without the index (5 batches)", 5 * p.batch_size)
   create_index()
