@@ -533,11 +533,17 @@ local function bench(conn, opts)
       fmt_spread(col(l, function(r) return r.cpu_per_k end), "%.1f"),
       fmt_spread(col(l, function(r) return r.rss_kb / 1024 end), "%.1f"))
   end
-  local ratios, verdicts = {}, {}
+  -- Ratios of the median rates, and (with --repeat) the median and range of
+  -- the ratios within each round: the machine is shared, and runs minutes
+  -- apart see different loads.
+  local ratios, per_round, verdicts = {}, {}, {}
   local function ratio(x, y, target)
     if not (rate[x] and rate[y]) then return end
     local v = rate[x] / rate[y]
     ratios[#ratios + 1] = ("%s/%s %.2f"):format(x, y, v)
+    local rounds = {}
+    for i = 1, opts.rep do rounds[i] = results[x][i].rate / results[y][i].rate end
+    per_round[#per_round + 1] = ("%s/%s %s"):format(x, y, fmt_spread(rounds, "%.2f"))
     if target then
       verdicts[#verdicts + 1] = ("%s/%s >= %g %s"):format(x, y, target, v >= target and "ok" or "MISSED")
     end
@@ -547,6 +553,7 @@ local function bench(conn, opts)
   ratio("a", "c", 5)
   ratio("b", "c", 5)
   if #ratios > 0 then say("ratios (medians): %s", table.concat(ratios, "   ")) end
+  if #ratios > 0 and opts.rep > 1 then say("ratios per round: %s", table.concat(per_round, "   ")) end
   if results.a then
     local cpu = median(col("a", function(r) return r.cpu_per_k end))
     verdicts[#verdicts + 1] = ("a CPU %.0f ms/1000 <= 150 %s"):format(cpu, cpu <= 150 and "ok" or "MISSED")
