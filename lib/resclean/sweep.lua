@@ -373,6 +373,35 @@ function M.process(conn, tx, sql, store, run, claimed)
   return deleted, nil, unreachable
 end
 
+-- Process the items in tx, then commit (a dry run rolls back). Returns
+-- done, storage_unreachable; or nil, exit code, summary extras, with the
+-- items that did not make it logged as failed.
+local function settle(conn, tx, sql, store, run, items)
+  local done, err, unreachable = M.process(conn, tx, sql, store, run, items)
+  if not done then
+    -- Database trouble mid-batch: the transaction rolls back (tx closes);
+    -- objects already deleted leave rows behind: the next run's record_only.
+    for _, it in ipairs(items) do
+      if not it.logged then run:outcome(it, "failed", "database") end
+    end
+    return nil, M.EXIT.unreachable, { error = errmsg(err) }
+  end
+  local t = sys.monotime()
+  if run.dry_run then
+    tx:rollback()
+  else
+    local ok
+    ok, err = tx:commit()
+    if not ok then
+      for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
+      log_items(run, done)
+      return nil, M.EXIT.unreachable, { error = errmsg(err) }
+    end
+  end
+  run.phase.commit_s = sys.monotime() - t
+  return done, unreachable
+end
+
 local function claim(conn, p, run, last, limit)
   local types = p.upload_types
   local res, err
@@ -538,27 +567,8 @@ function M.one_batch(conn, sql, store, run, last, n)
     tx:commit()
     return nil, nil
   end
-  local done, unreachable
-  done, err, unreachable = M.process(conn, tx, sql, store, run, items)
-  if not done then
-    -- Database trouble mid-batch: the transaction rolls back (tx closes);
-    -- objects already deleted leave rows behind: the next run's record_only.
-    for _, it in ipairs(items) do
-      if not it.logged then run:outcome(it, "failed", "database") end
-    end
-    return M.EXIT.unreachable, { error = errmsg(err) }
-  end
-  local t2 = sys.monotime()
-  if run.dry_run then
-    tx:rollback()
-  else
-    ok, err = tx:commit()
-    if not ok then
-      for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
-      log_items(run, done)
-      return M.EXIT.unreachable, { error = errmsg(err) }
-    end
-  end
+  local done, unreachable, extra = settle(conn, tx, sql, store, run, items)
+  if not done then return unreachable, extra end
   local t3 = sys.monotime()
   log_items(run, done)
   -- Where a batch's time goes, for tuning batch_size and concurrency.
@@ -566,7 +576,7 @@ function M.one_batch(conn, sql, store, run, last, n)
   run.emit("debug", "batch", { run_id = run.run_id, claimed = #items, processed = #done,
                                duration_ms = to_ms(sys.monotime() - t0), claim_ms = to_ms(t1 - t0),
                                rows_ms = ph.rows_s and to_ms(ph.rows_s), head_ms = ph.head_s and to_ms(ph.head_s),
-                               delete_ms = ph.delete_s and to_ms(ph.delete_s), commit_ms = to_ms(t3 - t2),
+                               delete_ms = ph.delete_s and to_ms(ph.delete_s), commit_ms = to_ms(run.phase.commit_s),
                                log_ms = to_ms(sys.monotime() - t3) })
   if unreachable then
     return M.EXIT.unreachable, { error = "storage unreachable: " .. errmsg(done[1] and done[1].err) }
@@ -628,24 +638,8 @@ function M.cancel_ids(conn, sql, store, run, ids)
       end
     end
   end
-  local done, unreachable
-  done, err, unreachable = M.process(conn, tx, sql, store, run, todo)
-  if not done then
-    for _, it in ipairs(todo) do
-      if not it.logged then run:outcome(it, "failed", "database") end
-    end
-    return M.EXIT.unreachable, { error = errmsg(err) }
-  end
-  if run.dry_run then
-    tx:rollback()
-  else
-    ok, err = tx:commit()
-    if not ok then
-      for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
-      log_items(run, done)
-      return M.EXIT.unreachable, { error = errmsg(err) }
-    end
-  end
+  local done, unreachable, extra = settle(conn, tx, sql, store, run, todo)
+  if not done then return unreachable, extra end
   log_items(run, done)
   if unreachable then return M.EXIT.unreachable, { error = "storage unreachable" } end
   return run:exit_code()
