@@ -1,8 +1,4 @@
-# res# libFuzzer harnesses (clang) for the S3 reply parsing and SigV4 encoding; a few minutes each.
-fuzz:
-	@$(MAKE) --no-print-directory -C spec/fuzz run
-
-clean: build, test, demo, bench. GNU make; pkg-config for every library.
+# resclean: build, test, demo, bench. GNU make; pkg-config for every library.
 #
 #   make            build ./resclean
 #   make test       install what is missing, build, lint, run every spec on a
