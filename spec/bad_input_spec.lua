@@ -4,6 +4,7 @@
 local fs = require("support.faults_support")
 local fx = require("support.fixtures")
 local s3 = require("resclean.s3")
+local s3h = require("support.s3_helpers")
 
 local conn, w
 
@@ -251,7 +252,7 @@ return {
   describe("in S3 replies (a misbehaving server on loopback)", function()
     local fake
     setup(function()
-      fake = fs.fake_s3()
+      fake = s3h.fake_server()
     end)
     teardown(function()
       if fake then fake.stop() end

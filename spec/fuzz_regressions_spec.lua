@@ -5,10 +5,10 @@
 --    "deleted" leaves an object without its row.
 --  * A request for a key must name that key: a shorter one (cut at a NUL byte) is another
 --    object, which a DELETE would remove.
-local fs = require("support.faults_support")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
 local s3 = require("resclean.s3")
+local s3h = require("support.s3_helpers")
 
 local sigv4 = require("resclean.sigv4")
 
@@ -48,7 +48,7 @@ describe("fuzz regressions: DeleteObjects replies", function()
   local fake, client
 
   setup(function()
-    fake = fs.fake_s3()
+    fake = s3h.fake_server()
     client = assert(s3.client({ endpoint = fake.endpoint, access_key = "AKFAKE", secret_key = "fake-secret",
       bucket = "fuzz", max_attempts = 1 }))
   end)
@@ -85,7 +85,7 @@ describe("fuzz regressions: object keys in requests", function()
   local fake, client
 
   setup(function()
-    fake = fs.fake_s3()
+    fake = s3h.fake_server()
     client = assert(s3.client({ endpoint = fake.endpoint, access_key = "AKFAKE", secret_key = "fake-secret",
       bucket = "fuzz", max_attempts = 1 }))
   end)

@@ -124,6 +124,39 @@ function M.wait_for(fn, timeout, what)
   error(("timed out after %ss waiting for %s"):format(timeout or 10, what or "a condition"), 2)
 end
 
+-- The python3 to start helper servers with: not a pyenv shim where /usr/bin/python3 exists
+-- (a shim costs most of a second per start).
+function M.python()
+  local f = io.open("/usr/bin/python3")
+  if f then
+    f:close()
+    return "/usr/bin/python3"
+  end
+  return "python3"
+end
+
+-- Start a helper server in the background: python3 SCRIPT DIR ARGS..., where DIR is a new
+-- temporary folder in which the server writes the port it listens on (DIR/port); its output
+-- goes to DIR/log. Returns {dir, pid, port}.
+function M.start_server(script, args)
+  local dir = M.tmpdir()
+  local line = { M.python(), M.q(script), M.q(dir) }
+  for _, a in ipairs(args or {}) do line[#line + 1] = M.q(a) end
+  assert(os.execute(("%s >%s 2>&1 & echo $! >%s"):format(table.concat(line, " "), M.q(dir .. "/log"),
+    M.q(dir .. "/pid"))))
+  local name = script:match("[^/]*$")
+  local function number_in(file)
+    local f = io.open(dir .. "/" .. file)
+    local s = f and f:read("a")
+    if f then f:close() end
+    return s and tonumber(s:match("%d+"))
+  end
+  local server = { dir = dir }
+  server.pid = M.wait_for(function() return number_in("pid") end, 10, name .. "'s pid")
+  server.port = M.wait_for(function() return number_in("port") end, 20, name .. " to listen")
+  return server
+end
+
 -- Decode JSON log lines; returns lines, by_event (event -> list).
 function M.parse_log(text)
   local cjson = require("cjson")

@@ -150,46 +150,38 @@ function M.self_signed(dir, name)
   return cert, key
 end
 
--- Start fake_s3.py; returns {endpoint, script(list), log(), clear(), stop(), client(opts)}.
--- opts.tls = a name: serve HTTPS with a self-signed certificate for that name (f.cert).
+-- Start fake_s3.py: {endpoint, config(replies by kind), script(list of replies), log(),
+-- count(kind), clear(), stop(), client(opts)}. It answers by request kind until script() is
+-- called (see fake_s3.py). opts.tls = a name: serve HTTPS with a self-signed certificate for
+-- that name (f.cert).
 function M.fake_server(opts)
   opts = opts or {}
-  local dir = helpers.tmpdir()
-  local tls = ""
-  local f = {}
+  local f, args = {}, {}
   if opts.tls then
-    local cert, key = M.self_signed(dir, opts.tls)
-    f.cert = cert
-    tls = " " .. helpers.q(cert) .. " " .. helpers.q(key)
+    local cert, key = M.self_signed(helpers.tmpdir(), opts.tls)
+    f.cert, args = cert, { cert, key }
   end
-  local cmd = ("python3 %s %s%s >%s 2>&1 & echo $! >%s"):format(helpers.q(here .. "/fake_s3.py"),
-    helpers.q(dir), tls, helpers.q(dir .. "/log"), helpers.q(dir .. "/pid"))
-  assert(os.execute(cmd))
-  f.pid = tonumber(helpers.wait_for(function()
-    local h = io.open(dir .. "/pid")
-    local s = h and h:read("a")
-    if h then h:close() end
-    return s and s:match("%d+")
-  end, 10, "fake_s3.py's pid"))
-  f.port = tonumber(helpers.wait_for(function()
-    local h = io.open(dir .. "/port")
-    local s = h and h:read("a")
-    if h then h:close() end
-    return s and s:match("%d+")
-  end, 10, "fake_s3.py to listen"))
+  local server = helpers.start_server(here .. "/fake_s3.py", args)
+  f.pid, f.port = server.pid, server.port
   f.endpoint = ("%s://127.0.0.1:%d"):format(opts.tls and "https" or "http", f.port)
   local function control(method, path, body)
-    local bodyfile = helpers.tmpfile(body or "", "control")
-    local p = assert(io.popen(("curl -sS -k -X %s --data-binary @%s %s%s"):format(method, helpers.q(bodyfile),
-      f.endpoint, path)))
+    local p = assert(io.popen(("curl -sS -f -k -X %s --data-binary @%s %s%s"):format(method,
+      helpers.q(helpers.tmpfile(body or "", "control.json")), f.endpoint, path)))
     local out = p:read("a")
-    p:close()
+    assert(p:close(), "fake S3 control request failed: " .. method .. " " .. path)
     return out
   end
+  function f.config(replies) control("PUT", "/__config", cjson.encode(replies or {})) end
   function f.script(replies) control("PUT", "/__script", cjson.encode(replies)) end
   function f.log() return cjson.decode(control("GET", "/__log")) end
   function f.clear() control("DELETE", "/__log") end
   function f.stop() os.execute(("kill %d 2>/dev/null"):format(f.pid)) end
+  -- Requests of one kind (list, head, delete_objects, delete, put, other) received so far.
+  function f.count(kind)
+    local n = 0
+    for _, r in ipairs(f.log()) do if r.kind == kind then n = n + 1 end end
+    return n
+  end
   function f.client(extra)
     local o = {
       endpoint = f.endpoint, region = "us-east-1", access_key = "AKFAKE", secret_key = "fake-secret-value",

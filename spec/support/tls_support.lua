@@ -33,32 +33,14 @@ function M.pki(name_lists)
   return out
 end
 
-local function python()
-  local f = io.open("/usr/bin/python3")
-  if f then
-    f:close()
-    return "/usr/bin/python3"
-  end
-  return "python3"
-end
-
 -- HTTPS on loopback in front of upstream (http://host:port). Returns {endpoint, port,
 -- connections(), stop()}.
 function M.proxy(cert, upstream)
   local host, port = upstream:match("^https?://([^:/]+):(%d+)")
   assert(host, "upstream must be http://host:port, got " .. tostring(upstream))
-  local dir = h.tmpdir()
-  assert(os.execute(("%s %s %s %s %s %s %s >%s 2>&1 & echo $! >%s"):format(python(), h.q(here .. "/tls_proxy.py"),
-    h.q(dir), h.q(cert.cert), h.q(cert.key), h.q(host), port, h.q(dir .. "/log"), h.q(dir .. "/pid"))))
-  local function number_in(name)
-    local f = io.open(dir .. "/" .. name)
-    local s = f and f:read("a")
-    if f then f:close() end
-    return s and tonumber(s:match("%d+"))
-  end
-  local p = {}
-  p.pid = h.wait_for(function() return number_in("pid") end, 10, "tls_proxy.py's pid")
-  p.port = h.wait_for(function() return number_in("port") end, 20, "tls_proxy.py to listen")
+  local server = h.start_server(here .. "/tls_proxy.py", { cert.cert, cert.key, host, port })
+  local dir = server.dir
+  local p = { pid = server.pid, port = server.port }
   p.endpoint = ("https://127.0.0.1:%d"):format(p.port)
   function p.connections()
     local f = io.open(dir .. "/connections")
