@@ -12,6 +12,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <limits.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,15 +125,26 @@ typedef struct s3_client {
     CURLM *multi;
     CURL *idle[MAX_CONCURRENCY]; /* easy handles kept between calls (buffers, no re-init) */
     int nidle;
+    /* The sockets curl asks us to watch (CURLMOPT_SOCKETFUNCTION) and when it wants to
+     * be called back (CURLMOPT_TIMERFUNCTION): drive() waits on exactly these and hands
+     * curl only the sockets that are ready, so curl neither polls every transfer's
+     * socket itself nor walks every transfer on each wake-up. */
+    struct pollfd *pfds;
+    size_t npfds, cappfds;
+    int sock_oom;     /* a socket could not be recorded: fall back to waking curl often */
+    double timer_at;  /* monotime at which curl wants CURL_SOCKET_TIMEOUT; < 0: none */
 } s3_client;
 
 static void client_release(s3_client *c) {
     while (c->nidle > 0)
         curl_easy_cleanup(c->idle[--c->nidle]);
     if (c->multi != NULL) {
-        curl_multi_cleanup(c->multi);
+        curl_multi_cleanup(c->multi); /* may still call on_socket: pfds freed after */
         c->multi = NULL;
     }
+    free(c->pfds);
+    c->pfds = NULL;
+    c->npfds = c->cappfds = 0;
     free(c->authority);
     free(c->region);
     free(c->access_key);
@@ -818,6 +830,83 @@ static long easy_status(CURL *e) {
 
 enum { DRIVE_OK, DRIVE_TRACE_ERROR, DRIVE_NOMEM, DRIVE_CURL };
 
+/* CURLMOPT_SOCKETFUNCTION: keep c->pfds in step with the sockets curl waits on. */
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp) {
+    (void)e;
+    (void)sockp;
+    s3_client *c = userp;
+    size_t i = 0;
+    while (i < c->npfds && c->pfds[i].fd != fd)
+        i++;
+    if (what == CURL_POLL_REMOVE) {
+        if (i < c->npfds)
+            c->pfds[i] = c->pfds[--c->npfds];
+        return 0;
+    }
+    if (i == c->npfds) {
+        if (c->npfds == c->cappfds) {
+            size_t cap = c->cappfds > 0 ? c->cappfds * 2 : 64;
+            struct pollfd *p = realloc(c->pfds, cap * sizeof *p);
+            if (p == NULL) {
+                c->sock_oom = 1; /* drive() gives up: this socket would never be watched */
+                return 0;
+            }
+            c->pfds = p;
+            c->cappfds = cap;
+        }
+        c->pfds[c->npfds++].fd = fd;
+    }
+    c->pfds[i].events = (short)((what & CURL_POLL_IN ? POLLIN : 0) | (what & CURL_POLL_OUT ? POLLOUT : 0));
+    c->pfds[i].revents = 0;
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: when curl wants CURL_SOCKET_TIMEOUT (ms < 0: never). */
+static int on_timer(CURLM *m, long ms, void *userp) {
+    (void)m;
+    s3_client *c = userp;
+    c->timer_at = ms < 0 ? -1.0 : monotime() + (double)ms / 1000.0;
+    return 0;
+}
+
+/* Wait up to wait_ms for the sockets curl watches, then let curl act on the ready ones
+ * and on its timer when due. 0, or a DRIVE_ code. */
+static int drive_wait(s3_client *c, long wait_ms) {
+    int still = 0;
+    if (c->timer_at >= 0) {
+        double ms = (c->timer_at - monotime()) * 1000.0;
+        if (ms < (double)wait_ms)
+            wait_ms = ms <= 0 ? 0 : (long)ms + 1;
+    }
+    int n = poll(c->pfds, (nfds_t)c->npfds, (int)wait_ms);
+    if (n > 0) {
+        /* on_socket may reorder c->pfds while curl acts: note the ready ones first */
+        curl_socket_t fds[64];
+        int flags[64], k = 0;
+        for (size_t i = 0; i < c->npfds && k < 64; i++) {
+            short re = c->pfds[i].revents;
+            if (re == 0)
+                continue;
+            fds[k] = c->pfds[i].fd;
+            flags[k++] = (re & (POLLIN | POLLHUP) ? CURL_CSELECT_IN : 0) | (re & POLLOUT ? CURL_CSELECT_OUT : 0) |
+                         (re & (POLLERR | POLLNVAL) ? CURL_CSELECT_ERR : 0);
+            c->pfds[i].revents = 0;
+        }
+        for (int j = 0; j < k; j++) {
+            CURLMcode mc = curl_multi_socket_action(c->multi, fds[j], flags[j], &still);
+            if (mc != CURLM_OK)
+                return mc == CURLM_OUT_OF_MEMORY ? DRIVE_NOMEM : DRIVE_CURL;
+        }
+    }
+    if (c->timer_at >= 0 && monotime() >= c->timer_at) {
+        c->timer_at = -1.0;
+        CURLMcode mc = curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &still);
+        if (mc != CURLM_OK)
+            return mc == CURLM_OUT_OF_MEMORY ? DRIVE_NOMEM : DRIVE_CURL;
+    }
+    return c->sock_oom ? DRIVE_NOMEM : DRIVE_OK;
+}
+
 /* Run every request of b to completion, at most conc at once, on the client's multi
  * handle (one connection pool). Never raises: on DRIVE_TRACE_ERROR the trace hook's
  * error is on the stack top. No easy handle is left attached when it returns. */
@@ -895,12 +984,24 @@ static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
         if (done >= b->nreq)
             break;
 
-        int still = 0, q = 0;
-        CURLMcode mc = curl_multi_perform(c->multi, &still);
-        if (mc != CURLM_OK) { /* out of memory or a broken handle: would never finish */
-            rc = mc == CURLM_OUT_OF_MEMORY ? DRIVE_NOMEM : DRIVE_CURL;
-            goto out;
+        /* wait for traffic, the next due retry or curl's timer; then let curl act */
+        long wait_ms = 1000;
+        if (running < conc && waiting > 0) {
+            double now2 = monotime();
+            for (size_t i = 0; i < b->nreq; i++) {
+                if (b->reqs[i].state != RQ_WAITING)
+                    continue;
+                double ms = (b->reqs[i].next_at - now2) * 1000.0;
+                if (ms < 0)
+                    ms = 0;
+                if (ms < (double)wait_ms)
+                    wait_ms = (long)ms;
+            }
         }
+        if ((rc = drive_wait(c, wait_ms)) != DRIVE_OK)
+            goto out;
+
+        int q = 0;
         CURLMsg *m;
         while ((m = curl_multi_info_read(c->multi, &q)) != NULL) {
             if (m->msg != CURLMSG_DONE)
@@ -931,28 +1032,6 @@ static int drive(lua_State *L, s3_client *c, s3_batch *b, int conc, int trace) {
                 c->n_retries++;
             }
         }
-        if (done >= b->nreq)
-            break;
-
-        /* wait for traffic, or until the next retry is due */
-        long wait_ms = 1000;
-        int free_slot = running < conc;
-        if (free_slot && next < b->nreq)
-            wait_ms = 0;
-        if (free_slot && waiting > 0) {
-            now = monotime();
-            for (size_t i = 0; i < b->nreq; i++) {
-                if (b->reqs[i].state != RQ_WAITING)
-                    continue;
-                double ms = (b->reqs[i].next_at - now) * 1000.0;
-                if (ms < 0)
-                    ms = 0;
-                if (ms < (double)wait_ms)
-                    wait_ms = (long)ms;
-            }
-        }
-        if (wait_ms > 0 || running > 0)
-            curl_multi_poll(c->multi, NULL, 0, (int)wait_ms, NULL);
     }
 out:
     for (int s = 0; s < conc; s++) {
@@ -2349,6 +2428,11 @@ static int s3_client_new(lua_State *L) {
     if (c->multi == NULL)
         luaL_error(L, "s3.client: cannot create a curl multi handle");
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)MAX_CONCURRENCY);
+    c->timer_at = -1.0;
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, (void *)c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, (void *)c);
     c->closed = 0;
     return 1;
 }
