@@ -44,19 +44,24 @@ local function parse(data)
   return keys, body
 end
 
+-- The scripted server and a client on it, for one describe block.
+local function start_fake()
+  local fake = s3h.fake_server()
+  local client = assert(s3.client({ endpoint = fake.endpoint, access_key = "AKFAKE", secret_key = "fake-secret",
+    bucket = "fuzz", max_attempts = 1 }))
+  return fake, client
+end
+
+local function stop_fake(fake, client)
+  if client then client:close() end
+  if fake then fake.stop() end
+end
+
 describe("fuzz regressions: DeleteObjects replies", function()
   local fake, client
 
-  setup(function()
-    fake = s3h.fake_server()
-    client = assert(s3.client({ endpoint = fake.endpoint, access_key = "AKFAKE", secret_key = "fake-secret",
-      bucket = "fuzz", max_attempts = 1 }))
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if fake then fake.stop() end
-  end)
+  setup(function() fake, client = start_fake() end)
+  teardown(function() stop_fake(fake, client) end)
 
   it("has a replay that can tell: a well-formed reply does delete its keys", function()
     fake.config({ delete_objects = { status = 200, echo = true } })
@@ -84,16 +89,8 @@ end)
 describe("fuzz regressions: object keys in requests", function()
   local fake, client
 
-  setup(function()
-    fake = s3h.fake_server()
-    client = assert(s3.client({ endpoint = fake.endpoint, access_key = "AKFAKE", secret_key = "fake-secret",
-      bucket = "fuzz", max_attempts = 1 }))
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if fake then fake.stop() end
-  end)
+  setup(function() fake, client = start_fake() end)
+  teardown(function() stop_fake(fake, client) end)
 
   for _, name in ipairs(inputs(ROOT .. "/s3_request")) do
     it("names exactly the key " .. name .. " in HEAD, DELETE and presigned URLs", function()
