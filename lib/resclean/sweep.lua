@@ -333,7 +333,9 @@ end
 
 -- Log the decided items and count them.
 local function log_items(run, items)
+  log.hold()
   for _, it in ipairs(items) do run:outcome(it, it.outcome, it.reason) end
+  log.release()
 end
 
 -- Process claimed items within tx: bad keys skipped, rows deleted,
