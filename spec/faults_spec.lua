@@ -14,7 +14,7 @@ local seed = tonumber(os.getenv("RESCLEAN_SEED") or "") or os.time()
 math.randomseed(seed)
 
 local function proc_result(p, code)
-  return fs.decorate({ code = code, stdout = fs.output(p), stderr = fs.output(p, "err") })
+  return h.decode_run({ code = code, stdout = fs.output(p), stderr = fs.output(p, "err") })
 end
 
 describe("under faults, the sweep", function()

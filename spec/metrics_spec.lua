@@ -1,7 +1,6 @@
 -- Metrics: the Prometheus textfile the sweep writes with --metrics-file,
 -- checked with promtool and against the outcomes of real runs on the
 -- harness's PostgreSQL and RGW.
-local cjson = require("cjson")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
 local metrics = require("resclean.metrics")
@@ -33,16 +32,6 @@ local function promtool(path)
   local out = h.tmpdir() .. "/promtool.out"
   local _, _, code = os.execute(("promtool check metrics <%s >%s 2>&1"):format(h.q(path), h.q(out)))
   return code, h.readall(out)
-end
-
-local function parse_log(text)
-  local by = {}
-  for line in text:gmatch("[^\n]+") do
-    local rec = cjson.decode(line)
-    by[rec.event] = by[rec.event] or {}
-    table.insert(by[rec.event], rec)
-  end
-  return by
 end
 
 local function exists(path)
@@ -179,34 +168,14 @@ end)
 describe("sweep --metrics-file", function()
   local conn, client, bucket
 
-  local function env(extra)
-    local e = { RESCLEAN_BUCKET = bucket, RESCLEAN_POLICY = false, RESCLEAN_LOG_LEVEL = false }
-    for k, v in pairs(extra or {}) do e[k] = v end
-    return e
-  end
-
   local function sweep(path, extra_env, flags)
-    local argv = { "run", "scripts/sweep.lua", "--once", "--metrics-file", path }
-    for _, f in ipairs(flags or {}) do argv[#argv + 1] = f end
-    local r = h.run(argv, env(extra_env))
-    r.by = parse_log(r.stdout)
-    r.summary = r.by.sweep and r.by.sweep[#r.by.sweep]
-    return r
+    return h.run_script({ "scripts/sweep.lua", "--once", "--metrics-file", path, table.unpack(flags or {}) },
+      h.script_env(bucket, extra_env))
   end
 
-  setup(function()
-    conn = fx.connect()
-  end)
-
-  before_each(function()
-    fx.reset(conn)
-    bucket = fx.unique_bucket("metrics")
-    client = fx.bucket(bucket)
-  end)
-
-  teardown(function()
-    if conn then conn:close() end
-  end)
+  setup(function() conn = fx.connect() end)
+  before_each(function() bucket, client = fx.fresh_bucket(conn, "metrics") end)
+  teardown(function() if conn then conn:close() end end)
 
   it("matches the outcomes of the run and passes promtool", function()
     local with_obj = fx.rows(conn, 3, { age_s = 5 * 86400 })

@@ -8,33 +8,31 @@ local sys = require("resclean.sys")
 local conn, client, bucket
 
 local function env(extra)
-  local e = { RESCLEAN_BUCKET = bucket, RESCLEAN_POLICY = false, RESCLEAN_LOG_LEVEL = false }
-  for k, v in pairs(extra or {}) do e[k] = v end
-  return e
+  return h.script_env(bucket, extra)
 end
 
 local function sweep(args, extra_env)
-  local argv = { "run", "scripts/sweep.lua" }
-  for _, a in ipairs(args or { "--once" }) do argv[#argv + 1] = a end
-  local r = h.run(argv, env(extra_env))
-  r.lines, r.by = h.parse_log(r.stdout)
-  r.outcomes = h.outcomes(r.by)
-  r.summary = r.by.sweep and r.by.sweep[#r.by.sweep]
-  return r
+  return h.run_script({ "scripts/sweep.lua", table.unpack(args or { "--once" }) }, env(extra_env))
 end
 
 local function cancel(ids, extra_env, flags)
-  local argv = { "run", "scripts/cancel.lua" }
-  for _, a in ipairs(flags or {}) do argv[#argv + 1] = a end
+  local argv = { "scripts/cancel.lua", table.unpack(flags or {}) }
   for _, id in ipairs(ids) do argv[#argv + 1] = id end
-  local r = h.run(argv, env(extra_env))
-  r.lines, r.by = h.parse_log(r.stdout)
-  r.outcomes = h.outcomes(r.by)
-  return r
+  return h.run_script(argv, env(extra_env))
 end
 
 local function policy_file(text)
   return h.tmpfile(text, "policy.lua")
+end
+
+-- Four `sweep --once` processes with the policy text, started at once (killed if still
+-- running when the spec ends).
+local function four_sweepers(policy)
+  local pol = policy_file(policy)
+  local procs = {}
+  for i = 1, 4 do procs[i] = h.spawn({ "run", "scripts/sweep.lua", "--once", "--policy", pol }, env()) end
+  finally(function() for _, p in ipairs(procs) do if p.alive() then p.kill("KILL") end end end)
+  return procs
 end
 
 local function all_in(set, ids)
@@ -52,19 +50,9 @@ local function none_in(set, ids)
 end
 
 describe("the sweep", function()
-  setup(function()
-    conn = fx.connect()
-  end)
-
-  before_each(function()
-    fx.reset(conn)
-    bucket = fx.unique_bucket("sweep")
-    client = fx.bucket(bucket)
-  end)
-
-  teardown(function()
-    if conn then conn:close() end
-  end)
+  setup(function() conn = fx.connect() end)
+  before_each(function() bucket, client = fx.fresh_bucket(conn, "sweep") end)
+  teardown(function() if conn then conn:close() end end)
 
   it("removes stale pending uploads, row and object, with one log line each", function()
     local with_obj = fx.rows(conn, 6)
@@ -148,10 +136,7 @@ describe("the sweep", function()
     local with_obj = { table.unpack(ids, 1, 300) }
     fx.objects(client, with_obj)
     -- A 1 ms lock timeout turns any wait on another sweeper's lock into a failure.
-    local pol = policy_file('return { batch_size = 100, lock_timeout = 0.001 }')
-    local procs = {}
-    for i = 1, 4 do procs[i] = h.spawn({ "run", "scripts/sweep.lua", "--once", "--policy", pol }, env()) end
-    finally(function() for _, p in ipairs(procs) do if p.alive() then p.kill("KILL") end end end)
+    local procs = four_sweepers('return { batch_size = 100, lock_timeout = 0.001 }')
     local seen, total = {}, 0
     for _, p in ipairs(procs) do
       assert.are.equal(0, p.wait(120), p.stderr())
@@ -172,10 +157,7 @@ describe("the sweep", function()
     local ids = fx.rows(conn, 2000)
     local with_obj = { table.unpack(ids, 1, 400) }
     fx.objects(client, with_obj)
-    local pol = policy_file('return { batch_size = 50 }')
-    local procs = {}
-    for i = 1, 4 do procs[i] = h.spawn({ "run", "scripts/sweep.lua", "--once", "--policy", pol }, env()) end
-    finally(function() for _, p in ipairs(procs) do if p.alive() then p.kill("KILL") end end end)
+    local procs = four_sweepers('return { batch_size = 50 }')
     -- The application confirms random stale uploads while the sweepers run.
     local confirmed = {}
     local racer = fx.connect()
@@ -335,19 +317,9 @@ describe("the sweep", function()
 end)
 
 describe("cancel", function()
-  setup(function()
-    conn = fx.connect()
-  end)
-
-  before_each(function()
-    fx.reset(conn)
-    bucket = fx.unique_bucket("cancel")
-    client = fx.bucket(bucket)
-  end)
-
-  teardown(function()
-    if conn then conn:close() end
-  end)
+  setup(function() conn = fx.connect() end)
+  before_each(function() bucket, client = fx.fresh_bucket(conn, "cancel") end)
+  teardown(function() if conn then conn:close() end end)
 
   it("cleans a fresh pending resource at once", function()
     local ids = fx.rows(conn, 2, { age_s = 10 })

@@ -14,35 +14,20 @@ local M = {}
 -- pg_stat_activity shows the sweepers of these specs under this name.
 M.APPNAME = "resclean-faults"
 
--- Environment for a resclean process on bucket: no policy or log level inherited.
+-- Environment for a resclean process on bucket (helpers.script_env), under APPNAME.
 function M.env(bucket, extra)
-  local e = { RESCLEAN_BUCKET = bucket, RESCLEAN_POLICY = false, RESCLEAN_LOG_LEVEL = false,
-              PGAPPNAME = M.APPNAME }
-  for k, v in pairs(extra or {}) do e[k] = v end
-  return e
+  return h.script_env(bucket, { PGAPPNAME = M.APPNAME }, extra)
 end
 
-local function decorate(r)
-  local ok, lines, by = pcall(h.parse_log, r.stdout)
-  if not ok then error(("resclean wrote a line that is not JSON (exit %s): %s\nstderr: %s")
-    :format(tostring(r.code), tostring(lines), r.stderr), 3) end
-  r.lines, r.by = lines, by
-  r.outcomes = h.outcomes(by)
-  r.summary = by.sweep and by.sweep[#by.sweep] or by.cancel and by.cancel[#by.cancel]
-  return r
-end
-M.decorate = decorate
-
--- Run a script to completion: argv after "run", e.g. {"scripts/sweep.lua", "--once"}.
+-- Run a script to completion, its log decoded (helpers.run_script): argv after "run", e.g.
+-- {"scripts/sweep.lua", "--once"}; prefix, a wrapper command (faketime ...) in front of the binary.
 function M.run(argv, env, prefix)
-  local full = { "run" }
-  for _, a in ipairs(argv) do full[#full + 1] = a end
   if prefix then
-    -- A wrapper command (faketime ...) in front of the binary.
     local line = {}
     for _, p in ipairs(prefix) do line[#line + 1] = h.q(p) end
     line[#line + 1] = h.q(h.bin())
-    for _, a in ipairs(full) do line[#line + 1] = h.q(a) end
+    line[#line + 1] = "run"
+    for _, a in ipairs(argv) do line[#line + 1] = h.q(a) end
     local dir = h.tmpdir()
     -- A wrapper that preloads a library (faketime) comes before the ASan runtime of
     -- `make asan test`'s binary, which refuses that unless told it is fine.
@@ -56,9 +41,9 @@ function M.run(argv, env, prefix)
     local cmd = ("env %s %s </dev/null >%s 2>%s"):format(table.concat(parts, " "), table.concat(line, " "),
       h.q(dir .. "/out"), h.q(dir .. "/err"))
     local _, _, code = os.execute(cmd)
-    return decorate({ code = code, stdout = h.readall(dir .. "/out"), stderr = h.readall(dir .. "/err") })
+    return h.decode_run({ code = code, stdout = h.readall(dir .. "/out"), stderr = h.readall(dir .. "/err") })
   end
-  return decorate(h.run(full, env))
+  return h.run_script(argv, env)
 end
 
 function M.sweep(bucket, args, extra_env)

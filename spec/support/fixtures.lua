@@ -48,6 +48,14 @@ function M.reset(conn)
   check(conn:query("TRUNCATE attacks, attack_resource_files, upload_resource_files"))
 end
 
+-- A fresh start for one spec: empty tables and a client on a new bucket named after tag.
+-- Returns the bucket's name and the client.
+function M.fresh_bucket(conn, tag)
+  M.reset(conn)
+  local name = M.unique_bucket(tag)
+  return name, M.bucket(name)
+end
+
 -- Insert n rows; returns their ids (text). opts: age_s (default 2 days),
 -- type (WORD_LIST), uploaded (false), content (for ephemeral types).
 function M.rows(conn, n, opts)

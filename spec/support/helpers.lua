@@ -79,6 +79,34 @@ function M.run(argv, env, opts)
   return { code = code, stdout = readall(dir .. "/out"), stderr = readall(dir .. "/err"), dir = dir }
 end
 
+-- Environment for a resclean script on bucket: no policy or log level inherited, then each
+-- table of overrides in turn (a value false unsets).
+function M.script_env(bucket, ...)
+  local e = { RESCLEAN_BUCKET = bucket, RESCLEAN_POLICY = false, RESCLEAN_LOG_LEVEL = false }
+  for i = 1, select("#", ...) do
+    for k, v in pairs(select(i, ...) or {}) do e[k] = v end
+  end
+  return e
+end
+
+-- A finished run {code, stdout, stderr} with its log decoded: r.lines, r.by (event -> lines),
+-- r.outcomes (resource lines by id, each id once), r.summary (the last sweep or cancel line).
+function M.decode_run(r)
+  local ok, lines, by = pcall(M.parse_log, r.stdout)
+  if not ok then error(("resclean wrote a line that is not JSON (exit %s): %s\nstderr: %s")
+    :format(tostring(r.code), tostring(lines), r.stderr), 2) end
+  r.lines, r.by = lines, by
+  r.outcomes = M.outcomes(by)
+  r.summary = by.sweep and by.sweep[#by.sweep] or by.cancel and by.cancel[#by.cancel]
+  return r
+end
+
+-- Run a script to completion, argv after "run" (e.g. {"scripts/sweep.lua", "--once"}), and
+-- decode its log (decode_run).
+function M.run_script(argv, env)
+  return M.decode_run(M.run({ "run", table.unpack(argv) }, env))
+end
+
 -- Start the binary in the background: {pid, stdout(), stderr(), alive(),
 -- kill(sig), wait(timeout) -> exit code}. A subshell records the real pid
 -- and, when it ends, its exit status.
