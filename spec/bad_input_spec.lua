@@ -20,13 +20,8 @@ local function no_traceback(r)
 end
 
 describe("bad input", function()
-  setup(function()
-    conn = fx.connect()
-  end)
-
-  teardown(function()
-    if conn then conn:close() end
-  end)
+  setup(function() conn = fx.connect() end)
+  teardown(function() if conn then conn:close() end end)
 
   describe("in a policy file", function()
     setup(function()

@@ -18,13 +18,8 @@ local function proc_result(p, code)
 end
 
 describe("under faults, the sweep", function()
-  setup(function()
-    conn = fx.connect()
-  end)
-
-  teardown(function()
-    if conn then conn:close() end
-  end)
+  setup(function() conn = fx.connect() end)
+  teardown(function() if conn then conn:close() end end)
 
   it("deletes no row whose object survives when radosgw is killed mid-sweep, and completes after a restart", function()
     local w = fs.world(conn, { stale = 1000, with_objects = 200, tag = "rgw-kill" })
@@ -91,16 +86,23 @@ describe("under faults, the sweep", function()
   -- A session whose rows are deleted (uncommitted) while the batch's storage phase runs.
   local MID_BATCH = "state = 'idle in transaction' AND query ILIKE '%DELETE FROM%'"
 
-  it("rolls the batch back and exits 3 when its database session is terminated mid-batch (--once)", function()
-    local w = fs.world(conn, { stale = 2000, with_objects = 100, tag = "pg-term" })
-    local pol = fs.policy("return { batch_size = 200 }")
-    local p = h.spawn({ "run", "scripts/sweep.lua", "--once", "--policy", pol }, fs.env(w.bucket))
+  -- Spawn a sweep (argv after the binary), wait until its session is MID_BATCH and terminate
+  -- that session. Returns the process and the pid of the terminated session.
+  local function terminate_mid_batch(argv, env)
+    local p = h.spawn(argv, env)
     finally(function() if p.alive() then p.kill("KILL") end end)
     local victim = h.wait_for(function()
       local b = fs.sweeper_backends(conn, MID_BATCH)
       return b[1] and b[1].pid
     end, 60, "the sweeper's session in the middle of a batch")
     fx.check(conn:query("SELECT pg_terminate_backend($1)", victim))
+    return p, victim
+  end
+
+  it("rolls the batch back and exits 3 when its database session is terminated mid-batch (--once)", function()
+    local w = fs.world(conn, { stale = 2000, with_objects = 100, tag = "pg-term" })
+    local pol = fs.policy("return { batch_size = 200 }")
+    local p = terminate_mid_batch({ "run", "scripts/sweep.lua", "--once", "--policy", pol }, fs.env(w.bucket))
     local r = proc_result(p, p.wait(60))
     assert.are.equal(3, r.code, r.stderr)
     assert.is_string(r.summary.error)
@@ -122,13 +124,7 @@ describe("under faults, the sweep", function()
   it("tries again at the next cycle when its database session is terminated, in the long-running loop", function()
     local w = fs.world(conn, { stale = 2000, with_objects = 100, tag = "pg-loop" })
     local pol = fs.policy("return { batch_size = 200, interval = 1, jitter = 0 }")
-    local p = h.spawn({ "run", "scripts/sweep.lua", "--policy", pol }, fs.env(w.bucket))
-    finally(function() if p.alive() then p.kill("KILL") end end)
-    local victim = h.wait_for(function()
-      local b = fs.sweeper_backends(conn, MID_BATCH)
-      return b[1] and b[1].pid
-    end, 60, "the sweeper's session in the middle of a batch")
-    fx.check(conn:query("SELECT pg_terminate_backend($1)", victim))
+    local p, victim = terminate_mid_batch({ "run", "scripts/sweep.lua", "--policy", pol }, fs.env(w.bucket))
     local function sweeps()
       local out = {}
       for _, l in ipairs(fs.partial_log(fs.output(p))) do
@@ -147,10 +143,7 @@ describe("under faults, the sweep", function()
     assert.is_string(s[1].error, "the first cycle did not report the lost session")
     assert.are.equal(victim, s[1].db_pid)
     assert.are_not.equal(s[1].db_pid, s[#s].db_pid)
-    local nr, no = fs.stale_left(w)
-    assert.are.equal(0, nr)
-    assert.are.equal(0, no)
-    fs.assert_invariants(w, "after the loop recovered")
+    fs.assert_all_clean(w, "after the loop recovered")
   end)
 
   it("keeps the invariants when resclean is SIGKILLed at 20 random moments, and a final run cleans up", function()

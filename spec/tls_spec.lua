@@ -41,10 +41,7 @@ describe("over TLS", function()
     assert.are.equal(0, r.code, r.stderr)
     assert.is_true(proxy.connections() > before, "no request went through the TLS proxy")
     for _, id in ipairs(w.with_objects) do assert.are.equal("object_deleted", r.outcomes[id].outcome) end
-    local nr, no = fs.stale_left(w)
-    assert.are.equal(0, nr)
-    assert.are.equal(0, no)
-    fs.assert_invariants(w, "after a sweep over TLS")
+    fs.assert_all_clean(w, "after a sweep over TLS")
   end)
 
   it("cancels through HTTPS with the CA bundle, and refuses without it", function()

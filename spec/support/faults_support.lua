@@ -150,14 +150,19 @@ function M.assert_log_honest(w, r, when)
   end
 end
 
+-- Every stale row and object is gone, and the invariants hold.
+function M.assert_all_clean(w, when)
+  local nr, no = M.stale_left(w)
+  assert(nr == 0 and no == 0, ("%s: %d stale rows and %d stale objects are left"):format(when, nr, no))
+  M.assert_invariants(w, when)
+end
+
 -- A normal run after the fault: exit 0, every stale row and object gone, controls intact.
 function M.assert_final_run_cleans(w, when)
   M.wait_no_sweepers(w.conn)
   local r = M.sweep(w.bucket)
   assert(r.code == 0, ("%s: the final run exited %s: %s"):format(when, tostring(r.code), r.stderr))
-  local nr, no = M.stale_left(w)
-  assert(nr == 0 and no == 0, ("%s: the final run left %d stale rows and %d stale objects"):format(when, nr, no))
-  M.assert_invariants(w, when .. ", after the final run")
+  M.assert_all_clean(w, when .. ", after the final run")
   return r
 end
 
