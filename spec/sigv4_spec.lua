@@ -28,10 +28,47 @@ local NORMALISING_BOTOCORE = {
   ["normalize-path/get-slashes"] = true,
 }
 
-local function copy(t)
+-- A copy of t, with the fields of extra set and the field drop removed.
+local function copy(t, extra, drop)
   local out = {}
   for k, v in pairs(t) do
     out[k] = v
+  end
+  for k, v in pairs(extra or {}) do
+    out[k] = v
+  end
+  if drop then
+    out[drop] = nil
+  end
+  return out
+end
+
+-- Signing options for a suite's parsed request, with fields (credentials, context) added.
+local function from_request(req, fields)
+  return copy({ method = req.method, query = req.query, headers = req.headers, body = req.body }, fields)
+end
+
+-- Signing options for an example of the S3 API Reference, with fields added.
+local function from_example(ex, fields)
+  return copy({
+    method = ex.method,
+    path = ex.path,
+    access_key = ex.access_key,
+    secret_key = ex.secret_key,
+    region = ex.region,
+    service = ex.service,
+    time = ex.date,
+    s3 = true,
+  }, fields)
+end
+
+-- How a suite case is run: with generic rules (path, the request line's path as sent, is
+-- encoded once more for the canonical URI) and, unless the case expects a normalised path,
+-- with S3 rules (the same bytes as the raw key path).
+local function modes(base, path, normalising, normalize)
+  local out = { { label = "generic", opts = copy(base, { path = path, path_encoded = true, normalize = normalize }) } }
+  if not normalising then
+    out[2] = { label = "S3 rules", opts = copy(base, { path = cases.percent_decode(path), s3 = true }) }
   end
   return out
 end
@@ -85,13 +122,7 @@ describe("resclean.sigv4", function()
         return cases.must_read(("%s/%s-%s.txt"):format(cdir, variant, what))
       end
 
-      -- The suite's request line is the path as sent: generic services encode it (once more)
-      -- for the canonical URI; S3 rules take the same bytes as the raw key path.
-      local base = {
-        method = req.method,
-        query = req.query,
-        headers = req.headers,
-        body = req.body,
+      local base = from_request(req, {
         access_key = ctx.credentials.access_key_id,
         secret_key = ctx.credentials.secret_access_key,
         session_token = ctx.credentials.token,
@@ -100,17 +131,9 @@ describe("resclean.sigv4", function()
         time = ctx.timestamp,
         sign_body = ctx.sign_body,
         omit_session_token = ctx.omit_session_token == true,
-      }
-      local generic = copy(base)
-      generic.path, generic.path_encoded, generic.normalize = req.path, true, ctx.normalize
-      local modes = { { label = "generic", opts = generic } }
-      if not NORMALISING_AWS_C_AUTH[name] then
-        local s3 = copy(base)
-        s3.path, s3.s3 = cases.percent_decode(req.path), true
-        modes[#modes + 1] = { label = "S3 rules", opts = s3 }
-      end
+      })
 
-      for _, mode in ipairs(modes) do
+      for _, mode in ipairs(modes(base, req.path, NORMALISING_AWS_C_AUTH[name], ctx.normalize)) do
         it(("signs %s in the Authorization header (%s)"):format(name, mode.label), function()
           local res = sigv4.sign(mode.opts)
           assert.are.equal(expected("header", "canonical-request"), res.canonical_request)
@@ -166,11 +189,7 @@ describe("resclean.sigv4", function()
       if not cases.header(req, "x-amz-security-token") then
         token = cases.header(sreq, "x-amz-security-token")
       end
-      local base = {
-        method = req.method,
-        query = req.query,
-        headers = req.headers,
-        body = req.body,
+      local base = from_request(req, {
         access_key = "AKIDEXAMPLE",
         secret_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
         session_token = token,
@@ -178,17 +197,9 @@ describe("resclean.sigv4", function()
         region = "us-east-1",
         service = "service",
         time = "20150830T123600Z",
-      }
-      local generic = copy(base)
-      generic.path, generic.path_encoded = req.path, true
-      local modes = { { label = "generic", opts = generic } }
-      if not NORMALISING_BOTOCORE[c.rel] then
-        local s3 = copy(base)
-        s3.path, s3.s3 = cases.percent_decode(req.path), true
-        modes[#modes + 1] = { label = "S3 rules", opts = s3 }
-      end
+      })
 
-      for _, mode in ipairs(modes) do
+      for _, mode in ipairs(modes(base, req.path, NORMALISING_BOTOCORE[c.rel])) do
         it(("signs %s (%s)"):format(c.rel, mode.label), function()
           local res = sigv4.sign(mode.opts)
           assert.are.equal(cases.must_read(c.base .. ".creq"), res.canonical_request)
@@ -220,19 +231,7 @@ describe("resclean.sigv4", function()
     for _, ex in ipairs(doc.examples) do
       if ex.kind == "authorization-header" then
         it(("signs %s"):format(ex.name), function()
-          local opts = {
-            method = ex.method,
-            path = ex.path,
-            query = ex.query,
-            headers = ex.headers,
-            payload_hash = ex.payload_sha256,
-            access_key = ex.access_key,
-            secret_key = ex.secret_key,
-            region = ex.region,
-            service = ex.service,
-            time = ex.date,
-            s3 = true,
-          }
+          local opts = from_example(ex, { query = ex.query, headers = ex.headers, payload_hash = ex.payload_sha256 })
           local res = sigv4.sign(opts)
           assert.are.equal(ex.canonical_uri, res.path)
           assert.are.equal(ex.expected_canonical_request, res.canonical_request)
@@ -261,20 +260,12 @@ describe("resclean.sigv4", function()
           for _, kv in ipairs(ex.extra_signed_headers) do
             headers[#headers + 1] = kv
           end
-          local res = sigv4.sign({
-            method = ex.method,
-            path = ex.path,
+          local res = sigv4.sign(from_example(ex, {
             query = query,
             headers = headers,
             payload_hash = ex.payload,
-            access_key = ex.access_key,
-            secret_key = ex.secret_key,
-            region = ex.region,
-            service = ex.service,
-            time = ex.date,
             expires = ex.expires,
-            s3 = true,
-          })
+          }))
           assert.are.equal(ex.canonical_uri, res.path)
           assert.are.equal(ex.expected_canonical_request, res.canonical_request)
           assert.are.equal(ex.expected_string_to_sign, res.string_to_sign)
@@ -301,24 +292,20 @@ describe("resclean.sigv4", function()
             else
               assert.are.equal(ex.chunks[i - 1].expected_signature, chunk.previous_signature)
             end
-            local res = sigv4.sign_chunk({
-              secret_key = seed.secret_key,
-              region = seed.region,
-              service = seed.service,
-              time = seed.date,
-              previous_signature = chunk.previous_signature,
-              chunk = data,
-            })
+            -- The chunk given as its data or as its hash.
+            local function sign_chunk(given)
+              return sigv4.sign_chunk(copy({
+                secret_key = seed.secret_key,
+                region = seed.region,
+                service = seed.service,
+                time = seed.date,
+                previous_signature = chunk.previous_signature,
+              }, given))
+            end
+            local res = sign_chunk({ chunk = data })
             assert.are.equal(chunk.expected_string_to_sign, res.string_to_sign)
             assert.are.equal(chunk.expected_signature, res.signature)
-            local by_hash = sigv4.sign_chunk({
-              secret_key = seed.secret_key,
-              region = seed.region,
-              service = seed.service,
-              time = seed.date,
-              previous_signature = chunk.previous_signature,
-              chunk_sha256 = chunk.chunk_sha256,
-            })
+            local by_hash = sign_chunk({ chunk_sha256 = chunk.chunk_sha256 })
             assert.are.equal(chunk.expected_signature, by_hash.signature)
           end)
         end
@@ -439,11 +426,7 @@ describe("resclean.sigv4", function()
       time = "20150830T123600Z",
     }
     local function with(extra)
-      local t = copy(base)
-      for k, v in pairs(extra) do
-        t[k] = v
-      end
-      return t
+      return copy(base, extra)
     end
 
     it("hashes and MACs like the SHA-256 and RFC 4231 vectors", function()
@@ -553,14 +536,7 @@ describe("resclean.sigv4", function()
       time = 0,
     }
     local function with(extra, drop)
-      local t = copy(base)
-      for k, v in pairs(extra) do
-        t[k] = v
-      end
-      if drop then
-        t[drop] = nil
-      end
-      return t
+      return copy(base, extra, drop)
     end
     local function raises(pattern, opts)
       assert.error_matches(function() sigv4.sign(opts) end, pattern, 1, true)
