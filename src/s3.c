@@ -133,6 +133,7 @@ typedef struct s3_client {
     size_t npfds, cappfds;
     int sock_oom;     /* a socket could not be recorded: fall back to waking curl often */
     double timer_at;  /* monotime at which curl wants CURL_SOCKET_TIMEOUT; < 0: none */
+    sigv4_key_cache key_cache; /* derived from secret_key: wiped with it */
 } s3_client;
 
 static void client_release(s3_client *c) {
@@ -152,6 +153,7 @@ static void client_release(s3_client *c) {
     free(c->ca_file);
     free_secret(&c->secret_key);
     free_secret(&c->session_token);
+    OPENSSL_cleanse(&c->key_cache, sizeof c->key_cache);
     c->authority = c->region = c->access_key = c->bucket = c->ca_file = NULL;
     c->closed = 1;
 }
@@ -545,6 +547,7 @@ static int req_start(lua_State *L, s3_client *c, s3_req *r, CURL *easy, char *er
     q.service = "s3";
     q.now = time(NULL);
     q.s3 = 1;
+    q.key_cache = &c->key_cache;
     if (sigv4_sign(&q, &res) != 0)
         goto done;
     for (size_t i = 0; i < res.nadd_headers && nh < sizeof hdrs / sizeof hdrs[0]; i++)

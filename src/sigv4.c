@@ -503,9 +503,22 @@ int sigv4_sign(const sigv4_request *r, sigv4_result *out) {
         buf_free(&b);
         goto done;
     }
-    if (signing_key(r->secret_key, date8, r->region, r->service, key) < 0) {
-        buf_free(&b);
-        goto done;
+    sigv4_key_cache *kc = r->key_cache;
+    if (kc != NULL && strcmp(kc->scope, out->credential_scope) == 0) {
+        memcpy(key, kc->key, sizeof key);
+    } else {
+        if (signing_key(r->secret_key, date8, r->region, r->service, key) < 0) {
+            buf_free(&b);
+            goto done;
+        }
+        if (kc != NULL) {
+            size_t n = strlen(out->credential_scope);
+            kc->scope[0] = '\0';
+            if (n < sizeof kc->scope) { /* a longer scope is never cached */
+                memcpy(kc->key, key, sizeof key);
+                memcpy(kc->scope, out->credential_scope, n + 1);
+            }
+        }
     }
     sign_hex(key, out->string_to_sign, out->signature);
 

@@ -9,6 +9,13 @@ struct lua_State;
 
 typedef struct sigv4_kv { const char *name; const char *value; } sigv4_kv;
 
+/* The derived signing key of the last credential scope (date/region/service) signed with it.
+ * One cache serves one secret key: callers keep it next to the secret and wipe it with it. */
+typedef struct sigv4_key_cache {
+    char scope[128];
+    unsigned char key[32];
+} sigv4_key_cache;
+
 typedef struct sigv4_request {
     const char *method;          /* "GET" */
     const char *path;            /* raw, NOT percent-encoded, e.g. "/bucket/a b+c" (see path_encoded) */
@@ -28,6 +35,7 @@ typedef struct sigv4_request {
     int no_normalize;            /* non-S3: keep dot segments and repeated slashes */
     int path_encoded;            /* path is already the wire form (percent-encoded): not encoded
                                     again for the wire; non-S3 still encodes it for the canonical URI */
+    sigv4_key_cache *key_cache;  /* NULL, or reuse/keep the signing key (4 HMACs a request fewer) */
 } sigv4_request;
 
 typedef struct sigv4_result {
