@@ -11,15 +11,23 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 SHAREDIR = $(PREFIX)/share/resclean
 
-PKGS    = lua5.4 lua5.4-cjson libpq libcurl openssl expat
+LIBDIR   = $(PREFIX)/lib/resclean
+
+# The host links Lua and cjson only; the network primitives (pg, s3, sigv4) are
+# resclean_net.so next to it, loaded on the first require: an empty script
+# starts without loading libcurl, libpq, OpenSSL and their thirty dependencies.
+HOST_PKGS = lua5.4 lua5.4-cjson
+NET_PKGS  = lua5.4 libpq libcurl openssl expat
 CC      ?= cc
 WARN    = -std=c11 -Wall -Wextra $(if $(filter true,$(CI)),-Werror)
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS = $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS)) \
-             -DRESCLEAN_SHAREDIR='"$(SHAREDIR)"'
-LIBS    = $(shell pkg-config --libs $(PKGS))
+ALL_CFLAGS = $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(HOST_PKGS) $(NET_PKGS)) \
+             -DRESCLEAN_SHAREDIR='"$(SHAREDIR)"' -DRESCLEAN_LIBDIR='"$(LIBDIR)"'
+HOST_LIBS = $(shell pkg-config --libs $(HOST_PKGS))
+NET_LIBS  = $(shell pkg-config --libs $(NET_PKGS))
 
-SRC     = $(wildcard src/*.c)
+HOST_SRC = src/main.c src/sys.c
+NET_SRC  = src/net.c src/pg.c src/s3.c src/sigv4.c
 HDR     = $(wildcard src/*.h)
 
 # `make asan test` builds and tests the sanitizer variant.
@@ -35,7 +43,9 @@ else
 OBJDIR  = build/obj
 BIN     = resclean
 endif
-OBJ     = $(SRC:src/%.c=$(OBJDIR)/%.o)
+HOST_OBJ = $(HOST_SRC:src/%.c=$(OBJDIR)/%.o)
+NET_OBJ  = $(NET_SRC:src/%.c=$(OBJDIR)/pic/%.o)
+NET_SO   = $(dir $(BIN))resclean_net.so
 
 # Debian packages: to build, to test (servers, busted, luacheck), to measure.
 DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev \
@@ -45,19 +55,29 @@ DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
 DEB_BENCH = hyperfine clang libclang-rt-14-dev
 
 .PHONY: all asan deps test lint specs demo bench install clean fuzz
-all: $(BIN)
+all: $(BIN) $(NET_SO)
 
-asan: $(BIN)
+asan: $(BIN) $(NET_SO)
 
-$(BIN): $(OBJ)
+$(BIN): $(HOST_OBJ)
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"
-	@$(CC) $(LDFLAGS) -o $@ $(OBJ) $(LIBS)
+	@$(CC) $(LDFLAGS) -o $@ $(HOST_OBJ) $(HOST_LIBS)
+
+$(NET_SO): $(NET_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  LD  $@"
+	@$(CC) $(LDFLAGS) -shared -o $@ $(NET_OBJ) $(NET_LIBS)
 
 $(OBJDIR)/%.o: src/%.c $(HDR) Makefile
 	@mkdir -p $(OBJDIR)
 	@echo "  CC  $<"
 	@$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(OBJDIR)/pic/%.o: src/%.c $(HDR) Makefile
+	@mkdir -p $(OBJDIR)/pic
+	@echo "  CC  $< (pic)"
+	@$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
 
 # Installs only what is missing; says what it installs.
 deps:
@@ -75,22 +95,23 @@ lint:
 	@luacheck -q lib scripts spec examples
 
 # The stack is started and stopped by with-stack.sh, also on failure.
-specs: $(BIN)
+specs: $(BIN) $(NET_SO)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/run.lua $(SPECS)
 
 test: deps
 	@$(MAKE) --no-print-directory $(if $(filter asan,$(MAKECMDGOALS)),asan) lint specs
 
-demo: deps $(BIN)
+demo: deps $(BIN) $(NET_SO)
 	@bash spec/support/with-stack.sh ./$(BIN) run scripts/demo.lua
 
-bench: deps $(BIN)
+bench: deps $(BIN) $(NET_SO)
 	@bash spec/support/with-stack.sh ./$(BIN) run scripts/bench.lua $(BENCH_ARGS)
 
-install: $(BIN)
+install: $(BIN) $(NET_SO)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHAREDIR)/lib/resclean \
-	  $(DESTDIR)$(SHAREDIR)/scripts $(DESTDIR)$(PREFIX)/share/man/man1
+	  $(DESTDIR)$(SHAREDIR)/scripts $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(LIBDIR)
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/resclean
+	install -m 644 $(NET_SO) $(DESTDIR)$(LIBDIR)/resclean_net.so
 	install -m 644 lib/resclean/*.lua $(DESTDIR)$(SHAREDIR)/lib/resclean/
 	install -m 644 scripts/*.lua $(DESTDIR)$(SHAREDIR)/scripts/
 	install -d $(DESTDIR)$(SHAREDIR)/examples
@@ -102,4 +123,4 @@ fuzz:
 	@$(MAKE) --no-print-directory -C spec/fuzz run
 
 clean:
-	rm -rf build resclean
+	rm -rf build resclean resclean_net.so

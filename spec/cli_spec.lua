@@ -69,6 +69,48 @@ describe("resclean command line", function()
     end
   end)
 
+  it("loads libcurl and libpq only when a script requires resclean.pg, s3 or sigv4", function()
+    local path = h.tmpfile([[
+      local function loaded()
+        local f = assert(io.open("/proc/self/maps"))
+        local maps = f:read("a")
+        f:close()
+        return tostring(maps:find("libcurl", 1, true) ~= nil) .. "," .. tostring(maps:find("libpq", 1, true) ~= nil)
+      end
+      local before = loaded()
+      require("resclean.sys")
+      require("cjson")
+      local mid = loaded()
+      require("resclean.sigv4")
+      io.write(before, "|", mid, "|", loaded())
+    ]])
+    local r = h.run({ "run", path })
+    assert.are.equal("", r.stderr)
+    assert.are.equal("false,false|false,false|true,true", r.stdout)
+  end)
+
+  it("without resclean_net.so runs other scripts and names the library when one needs it", function()
+    local installed = io.open("/usr/local/lib/resclean/resclean_net.so")
+    if installed then
+      installed:close()
+      pending("an installed resclean_net.so would be found")
+      return
+    end
+    local dir = h.tmpdir()
+    assert(os.execute(("cp %s %s/resclean"):format(h.q(h.bin()), h.q(dir))))
+    local function run(script)
+      local out = dir .. "/out"
+      local _, _, code = os.execute(("%s/resclean run %s >%s 2>&1"):format(h.q(dir), h.q(h.tmpfile(script)), h.q(out)))
+      return code, h.readall(out)
+    end
+    local code, out = run('io.write(require("cjson").encode({ 1 }))\n')
+    assert.are.equal(0, code)
+    assert.are.equal("[1]", out)
+    code, out = run('require("resclean.pg")\n')
+    assert.are.equal(1, code)
+    assert.matches("cannot load resclean.pg: [^\n]*resclean_net.so", out)
+  end)
+
   it("finds modules in the script's folder and in resclean's lib/", function()
     local dir = h.tmpdir()
     h.write(dir .. "/mymod.lua", "return { v = 42 }\n")

@@ -4,6 +4,7 @@
  * main only builds the state; pmain does the work under lua_pcall).
  */
 #define _DEFAULT_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -15,11 +16,6 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
-
-#include <curl/curl.h>
-#include <expat.h>
-#include <libpq-fe.h>
-#include <openssl/crypto.h>
 
 #include "resclean.h"
 
@@ -46,14 +42,92 @@ static const char usage_text[] =
     "  AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL),\n"
     "  RESCLEAN_BUCKET, RESCLEAN_POLICY, LUA_PATH (';;' stands for resclean's paths)\n";
 
+/* ---- resclean_net.so: loaded on the first require of pg, s3 or sigv4 ---- */
+
+static void *net_lib;
+
+static void dirname_of(const char *path, char *out, size_t size);
+
+/* The library next to the binary (source tree, build/asan), else the installed one. */
+static void *net_open(char *err, size_t errsize) {
+    char exe[PATH_MAX], dir[PATH_MAX], path[PATH_MAX + 64];
+    const char *why = "not found";
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        dirname_of(exe, dir, sizeof dir);
+        static const char *const rel[] = {"/", "/../lib/resclean/"};
+        for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+            snprintf(path, sizeof path, "%s%s%s", dir, rel[i], RESCLEAN_NET_SO);
+            if (access(path, F_OK) != 0)
+                continue;
+            void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+            if (h != NULL)
+                return h;
+            why = dlerror();
+            snprintf(err, errsize, "%s", why != NULL ? why : path);
+            return NULL;
+        }
+    }
+    void *h = dlopen(RESCLEAN_LIBDIR "/" RESCLEAN_NET_SO, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        why = dlerror();
+        snprintf(err, errsize, "%s (looked next to the binary, in ../lib/resclean and in %s)",
+                 why != NULL ? why : "not found", RESCLEAN_LIBDIR);
+    }
+    return h;
+}
+
+/* A function of resclean_net.so; loads and initialises it the first time. NULL with a
+ * message in err when it cannot. */
+static void *net_symbol(const char *name, char *err, size_t errsize) {
+    if (net_lib == NULL) {
+        void *h = net_open(err, errsize);
+        if (h == NULL)
+            return NULL;
+        int (*init)(void);
+        *(void **)&init = dlsym(h, "resclean_net_init");
+        if (init == NULL || init() != 0) {
+            snprintf(err, errsize, "%s: cannot initialise libcurl", RESCLEAN_NET_SO);
+            dlclose(h);
+            return NULL;
+        }
+        net_lib = h;
+    }
+    void *f = dlsym(net_lib, name);
+    if (f == NULL)
+        snprintf(err, errsize, "%s has no %s", RESCLEAN_NET_SO, name);
+    return f;
+}
+
+static void net_cleanup(void) {
+    if (net_lib != NULL) {
+        void (*cleanup)(void);
+        *(void **)&cleanup = dlsym(net_lib, "resclean_net_cleanup");
+        if (cleanup != NULL)
+            cleanup();
+    }
+}
+
+/* package.preload loader: upvalue 1 names the luaopen_ function in resclean_net.so. */
+static int net_loader(lua_State *L) {
+    char err[PATH_MAX + 256];
+    lua_CFunction open;
+    *(void **)&open = net_symbol(lua_tostring(L, lua_upvalueindex(1)), err, sizeof err);
+    if (open == NULL)
+        return luaL_error(L, "cannot load %s: %s", lua_tostring(L, 1), err);
+    return open(L);
+}
+
 static const luaL_Reg preloads[] = {
     {"cjson", luaopen_cjson},
     {"cjson.safe", luaopen_cjson_safe},
-    {"resclean.pg", luaopen_resclean_pg},
-    {"resclean.s3", luaopen_resclean_s3},
-    {"resclean.sigv4", luaopen_resclean_sigv4},
     {"resclean.sys", luaopen_resclean_sys},
     {NULL, NULL}};
+
+static const char *const net_modules[][2] = {{"resclean.pg", "luaopen_resclean_pg"},
+                                             {"resclean.s3", "luaopen_resclean_s3"},
+                                             {"resclean.sigv4", "luaopen_resclean_sigv4"}};
 
 /* Message handler: turn the error into "message + traceback". Error tables
  * from the primitives ({kind, code, message}) are rendered readably. */
@@ -208,14 +282,17 @@ static int run_script(lua_State *L, int argc, char **argv) {
 }
 
 static int print_version(void) {
-    const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
-    int pq = PQlibVersion();
+    char err[PATH_MAX + 256];
+    void (*versions)(FILE *);
     printf("resclean %s\n", RESCLEAN_VERSION);
     printf("%s\n", LUA_RELEASE);
-    printf("libpq %d.%d\n", pq / 10000, pq % 10000);
-    printf("libcurl %s\n", cv->version);
-    printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
-    printf("%s\n", XML_ExpatVersion());
+    *(void **)&versions = net_symbol("resclean_net_versions", err, sizeof err);
+    if (versions == NULL) {
+        fflush(stdout);
+        fprintf(stderr, "%s: cannot load %s: %s\n", progname, RESCLEAN_NET_SO, err);
+        return EXIT_FAILURE;
+    }
+    versions(stdout);
     return EXIT_SUCCESS;
 }
 
@@ -232,6 +309,11 @@ static int pmain(lua_State *L) {
     for (const luaL_Reg *r = preloads; r->name != NULL; r++) {
         lua_pushcfunction(L, r->func);
         lua_setfield(L, -2, r->name);
+    }
+    for (size_t i = 0; i < sizeof net_modules / sizeof net_modules[0]; i++) {
+        lua_pushstring(L, net_modules[i][1]);
+        lua_pushcclosure(L, net_loader, 1);
+        lua_setfield(L, -2, net_modules[i][0]);
     }
     lua_pop(L, 1);
 
@@ -254,14 +336,9 @@ static int pmain(lua_State *L) {
 
 int main(int argc, char **argv) {
     int code;
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        fprintf(stderr, "%s: cannot initialise libcurl\n", progname);
-        return 3;
-    }
     lua_State *L = luaL_newstate();
     if (L == NULL) {
         fprintf(stderr, "%s: cannot create Lua state: not enough memory\n", progname);
-        curl_global_cleanup();
         return EXIT_FAILURE;
     }
     lua_pushcfunction(L, pmain);
@@ -275,6 +352,6 @@ int main(int argc, char **argv) {
     }
     fflush(stdout);
     lua_close(L);
-    curl_global_cleanup();
+    net_cleanup();
     return code;
 }

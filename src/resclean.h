@@ -10,11 +10,19 @@
 #define RESCLEAN_SHAREDIR "/usr/local/share/resclean"
 #endif
 
+#ifndef RESCLEAN_LIBDIR
+#define RESCLEAN_LIBDIR "/usr/local/lib/resclean"
+#endif
+#define RESCLEAN_NET_SO "resclean_net.so"
+
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
+int luaopen_resclean_sys(lua_State *L);
+/* in resclean_net.so (net.c, pg.c, s3.c, sigv4.c), loaded on the first require */
 int luaopen_resclean_pg(lua_State *L);
 int luaopen_resclean_s3(lua_State *L);
 int luaopen_resclean_sigv4(lua_State *L);
-int luaopen_resclean_sys(lua_State *L);
+int resclean_net_init(void);
+void resclean_net_cleanup(void);
 
 #endif
