@@ -105,6 +105,45 @@ for _ = 1, ROUNDS do
   put_all(small)
 end
 
+-- CPU per operation, of the servers (from /proc/PID/stat of the stack's radosgw and OSD)
+-- and of resclean (getrusage): what bounds the sweep when the machine is saturated.
+local function proc_cpu(pid)
+  local f = pid and io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local line = f:read("a")
+  f:close()
+  local fields = {}
+  for v in line:gsub("^.-%) ", ""):gmatch("%S+") do fields[#fields + 1] = v end
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100 -- utime + stime, in ticks of 1/100 s
+end
+local rgw, osd = os.getenv("RESCLEAN_RGW_PID"), os.getenv("RESCLEAN_OSD_PID")
+local cpu_acc, cpu_order = {}, {}
+local function cpu_of(name, fn)
+  local function snap()
+    local ru = sys.rusage()
+    return { proc_cpu(rgw), proc_cpu(osd), ru.utime + ru.stime }
+  end
+  local a = snap()
+  fn()
+  local b = snap()
+  if not cpu_acc[name] then
+    cpu_acc[name] = { 0, 0, 0, n = 0 }
+    cpu_order[#cpu_order + 1] = name
+  end
+  local row = cpu_acc[name]
+  for i = 1, 3 do row[i] = row[i] + (b[i] - a[i]) end
+  row.n = row.n + N
+end
+if rgw and osd then
+  for _ = 1, ROUNDS do
+    cpu_of("HEAD, head_many concurrency 16", function() c:head_many(keys, { concurrency = 16 }) end)
+    cpu_of("DeleteObjects, 8 x 125 keys in parallel", function()
+      c:delete_many(keys, { batch = 125, concurrency = 8 })
+    end)
+    put_all(keys)
+  end
+end
+
 print(("%-56s %8s %18s"):format("", "median/s", "range/s"))
 for _, name in ipairs(order) do
   local r = results[name]
@@ -113,6 +152,13 @@ for _, name in ipairs(order) do
   table.sort(rates)
   print(("%-56s %8.0f %8.0f..%-8.0f (%d x %d)"):format(name, rates[(#rates + 1) // 2], rates[1], rates[#rates],
     #rates, r.n))
+end
+if #cpu_order > 0 then
+  print(("\n%-56s %10s %10s %10s"):format("CPU per key (us), over all rounds", "radosgw", "ceph-osd", "resclean"))
+  for _, name in ipairs(cpu_order) do
+    local r = cpu_acc[name]
+    print(("%-56s %10.0f %10.0f %10.0f"):format(name, r[1] / r.n * 1e6, r[2] / r.n * 1e6, r[3] / r.n * 1e6))
+  end
 end
 local st = c:stats()
 print(("client: %d requests, %d retries, %d connections opened"):format(st.requests, st.retries, st.connections))
