@@ -41,6 +41,43 @@ describe("the log", function()
     assert.are.equal("b", lines[1].event)
   end)
 
+  it("writes each line at once, and between hold() and release() when the batch ends", function()
+    local path = h.tmpdir() .. "/log"
+    local f = assert(io.open(path, "w"))
+    f:setvbuf("full", 1 << 16)
+    local function on_disk()
+      local n = 0
+      for _ in io.lines(path) do n = n + 1 end
+      return n
+    end
+    log.set_output(f)
+    local ok, err = pcall(function()
+      log.info("before")
+      assert.are.equal(1, on_disk())
+      log.hold()
+      log.hold() -- nested: only the outer release() writes
+      for i = 1, 3 do log.info("resource", { n = i }) end
+      log.release()
+      assert.are.equal(1, on_disk())
+      log.release()
+      assert.are.equal(4, on_disk())
+      log.release() -- one too many: harmless, and lines go out at once again
+      log.info("after")
+      assert.are.equal(5, on_disk())
+    end)
+    log.set_output(io.stdout)
+    f:close()
+    assert(ok, err)
+  end)
+
+  it("leaves strings without '=' or '@' as they are, and still redacts the rest", function()
+    local plain = "attack_resources/4f9c/wordlist: file.txt"
+    assert.are.equal(plain, log.redact(plain))
+    assert.are.equal("user:***@host", log.redact("user:***@host"))
+    assert.are.equal("https://u:***@h", log.redact("https://u:pw@h"))
+    assert.are.equal("Signature=***", log.redact("Signature=abc123"))
+  end)
+
   it("refuses an unknown level", function()
     assert.has_error(function() log.set_level("loud") end)
   end)
