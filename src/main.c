@@ -42,83 +42,6 @@ static const char usage_text[] =
     "  AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL),\n"
     "  RESCLEAN_BUCKET, RESCLEAN_POLICY, LUA_PATH (';;' stands for resclean's paths)\n";
 
-/* ---- resclean_net.so: loaded on the first require of pg, s3 or sigv4 ---- */
-
-static void *net_lib;
-
-static void dirname_of(const char *path, char *out, size_t size);
-
-/* The library next to the binary (source tree, build/asan), else the installed one. */
-static void *net_open(char *err, size_t errsize) {
-    char exe[PATH_MAX], dir[PATH_MAX], path[PATH_MAX + 64];
-    const char *why = "not found";
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        dirname_of(exe, dir, sizeof dir);
-        static const char *const rel[] = {"/", "/../lib/resclean/"};
-        for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
-            snprintf(path, sizeof path, "%s%s%s", dir, rel[i], RESCLEAN_NET_SO);
-            if (access(path, F_OK) != 0)
-                continue;
-            void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-            if (h != NULL)
-                return h;
-            why = dlerror();
-            snprintf(err, errsize, "%s", why != NULL ? why : path);
-            return NULL;
-        }
-    }
-    void *h = dlopen(RESCLEAN_LIBDIR "/" RESCLEAN_NET_SO, RTLD_NOW | RTLD_LOCAL);
-    if (h == NULL) {
-        why = dlerror();
-        snprintf(err, errsize, "%s (looked next to the binary, in ../lib/resclean and in %s)",
-                 why != NULL ? why : "not found", RESCLEAN_LIBDIR);
-    }
-    return h;
-}
-
-/* A function of resclean_net.so; loads and initialises it the first time. NULL with a
- * message in err when it cannot. */
-static void *net_symbol(const char *name, char *err, size_t errsize) {
-    if (net_lib == NULL) {
-        void *h = net_open(err, errsize);
-        if (h == NULL)
-            return NULL;
-        int (*init)(void);
-        *(void **)&init = dlsym(h, "resclean_net_init");
-        if (init == NULL || init() != 0) {
-            snprintf(err, errsize, "%s: cannot initialise libcurl", RESCLEAN_NET_SO);
-            dlclose(h);
-            return NULL;
-        }
-        net_lib = h;
-    }
-    void *f = dlsym(net_lib, name);
-    if (f == NULL)
-        snprintf(err, errsize, "%s has no %s", RESCLEAN_NET_SO, name);
-    return f;
-}
-
-static void net_cleanup(void) {
-    if (net_lib != NULL) {
-        void (*cleanup)(void);
-        *(void **)&cleanup = dlsym(net_lib, "resclean_net_cleanup");
-        if (cleanup != NULL)
-            cleanup();
-    }
-}
-
-/* package.preload loader: upvalue 1 names the luaopen_ function in resclean_net.so. */
-static int net_loader(lua_State *L) {
-    char err[PATH_MAX + 256];
-    lua_CFunction open;
-    *(void **)&open = net_symbol(lua_tostring(L, lua_upvalueindex(1)), err, sizeof err);
-    if (open == NULL)
-        return luaL_error(L, "cannot load %s: %s", lua_tostring(L, 1), err);
-    return open(L);
-}
-
 static const luaL_Reg preloads[] = {
     {"cjson", luaopen_cjson},
     {"cjson.safe", luaopen_cjson_safe},
@@ -165,6 +88,17 @@ static void dirname_of(const char *path, char *out, size_t size) {
     }
 }
 
+/* The folder of the running binary (from /proc/self/exe): 0, or -1 when unknown. */
+static int exe_dir(char *dir, size_t size) {
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return -1;
+    exe[n] = '\0';
+    dirname_of(exe, dir, size);
+    return 0;
+}
+
 static int is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
@@ -175,12 +109,9 @@ static int is_dir(const char *path) {
  * share folder. Found from /proc/self/exe so no environment is needed.
  * Pushes the lib folder and the scripts folder. */
 static void push_home(lua_State *L) {
-    char exe[PATH_MAX], dir[PATH_MAX];
+    char dir[PATH_MAX];
     static const char *const rel[] = {"", "/../..", "/../share/resclean"};
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        dirname_of(exe, dir, sizeof dir);
+    if (exe_dir(dir, sizeof dir) == 0) {
         for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
             const char *probe = lua_pushfstring(L, "%s%s/lib/resclean", dir, rel[i]);
             int found = is_dir(probe);
@@ -194,6 +125,73 @@ static void push_home(lua_State *L) {
     }
     lua_pushstring(L, RESCLEAN_SHAREDIR "/lib");
     lua_pushstring(L, RESCLEAN_SHAREDIR "/scripts");
+}
+
+/* ---- resclean_net.so: loaded on the first require of pg, s3 or sigv4 ---- */
+
+static void *net_lib;
+
+/* The library next to the binary (source tree, build/asan), else the installed one. */
+static void *net_open(char *err, size_t errsize) {
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    static const char *const rel[] = {"/", "/../lib/resclean/"};
+    const char *tried = RESCLEAN_LIBDIR "/" RESCLEAN_NET_SO;
+    int known = exe_dir(dir, sizeof dir) == 0;
+    for (size_t i = 0; known && i < sizeof rel / sizeof rel[0]; i++) {
+        snprintf(path, sizeof path, "%s%s%s", dir, rel[i], RESCLEAN_NET_SO);
+        if (access(path, F_OK) == 0) {
+            tried = path;
+            break;
+        }
+    }
+    void *h = dlopen(tried, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        const char *why = dlerror();
+        snprintf(err, errsize, "%s (looked next to the binary, in ../lib/resclean and in %s)",
+                 why != NULL ? why : tried, RESCLEAN_LIBDIR);
+    }
+    return h;
+}
+
+/* A function of resclean_net.so; loads and initialises it the first time. NULL with a
+ * message in err when it cannot. */
+static void *net_symbol(const char *name, char *err, size_t errsize) {
+    if (net_lib == NULL) {
+        void *h = net_open(err, errsize);
+        if (h == NULL)
+            return NULL;
+        int (*init)(void);
+        *(void **)&init = dlsym(h, "resclean_net_init");
+        if (init == NULL || init() != 0) {
+            snprintf(err, errsize, "%s: cannot initialise libcurl", RESCLEAN_NET_SO);
+            dlclose(h);
+            return NULL;
+        }
+        net_lib = h;
+    }
+    void *f = dlsym(net_lib, name);
+    if (f == NULL)
+        snprintf(err, errsize, "%s has no %s", RESCLEAN_NET_SO, name);
+    return f;
+}
+
+static void net_cleanup(void) {
+    if (net_lib != NULL) {
+        void (*cleanup)(void);
+        *(void **)&cleanup = dlsym(net_lib, "resclean_net_cleanup");
+        if (cleanup != NULL)
+            cleanup();
+    }
+}
+
+/* package.preload loader: upvalue 1 names the luaopen_ function in resclean_net.so. */
+static int net_loader(lua_State *L) {
+    char err[PATH_MAX + 256];
+    lua_CFunction open;
+    *(void **)&open = net_symbol(lua_tostring(L, lua_upvalueindex(1)), err, sizeof err);
+    if (open == NULL)
+        return luaL_error(L, "cannot load %s: %s", lua_tostring(L, 1), err);
+    return open(L);
 }
 
 /* package.path: LUA_PATH (";;" = the defaults), the script's folder,
