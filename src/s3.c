@@ -131,7 +131,7 @@ typedef struct s3_client {
      * socket itself nor walks every transfer on each wake-up. */
     struct pollfd *pfds;
     size_t npfds, cappfds;
-    int sock_oom;     /* a socket could not be recorded: fall back to waking curl often */
+    int sock_oom;     /* a socket could not be recorded: drive() gives up (out of memory) */
     double timer_at;  /* monotime at which curl wants CURL_SOCKET_TIMEOUT; < 0: none */
     sigv4_key_cache key_cache; /* derived from secret_key: wiped with it */
 } s3_client;
@@ -872,6 +872,10 @@ static int on_timer(CURLM *m, long ms, void *userp) {
     return 0;
 }
 
+static int drive_code(CURLMcode mc) {
+    return mc == CURLM_OK ? DRIVE_OK : mc == CURLM_OUT_OF_MEMORY ? DRIVE_NOMEM : DRIVE_CURL;
+}
+
 /* Wait up to wait_ms for the sockets curl watches, then let curl act on the ready ones
  * and on its timer when due. 0, or a DRIVE_ code. */
 static int drive_wait(s3_client *c, long wait_ms) {
@@ -896,16 +900,16 @@ static int drive_wait(s3_client *c, long wait_ms) {
             c->pfds[i].revents = 0;
         }
         for (int j = 0; j < k; j++) {
-            CURLMcode mc = curl_multi_socket_action(c->multi, fds[j], flags[j], &still);
-            if (mc != CURLM_OK)
-                return mc == CURLM_OUT_OF_MEMORY ? DRIVE_NOMEM : DRIVE_CURL;
+            int rc = drive_code(curl_multi_socket_action(c->multi, fds[j], flags[j], &still));
+            if (rc != DRIVE_OK)
+                return rc;
         }
     }
     if (c->timer_at >= 0 && monotime() >= c->timer_at) {
         c->timer_at = -1.0;
-        CURLMcode mc = curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &still);
-        if (mc != CURLM_OK)
-            return mc == CURLM_OUT_OF_MEMORY ? DRIVE_NOMEM : DRIVE_CURL;
+        int rc = drive_code(curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &still));
+        if (rc != DRIVE_OK)
+            return rc;
     }
     return c->sock_oom ? DRIVE_NOMEM : DRIVE_OK;
 }
