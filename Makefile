@@ -102,10 +102,10 @@ test: deps
 	@$(MAKE) --no-print-directory $(if $(filter asan,$(MAKECMDGOALS)),asan) lint specs
 
 demo: deps $(BIN) $(NET_SO)
-	@bash spec/support/with-stack.sh ./$(BIN) run scripts/demo.lua
+	@bash spec/support/with-stack.sh ./$(BIN) run spec/demo/demo.lua
 
 bench: deps $(BIN) $(NET_SO)
-	@bash spec/support/with-stack.sh ./$(BIN) run scripts/bench.lua $(BENCH_ARGS)
+	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/bench.lua $(BENCH_ARGS)
 
 install: $(BIN) $(NET_SO)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHAREDIR)/lib/resclean \

@@ -1,17 +1,19 @@
 -- `make bench`: the sweep's throughput next to the storage floor, on the
 -- throwaway stack (spec/support/with-stack.sh provides DATABASE_URL and the
--- AWS_* variables of a throwaway PostgreSQL and Ceph RGW).
+-- AWS_* variables of a throwaway PostgreSQL and Ceph RGW). It empties the
+-- upstream tables, so it refuses any database but that stack's (see
+-- fixtures.throwaway).
 --
---   resclean run scripts/bench.lua [--n 20000] [--objects 0.8] [--only a,b,c,d]
---                                  [--repeat R] [--set field=value,...] [--no-startup] [--phases]
---                                  [--referenced K] [--perrow-limit M]
---   resclean run scripts/bench.lua --scale [--scale-n 200000] [--claim-rows 2000000]
+--   resclean run spec/bench/bench.lua [--n 20000] [--objects 0.8] [--only a,b,c,d]
+--                                     [--repeat R] [--set field=value,...] [--no-startup] [--phases]
+--                                     [--referenced K] [--perrow-limit M]
+--   resclean run spec/bench/bench.lua --scale [--scale-n 200000] [--claim-rows 2000000]
 --
 -- Before every measured run the tables are emptied and re-seeded, in a fresh
 -- bucket: N stale pending upload rows (a fraction with a small object) and
 -- controls that must survive, each with an object: fresh pending, confirmed,
 -- ephemeral and dynamic, and stale rows referenced by an attack. Then one of
---   a  `resclean run scripts/sweep.lua --once`, default policy (verify on)
+--   a  `resclean run sweep --once`, default policy (verify on)
 --   b  the same with verify = false
 --   c  the upstream per-row pattern on the same primitives: one resource per
 --      transaction (lock one row SKIP LOCKED, HEAD, DELETE, commit)
@@ -21,7 +23,7 @@
 -- and afterwards exactly the stale rows and objects must be gone and every
 -- control must remain: a fast wrong run is an error, not a result.
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
-package.path = here .. "/../spec/?.lua;" .. package.path
+package.path = here .. "/../?.lua;" .. package.path
 
 local cjson = require("cjson")
 local config = require("resclean.config")
@@ -37,9 +39,9 @@ local UPLOAD_TYPES = { "WORD_LIST", "RULE_LIST", "MASK_LIST", "CHARSET" }
 local MAX_AGE = 86400 -- the default policy's; stale rows are two days old
 
 local USAGE = [[
-usage: resclean run scripts/bench.lua [--n N] [--objects F] [--only a,b,c,d] [--repeat R]
-                                      [--set field=value,...] [--no-startup] [--phases]
-       resclean run scripts/bench.lua --scale [--scale-n N] [--claim-rows N]
+usage: resclean run spec/bench/bench.lua [--n N] [--objects F] [--only a,b,c,d] [--repeat R]
+                                         [--set field=value,...] [--no-startup] [--phases]
+       resclean run spec/bench/bench.lua --scale [--scale-n N] [--claim-rows N]
   --n N          stale pending rows per run (default 20000)
   --objects F    fraction of them with an object (default 0.8)
   --only LIST    which of a (sweep, verify on), b (verify off), c (per row), d (floor)
@@ -331,7 +333,7 @@ end
 
 local function run_sweep(w, dir, overrides, n, debug)
   local pfile = h.write(dir .. "/policy.lua", policy_text(w, overrides))
-  local argv = { "run", "scripts/sweep.lua", "--once", "--policy", pfile }
+  local argv = { "run", "sweep", "--once", "--policy", pfile }
   if debug then append(argv, { "--log-level", "debug" }) end
   local r = measured(argv, { RESCLEAN_POLICY = false, RESCLEAN_LOG_LEVEL = false, RESCLEAN_BUCKET = false }, dir)
   if r.code ~= 0 then fail("sweep exited %s: %s", tostring(r.code), r.stderr:sub(1, 600)) end
@@ -673,7 +675,7 @@ local function scale(conn, opts)
     local o = { max_deletes_per_run = limit }
     for k, v in pairs(opts.overrides) do o[k] = v end
     local pfile = h.write(dir .. "/policy.lua", policy_text({ bucket = bucket }, o))
-    local sr = measured({ "run", "scripts/sweep.lua", "--once", "--policy", pfile, "--log-level", "debug" }, {
+    local sr = measured({ "run", "sweep", "--once", "--policy", pfile, "--log-level", "debug" }, {
       RESCLEAN_POLICY = false, RESCLEAN_LOG_LEVEL = false, RESCLEAN_BUCKET = false }, dir)
     if sr.code ~= 0 then fail("sweep (%s) exited %s: %s", label, tostring(sr.code), sr.stderr:sub(1, 600)) end
     local ms, claim_ms, warns = debug_batches(sr.out)

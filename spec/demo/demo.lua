@@ -1,9 +1,9 @@
 -- `make demo`: a realistic mix of resources on the throwaway stack, one
--- sweep (`resclean run scripts/sweep.lua --once`), before and after.
+-- sweep (`resclean run sweep --once`), before and after.
 -- Runs under spec/support/with-stack.sh, which provides DATABASE_URL and
 -- the AWS_* variables of a throwaway PostgreSQL and Ceph RGW.
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
-package.path = here .. "/../spec/?.lua;" .. package.path
+package.path = here .. "/../?.lua;" .. package.path
 
 local fx = require("support.fixtures")
 local h = require("support.helpers")
@@ -64,8 +64,8 @@ end
 
 say("resclean demo: bucket %s on %s", bucket, os.getenv("AWS_ENDPOINT_URL_S3"))
 table_state("before the sweep:")
-say("\n$ resclean run scripts/sweep.lua --once")
-local cmd = ("RESCLEAN_BUCKET=%s %s run %s/sweep.lua --once"):format(h.q(bucket), h.q(h.bin()), h.q(here))
+say("\n$ resclean run sweep --once")
+local cmd = ("RESCLEAN_BUCKET=%s %s run sweep --once"):format(h.q(bucket), h.q(h.bin()))
 local _, _, code = os.execute(cmd)
 say("(exit code %d)", code)
 table_state("after the sweep:")
