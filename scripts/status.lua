@@ -250,13 +250,12 @@ local function main(...)
   local conn, sql = sweep.open(pg, config.conninfo(), p)
   if not conn then
     err = sql
-    if err.kind == "policy" then return app.fail(app.EXIT.usage, sweep.errmsg(err)) end
-    return app.fail(app.EXIT.unreachable, "database: " .. sweep.errmsg(err))
+    return app.fail_on(err, "database: ")
   end
   local report
   report, err = collect(conn, sql, p)
   conn:close()
-  if not report then return app.fail(app.EXIT.unreachable, "database: " .. sweep.errmsg(err)) end
+  if not report then return app.fail_on(err, "database: ") end
   if opts.json then
     io.stdout:write(cjson.encode(json_form(report)), "\n")
   else

@@ -1,21 +1,34 @@
 -- The sweep: remove stale pending uploads (row and object), every interval.
---   resclean run scripts/sweep.lua [--once] [--dry-run] [--policy FILE]
---                                  [--metrics-file FILE] [--log-level LEVEL]
+--   resclean run sweep [--once] [--dry-run] [--policy FILE]
+--                      [--metrics-file FILE] [--log-level LEVEL]
+--
+-- Long-running (without --once): a configuration error found before the
+-- first good cycle (a missing table, a wrong password or secret, a missing
+-- bucket) exits 2 at once, so systemd (RestartPreventExitStatus=2) and
+-- Kubernetes show it instead of a sweeper that runs and never sweeps.
+-- Transient trouble (unreachable, timeouts, 5xx) is retried, sooner at
+-- first and backing off to the interval while it lasts. SIGTERM, SIGINT
+-- and SIGHUP finish the batch in hand, log the summary and exit 0.
 local app = require("resclean.app")
 local config = require("resclean.config")
 local log = require("resclean.log")
 local pg = require("resclean.pg")
 local schedule = require("resclean.schedule")
 local sweep = require("resclean.sweep")
+local sys = require("resclean.sys")
 
 local USAGE = [[
-usage: resclean run scripts/sweep.lua [--once] [--dry-run] [--policy FILE]
-                                      [--metrics-file FILE] [--log-level LEVEL]
-  --once           one cycle, then exit (for cron and systemd timers)
+usage: resclean run sweep [--once] [--dry-run] [--policy FILE]
+                          [--metrics-file FILE] [--log-level LEVEL]
+  --once           one cycle, then exit with its code (for cron and systemd timers)
   --dry-run        log what would be cleaned (dry_run=true); change nothing
   --policy FILE    policy file (else RESCLEAN_POLICY, else the defaults)
   --metrics-file F Prometheus textfile written after every cycle
-  --log-level L    debug, info, warn or error
+  --log-level L    debug, info, warn or error (else RESCLEAN_LOG_LEVEL, else info)
+Without --once it runs a cycle at once, then one every interval (policy) until
+SIGTERM, SIGINT or SIGHUP. Exit codes: 0 ok, 1 some resources failed or were
+refused, 2 configuration to fix (usage, policy, schema, credentials, bucket),
+3 database or storage unreachable.
 ]]
 
 local function main(...)
@@ -23,14 +36,14 @@ local function main(...)
     once = "flag", ["dry-run"] = "flag", policy = "value", ["metrics-file"] = "value",
     ["log-level"] = "value", help = "flag",
   })
-  if not opts then return app.usage("sweep.lua", USAGE, rest) end
+  if not opts then return app.usage("sweep", USAGE, rest) end
   if opts.help then
     io.stdout:write(USAGE)
     return 0
   end
-  if #rest > 0 then return app.usage("sweep.lua", USAGE, "unexpected argument " .. rest[1]) end
+  if #rest > 0 then return app.usage("sweep", USAGE, "unexpected argument " .. rest[1]) end
   if opts["log-level"] and not log.LEVELS[opts["log-level"]] then
-    return app.usage("sweep.lua", USAGE, "--log-level: expected debug, info, warn or error")
+    return app.usage("sweep", USAGE, "--log-level: expected debug, info, warn or error")
   end
 
   local p, err = app.load_policy(opts)
@@ -40,6 +53,9 @@ local function main(...)
     local ok, merr = metrics:check()
     if not ok then return app.fail(app.EXIT.usage, merr.message) end
   end
+  -- The audit trail first: a start line, its write checked, before any claim.
+  local ok_log, why = app.start_line("sweep", p, { once = opts.once or nil, dry_run = opts["dry-run"] or nil })
+  if not ok_log then return sweep.log_failed(why) end
 
   local function cycle()
     -- The policy is re-read every cycle; a broken edit keeps the last good one.
@@ -63,6 +79,7 @@ local function main(...)
     store:close()
     app.report(summary)
     if metrics then metrics:record(summary, code, p) end
+    if summary.log_failed then return code, "stop" end
     return code
   end
 
@@ -70,6 +87,12 @@ local function main(...)
     once = opts.once,
     cycle = cycle,
     delay = function() return schedule.next_delay(p.interval, p.jitter) end,
+    retry_delay = function(n) return schedule.backoff(n, p.interval) end,
+    on_config_error = function(code)
+      log.error("stopping", { exit_code = code,
+        message = "configuration error before the first good cycle: fix it and start again" })
+    end,
+    stopping = sys.stopping,
   })
 end
 

@@ -74,7 +74,7 @@ describe("the log", function()
     local plain = "attack_resources/4f9c/wordlist: file.txt"
     assert.are.equal(plain, log.redact(plain))
     assert.are.equal("user:***@host", log.redact("user:***@host"))
-    assert.are.equal("https://u:***@h", log.redact("https://u:pw@h"))
+    assert.are.equal("https://***@h", log.redact("https://u:pw@h"))
     assert.are.equal("Signature=***", log.redact("Signature=abc123"))
   end)
 
@@ -83,8 +83,10 @@ describe("the log", function()
   end)
 
   it("redacts passwords in URLs and conninfo, and presigned signatures", function()
-    assert.are.equal("postgres://u:***@h/db", log.redact("postgres://u:s3cret@h/db"))
+    assert.are.equal("postgres://***@h/db", log.redact("postgres://u:s3cret@h/db"))
     assert.are.equal("host=h password=*** user=u", log.redact("host=h password=s3cret user=u"))
+    assert.are.equal("host=h password='***' user=u", log.redact("host=h password='s3 c\\'ret' user=u"))
+    assert.are.equal("host=h PASSWORD = *** user=u", log.redact("host=h PASSWORD = s3cret user=u"))
     local url = "http://h/b/k?X-Amz-Credential=AKIA%2F2015&X-Amz-Signature=abcdef0123"
     local r = log.redact(url)
     assert.is_nil(r:find("abcdef0123", 1, true))
@@ -94,5 +96,83 @@ describe("the log", function()
   it("applies redaction to every string field", function()
     local lines = capture(function() log.error("error", { message = "connect postgres://a:pw@h failed" }) end)
     assert.is_nil(lines[1].message:find("pw@", 1, true))
+  end)
+
+  it("hides the whole user info of a URI up to the last @, a password with an @ included", function()
+    local r = log.redact("postgresql://postgres:Tr0ub4dor@Zebra9@127.0.0.1:55432/db: failed")
+    assert.are.equal("postgresql://***@127.0.0.1:55432/db: failed", r)
+  end)
+
+  it("replaces registered secrets wherever they appear, even cut apart by libpq", function()
+    local config = require("resclean.config")
+    for _, s in ipairs(config.conninfo_secrets("postgresql://postgres:Tr0ub4dor@Zebra9@127.0.0.1/db")) do
+      log.add_secret(s)
+    end
+    local r = log.redact('could not translate host name "Zebra9@127.0.0.1" to address')
+    assert.is_nil(r:find("Zebra9", 1, true))
+    assert.are.same({}, config.conninfo_secrets(nil))
+    assert.are.same({ "s3cr3t" }, config.conninfo_secrets("host=h password=s3cr3t"))
+  end)
+
+  it("starts every line with ts, level, event, then run_id, in that order, the rest in a fixed order", function()
+    log.set_base({ run_id = "r1" })
+    local path = h.tmpdir() .. "/ordered"
+    local f = assert(io.open(path, "w"))
+    log.set_output(f)
+    log.info("resource", { zeta = 1, outcome = "record_only", alpha = "a", resource_id = "x" })
+    log.warn("other", { beta = 2, alpha = 1 })
+    log.set_output(io.stdout)
+    f:close()
+    local lines = {}
+    for line in io.lines(path) do lines[#lines + 1] = line end
+    assert.matches('^{"ts":"[^"]+","level":"info","event":"resource","run_id":"r1","resource_id":"x",'
+      .. '"outcome":"record_only","alpha":"a","zeta":1}$', lines[1])
+    assert.matches('^{"ts":"[^"]+","level":"warn","event":"other","run_id":"r1","alpha":1,"beta":2}$', lines[2])
+  end)
+
+  it("writes paths without escaping the slash, and other escapes as JSON needs them", function()
+    local line = log.encode("info", "x", { path = "/var/lib/a", q = 'say "hi"\\/', n = "a\nb" })
+    assert.matches('"path":"/var/lib/a"', line, 1, true)
+    assert.is_nil(line:find("\\/", 1, true) and line:find('"path":"\\/', 1, true))
+    local back = cjson.decode(line)
+    assert.are.equal('say "hi"\\/', back.q)
+    assert.are.equal("a\nb", back.n)
+    assert.are.equal("/var/lib/a", back.path)
+  end)
+
+  it("logs ids and keys exactly, even when they look like credentials", function()
+    local lines = capture(function()
+      log.info("resource", { resource_id = "id", key = "wl/password=hunter22", message = "password=hunter22" })
+    end)
+    assert.are.equal("wl/password=hunter22", lines[1].key)
+    assert.are.equal("password=***", lines[1].message)
+  end)
+
+  it("prefixes each line with its syslog priority only when the output is the journal", function()
+    local path = h.tmpdir() .. "/journal"
+    local out = assert(io.open(path, "w"))
+    -- The stream JOURNAL_STREAM names is recognised by device and inode:
+    -- spec/support runs a child whose stdout is this file with the variable set.
+    local pipe = assert(io.popen(("stat -c '%%d:%%i' %s"):format(h.q(path))))
+    local ino = pipe:read("l")
+    pipe:close()
+    local script = h.tmpdir() .. "/j.lua"
+    h.write(script, [[
+      local log = require("resclean.log")
+      log.info("a"); log.warn("b"); log.error("c")
+    ]])
+    out:close()
+    local cmd = ("JOURNAL_STREAM=%s %s run %s >> %s"):format(ino, h.q(h.bin()), h.q(script), h.q(path))
+    assert.is_true(os.execute(cmd))
+    local lines = {}
+    for line in io.lines(path) do lines[#lines + 1] = line end
+    assert.matches('^<6>{"ts"', lines[1])
+    assert.matches('^<4>{"ts"', lines[2])
+    assert.matches('^<3>{"ts"', lines[3])
+    -- Another stream with the variable inherited: pure JSON.
+    local other = h.tmpdir() .. "/plain"
+    cmd = ("JOURNAL_STREAM=%s %s run %s > %s"):format(ino, h.q(h.bin()), h.q(script), h.q(other))
+    assert.is_true(os.execute(cmd))
+    for line in io.lines(other) do assert.matches('^{"ts"', line) end
   end)
 end)

@@ -62,3 +62,58 @@ describe("the argument parser", function()
     assert.matches("takes no value", msg, 1, true)
   end)
 end)
+
+describe("the long-running schedule and exit codes", function()
+  local function run(codes, opts)
+    local n, slept = 0, {}
+    local o = {
+      cycle = function() n = n + 1; return codes[n] or 0 end,
+      delay = function() return 3600 end,
+      retry_delay = function(k) return schedule.backoff(k, 3600, function() return 0 end) end,
+      stopping = function() return false end,
+      sleep = function(s) slept[#slept + 1] = s; return n < #codes end,
+    }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return schedule.loop(o), n, slept
+  end
+
+  it("exits 2 at once on a configuration error before the first good cycle", function()
+    local told
+    local code, n, slept = run({ 2, 0 }, { on_config_error = function(c) told = c end })
+    assert.are.equal(2, code)
+    assert.are.equal(1, n)
+    assert.are.same({}, slept)
+    assert.are.equal(2, told)
+  end)
+
+  it("keeps running through a configuration error after a good cycle", function()
+    local code, n = run({ 0, 2, 0 })
+    assert.are.equal(0, code)
+    assert.are.equal(3, n)
+  end)
+
+  it("retries transient errors with a backoff that grows to the interval, reset by success", function()
+    local code, n, slept = run({ 3, 3, 3, 0, 3 })
+    assert.are.equal(0, code)
+    assert.are.equal(5, n)
+    assert.are.same({ 5, 10, 20, 3600, 5 }, slept)
+  end)
+
+  it("keeps retrying transient errors before the first good cycle", function()
+    local code, n = run({ 3, 3, 0 })
+    assert.are.equal(0, code)
+    assert.are.equal(3, n)
+  end)
+
+  it("caps the backoff at the interval and jitters it by at most a fifth", function()
+    assert.are.equal(60, schedule.backoff(10, 60, function() return 0 end))
+    assert.are.equal(72, schedule.backoff(10, 60, function() return 1 end))
+    assert.are.equal(5, schedule.backoff(1, 60, function() return 0 end))
+  end)
+
+  it("ends with the cycle's code when the cycle says stop (the log failed)", function()
+    local code = schedule.loop({ cycle = function() return 2, "stop" end, delay = function() return 1 end,
+                                 stopping = function() return false end, sleep = function() return true end })
+    assert.are.equal(2, code)
+  end)
+end)

@@ -334,6 +334,7 @@ static int pmain(lua_State *L) {
 
 int main(int argc, char **argv) {
     int code;
+    resclean_guard_stdio();
     lua_State *L = luaL_newstate();
     if (L == NULL) {
         fprintf(stderr, "%s: cannot create Lua state: not enough memory\n", progname);

@@ -2,15 +2,19 @@
 -- error reporting and exit codes. Failures of configuration exit 2 before
 -- anything is touched; unreachable database or storage exit 3.
 local config = require("resclean.config")
+local errors = require("resclean.errors")
 local log = require("resclean.log")
 local policy = require("resclean.policy")
-local sweep = require("resclean.sweep")
 
 local M = {}
 
-M.EXIT = sweep.EXIT
+M.EXIT = errors.EXIT
 
 -- Print a one-line error on stderr and log it; returns code.
+function M.fail_on(err, prefix)
+  return M.fail(errors.exit_code(err), (prefix or "") .. errors.message(err))
+end
+
 function M.fail(code, msg)
   msg = log.redact(msg)
   io.stderr:write("resclean: ", msg, "\n")
@@ -38,6 +42,26 @@ function M.load_policy(opts)
   return p
 end
 
+-- AWS_CA_BUNDLE must be a regular, readable file of PEM certificates (a
+-- key file or a folder given by mistake fails every request, forever).
+function M.check_ca_bundle(path)
+  local sys = require("resclean.sys")
+  local kind, kerr = sys.file_kind(path)
+  if not kind then return nil, ("AWS_CA_BUNDLE %s cannot be read: %s"):format(path, tostring(kerr)) end
+  if kind ~= "file" then
+    return nil, ("AWS_CA_BUNDLE %s is a %s, expected a file of PEM certificates"):format(path, kind)
+  end
+  local f, ferr = io.open(path, "rb")
+  if not f then return nil, ("AWS_CA_BUNDLE %s cannot be read: %s"):format(path, tostring(ferr)) end
+  local text = f:read(4 * 1024 * 1024) or ""
+  f:close()
+  if not text:find("-----BEGIN CERTIFICATE-----", 1, true) then
+    return nil, ("AWS_CA_BUNDLE %s holds no PEM certificate (expected -----BEGIN CERTIFICATE----- blocks)")
+      :format(path)
+  end
+  return true
+end
+
 -- The storage adapter for a policy, checked reachable. Returns store or
 -- nil, code, message.
 function M.open_store(p, check)
@@ -45,25 +69,36 @@ function M.open_store(p, check)
   local sopts, err = config.s3_options(p)
   if not sopts then return nil, M.EXIT.usage, err.message end
   if sopts.ca_file then
-    local f, ferr = io.open(sopts.ca_file, "r")
-    if not f then return nil, M.EXIT.usage, "AWS_CA_BUNDLE cannot be read: " .. tostring(ferr) end
-    f:close()
+    local ok, why = M.check_ca_bundle(sopts.ca_file)
+    if not ok then return nil, M.EXIT.usage, why end
   end
   -- s3.client raises on options it cannot take (an endpoint with a path):
   -- that is a configuration error, exit 2.
   local okc, store, serr = pcall(storage.new, sopts)
   if not okc then return nil, M.EXIT.usage, "storage configuration: " .. log.redact(tostring(store)) end
-  if not store then return nil, M.EXIT.usage, sweep.errmsg(serr) end
+  if not store then return nil, errors.exit_code(serr), errors.message(serr) end
   if check then
     local ok
     ok, err = store:check()
     if not ok then
       store:close()
-      return nil, M.EXIT.unreachable,
-        ("storage %s bucket %q: %s"):format(sopts.endpoint, p.bucket, sweep.errmsg(err))
+      return nil, errors.exit_code(err),
+        ("storage %s bucket %q: %s"):format(sopts.endpoint, p.bucket, errors.message(err))
     end
   end
   return store
+end
+
+-- The first line of a run that may delete: who, what, with which policy.
+-- Its write is checked (flushed): without an audit trail nothing starts.
+-- Returns true or false, why.
+function M.start_line(script, p, fields)
+  local sys = require("resclean.sys")
+  local f = { script = script, pid = sys.pid(), host = sys.hostname(), policy = p.source,
+              table = p.table, bucket = p.bucket }
+  for k, v in pairs(fields or {}) do f[k] = v end
+  log.info("start", f)
+  return log.flush()
 end
 
 -- The cycle's error on stderr (policy errors already name the file).

@@ -1,5 +1,7 @@
 -- Configuration from the environment, as the ecosystems already name it,
 -- and the command-line flags every script shares.
+local log = require("resclean.log")
+
 local M = {}
 
 local function env(name)
@@ -8,9 +10,37 @@ local function env(name)
   return v
 end
 
--- libpq conninfo: DATABASE_URL, else nil (libpq reads PG*).
+-- The secret parts of a libpq connection string: the password of a URI
+-- (everything after the first ":" of the user info, which runs to the last
+-- "@"), and each piece of it between "@", ":" and "/" (libpq splits an
+-- unencoded "@" differently and may quote a piece as a host name); the
+-- value of password= in a conninfo string.
+function M.conninfo_secrets(s)
+  local out = {}
+  if type(s) ~= "string" then return out end
+  local userinfo = s:match("^%a[%w+.%-]*://([^%s]*)@")
+  if userinfo then
+    local pw = userinfo:match("^[^:]*:(.*)$")
+    if pw and pw ~= "" then
+      out[#out + 1] = pw
+      local decoded = pw:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+      if decoded ~= pw then out[#out + 1] = decoded end
+      for piece in pw:gmatch("[^@:/]+") do
+        if piece ~= pw then out[#out + 1] = piece end
+      end
+    end
+  end
+  for v in s:gmatch("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*['\"]?([^%s'\"&]+)") do out[#out + 1] = v end
+  return out
+end
+
+-- libpq conninfo: DATABASE_URL, else nil (libpq reads PG*). Its secrets
+-- are registered with the log, which never prints them.
 function M.conninfo()
-  return env("DATABASE_URL")
+  local c = env("DATABASE_URL")
+  for _, s in ipairs(M.conninfo_secrets(c)) do log.add_secret(s) end
+  log.add_secret(env("PGPASSWORD"))
+  return c
 end
 
 -- Options for s3.client from AWS_* variables and the policy.
@@ -19,6 +49,8 @@ function M.s3_options(policy)
   local endpoint = env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL")
     or ("https://s3.%s.amazonaws.com"):format(region)
   local access, secret = env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")
+  log.add_secret(secret)
+  log.add_secret(env("AWS_SESSION_TOKEN"))
   if not access or not secret then
     return nil, { kind = "config", message = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set" }
   end

@@ -1,7 +1,18 @@
 -- Structured logging: one JSON object a line on stdout, fixed field names.
--- Every line has ts (RFC 3339 UTC, milliseconds), level and event; callers
--- add fields. Nothing secret is ever passed here; redact() is the last
--- line of defence for strings that may embed credentials.
+-- Every line starts {"ts":...,"level":...,"event":... then run_id, then the
+-- other fields in a fixed order (FIRST, then by name), so people read the
+-- lines as easily as machines. When stdout is the journal (JOURNAL_STREAM
+-- names it), each line starts with its syslog priority ("<3>" for error) so
+-- `journalctl -p warning` finds warnings and errors; elsewhere stdout stays
+-- pure JSON lines.
+--
+-- Nothing secret is ever passed here; redact() is the last line of defence
+-- for messages that may embed credentials. Ids and keys are never redacted:
+-- they are what the audit trail is for.
+--
+-- A write that fails (stdout closed, disk full, reader gone) is remembered:
+-- healthy() turns false and the sweep stops before it deletes anything
+-- further; a tool that deletes keeps its audit trail or stops.
 local cjson = require("cjson")
 local sys = require("resclean.sys")
 
@@ -9,14 +20,26 @@ local M = {}
 
 local LEVELS = { debug = 10, info = 20, warn = 30, error = 40 }
 M.LEVELS = LEVELS
+-- syslog priorities, as journald reads them from a "<N>" prefix.
+local PRIORITY = { debug = "<7>", info = "<6>", warn = "<4>", error = "<3>" }
 
 local threshold = LEVELS[(sys.getenv("RESCLEAN_LOG_LEVEL") or "info"):lower()] or LEVELS.info
 local out = io.stdout
+local out_fd = 1
+local journal -- nil: not yet known for out_fd
 local base = {}
 local held = 0 -- hold() depth: while > 0, emit() leaves flushing to release()
+local failure -- first write error, or nil
 
 cjson.encode_invalid_numbers(true)
 cjson.encode_sparse_array(true)
+
+-- Fields that come right after ts, level, event; the rest follow by name.
+local FIRST = { "run_id", "message", "resource_id", "key", "outcome", "reason", "age_s", "dry_run", "exit_code" }
+local RANK = {}
+for i, k in ipairs(FIRST) do RANK[k] = i end
+-- Audit fields: logged exactly, never redacted.
+local EXACT = { resource_id = true, key = true, run_id = true, keys = true }
 
 function M.set_level(name)
   local l = LEVELS[name]
@@ -29,7 +52,25 @@ function M.enabled(level) return LEVELS[level] >= threshold end
 -- Fields added to every line (run_id, for instance).
 function M.set_base(fields) base = fields or {} end
 
-function M.set_output(file) out = file end
+-- Where lines go: a Lua file; fd is its descriptor when known (1 for
+-- stdout, 2 for stderr), used to tell whether it is the journal.
+function M.set_output(file, fd)
+  out = file
+  out_fd = fd or (file == io.stdout and 1) or (file == io.stderr and 2) or nil
+  journal = nil
+  failure = nil
+end
+
+-- Is the output the journal? JOURNAL_STREAM is "device:inode" of the
+-- stream systemd connected; a child with stdout redirected elsewhere
+-- inherits the variable but not the stream.
+local function is_journal()
+  if journal == nil then
+    journal = out_fd ~= nil and sys.is_journal ~= nil and sys.is_journal(out_fd) or false
+  end
+  return journal
+end
+M.is_journal = is_journal
 
 local ts_secs, ts_prefix -- os.date once a second, not once a line
 function M.timestamp(t)
@@ -39,32 +80,173 @@ function M.timestamp(t)
   return ts_prefix .. (".%03dZ"):format(math.floor((t - secs) * 1000))
 end
 
--- Remove credentials that might ride along in messages: URL passwords,
--- presigned signatures and credentials, password=... in conninfo strings.
+-- Secrets known to this process (the password of DATABASE_URL, the S3
+-- secret): replaced wherever they appear in a message.
+local secrets = {}
+function M.add_secret(s)
+  if type(s) == "string" and #s >= 3 then
+    for _, have in ipairs(secrets) do
+      if have == s then return end
+    end
+    secrets[#secrets + 1] = s
+    table.sort(secrets, function(a, b) return #a > #b end) -- longest first
+  end
+end
+
+local function plain_replace(s, what, with)
+  local i = 1
+  local parts = {}
+  while true do
+    local a, b = s:find(what, i, true)
+    if not a then break end
+    parts[#parts + 1] = s:sub(i, a - 1)
+    parts[#parts + 1] = with
+    i = b + 1
+  end
+  if #parts == 0 then return s end
+  parts[#parts + 1] = s:sub(i)
+  return table.concat(parts)
+end
+
+-- password=value in a conninfo string, the value quoted ('it''s', 'a\'b')
+-- or not: the value is replaced.
+local function redact_conninfo_password(s)
+  local lower = s:lower()
+  local parts, i = {}, 1
+  while true do
+    local a, b = lower:find("password%s*=%s*", i)
+    if not a then break end
+    parts[#parts + 1] = s:sub(i, b)
+    local j = b + 1
+    if s:sub(j, j) == "'" then
+      j = j + 1
+      while j <= #s do
+        local c = s:sub(j, j)
+        if c == "\\" then
+          j = j + 2
+        elseif c == "'" then
+          break
+        else
+          j = j + 1
+        end
+      end
+      parts[#parts + 1] = "'***'"
+      i = j + 1
+    else
+      local e = s:find("[%s&'\"]", j) or (#s + 1)
+      parts[#parts + 1] = "***"
+      i = e
+    end
+  end
+  if #parts == 0 then return s end
+  parts[#parts + 1] = s:sub(i)
+  return table.concat(parts)
+end
+
+-- Remove credentials that might ride along in messages: the user info of a
+-- URI (everything between scheme:// and the last @ of the authority, which
+-- also covers a password with an unencoded @), presigned signatures and
+-- credentials, password=... in conninfo strings, and registered secrets.
 function M.redact(s)
   if type(s) ~= "string" then return s end
-  -- Every pattern below needs an "=" or an "@": most strings (ids, keys,
-  -- outcomes) have neither and cost one scan instead of six.
+  for _, secret in ipairs(secrets) do s = plain_replace(s, secret, "***") end
+  -- Every pattern below needs an "=" or an "@": most strings have neither.
   if not s:find("[=@]") then return s end
-  s = s:gsub("(%w+://[^:/@%s]*:)[^@%s]*@", "%1***@")
+  s = s:gsub("(%a[%w+.%-]*://)[^%s\"'<>]*@", "%1***@")
   s = s:gsub("([Xx]%-[Aa]mz%-[Ss]ignature=)[%x]+", "%1***")
   s = s:gsub("([Ss]ignature=)[%x]+", "%1***")
   s = s:gsub("([Xx]%-[Aa]mz%-[Cc]redential=)[^&%s]+", "%1***")
   s = s:gsub("([Xx]%-[Aa]mz%-[Ss]ecurity%-[Tt]oken=)[^&%s]+", "%1***")
-  s = s:gsub("(password%s*=%s*)%S+", "%1***")
-  return s
+  return redact_conninfo_password(s)
+end
+
+-- cjson escapes "/" as "\/": undo that (and only that) in its output.
+local function unslash(j)
+  if not j:find("\\/", 1, true) then return j end
+  return (j:gsub("\\(.)", function(c) if c == "/" then return "/" end end))
+end
+
+local function encode_value(v)
+  local t = type(v)
+  if t == "string" then return unslash(cjson.encode(v)) end
+  if t == "boolean" then return v and "true" or "false" end
+  if t == "number" then
+    if math.type(v) == "integer" then return tostring(v) end
+    return cjson.encode(v)
+  end
+  return unslash(cjson.encode(v))
+end
+M.encode_value = encode_value
+
+local function by_rank(a, b)
+  local ra, rb = RANK[a], RANK[b]
+  if ra and rb then return ra < rb end
+  if ra or rb then return ra ~= nil end
+  return a < b
+end
+
+-- The JSON text of one line (without newline or priority).
+function M.encode(level, event, fields)
+  local rec = {}
+  for k, v in pairs(base) do rec[k] = v end
+  for k, v in pairs(fields or {}) do
+    if type(v) == "string" and not EXACT[k] then v = M.redact(v) end
+    rec[k] = v
+  end
+  rec.ts, rec.level, rec.event = nil, nil, nil
+  local keys = {}
+  for k in pairs(rec) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys, by_rank)
+  local parts = { '{"ts":"', M.timestamp(), '","level":"', level, '","event":', encode_value(event) }
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = ","
+    parts[#parts + 1] = encode_value(k)
+    parts[#parts + 1] = ":"
+    parts[#parts + 1] = encode_value(rec[k])
+  end
+  parts[#parts + 1] = "}"
+  return table.concat(parts)
+end
+
+local function record_failure(err)
+  if not failure then failure = tostring(err or "write failed") end
+end
+
+-- True while every line so far reached the output; else false and the error.
+function M.healthy()
+  if failure then return false, failure end
+  if out == io.stdout and sys.stdio_closed and sys.stdio_closed(1) then
+    failure = "standard output is closed"
+    return false, failure
+  end
+  return true
+end
+
+-- Push held lines out now and check they went. Returns healthy().
+function M.flush()
+  local ok, err = out:flush()
+  if not ok then record_failure(err) end
+  return M.healthy()
 end
 
 function M.emit(level, event, fields)
   if LEVELS[level] < threshold then return end
-  local rec = { ts = M.timestamp(), level = level, event = event }
-  for k, v in pairs(base) do rec[k] = v end
-  for k, v in pairs(fields or {}) do
-    if type(v) == "string" then v = M.redact(v) end
-    rec[k] = v
+  if out == io.stdout and sys.stdio_closed and sys.stdio_closed(1) then
+    record_failure("standard output is closed")
+    return
   end
-  out:write(cjson.encode(rec), "\n")
-  if held == 0 then out:flush() end
+  local line = M.encode(level, event, fields)
+  local ok, err
+  if is_journal() then
+    ok, err = out:write(PRIORITY[level], line, "\n")
+  else
+    ok, err = out:write(line, "\n")
+  end
+  if not ok then record_failure(err) end
+  if held == 0 then
+    ok, err = out:flush()
+    if not ok then record_failure(err) end
+  end
 end
 
 -- Between hold() and release(), lines go out when the buffer fills and at
@@ -73,7 +255,10 @@ function M.hold() held = held + 1 end
 
 function M.release()
   held = math.max(held - 1, 0)
-  if held == 0 then out:flush() end
+  if held == 0 then
+    local ok, err = out:flush()
+    if not ok then record_failure(err) end
+  end
 end
 
 function M.debug(event, fields) M.emit("debug", event, fields) end

@@ -3,6 +3,8 @@
 -- attack_resource_files); a policy file (Lua returning a table) overrides
 -- any field. Validation is strict: an unknown field or a bad value is an
 -- error naming the file, the field and what was expected.
+local sys = require("resclean.sys")
+
 local M = {}
 
 local H = "[0-9a-f]"
@@ -186,6 +188,12 @@ end
 -- library (read-only view), so os.getenv works in it.
 function M.load(path)
   if path == nil then return M.build({}, "(defaults)") end
+  -- A FIFO or a device would block the open (at start and every cycle).
+  local kind, kerr = sys.file_kind(path)
+  if not kind then return nil, perr(path, nil, "cannot be read: " .. tostring(kerr)) end
+  if kind ~= "file" then
+    return nil, perr(path, nil, ("is a %s, expected a regular file of Lua"):format(kind))
+  end
   local env = setmetatable({}, { __index = _G })
   local chunk, err = loadfile(path, "t", env)
   if not chunk then

@@ -7,6 +7,7 @@
 -- Invariant: a row is deleted only in a transaction that commits after its
 -- object's delete succeeded. A crash leaves the row and the object, or the
 -- row without its object; never an object without its row.
+local errors = require("resclean.errors")
 local log = require("resclean.log")
 local policy_mod = require("resclean.policy")
 local sys = require("resclean.sys")
@@ -15,25 +16,21 @@ local M = {}
 
 M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused" }
 
-M.EXIT = { ok = 0, failed = 1, usage = 2, unreachable = 3 }
+M.EXIT = errors.EXIT
 
--- Error kinds that mean "could not reach the database or the storage".
+-- "could not reach the database or the storage": worth retrying.
 local function is_unreachable(err)
-  if type(err) ~= "table" then return false end
-  if err.kind == "pg" then
-    local code = tostring(err.code or "")
-    return code == "connection" or code:sub(1, 2) == "08" or code == "57P01" or code == "57P02" or code == "57P03"
-  end
-  return err.kind == "s3" and (err.status == nil or err.status == 0 or err.code == "connection"
-    or err.code == "timeout")
+  return type(err) == "table" and errors.classify(err) == "transient"
 end
 M.is_unreachable = is_unreachable
 
-local function errmsg(err)
-  if type(err) ~= "table" then return tostring(err) end
-  return log.redact(("%s%s"):format(err.code and (tostring(err.code) .. ": ") or "", err.message or ""))
-end
+local errmsg = errors.message
 M.errmsg = errmsg
+
+-- The exit code and summary extras of a cycle that ends on err.
+local function stop_on(err)
+  return errors.exit_code(err), { error = errmsg(err) }
+end
 
 local function to_ms(seconds) return math.floor(seconds * 1000 + 0.5) end
 
@@ -110,17 +107,40 @@ function M.check_schema(conn, p)
   if t ~= "timestamp with time zone" and t ~= "timestamp without time zone" and t ~= "date" then
     return bad("created_column", ("column %q is %s, expected a timestamp"):format(p.created_column, t))
   end
+  if p.type_column then
+    local ok, uerr = M.check_upload_types(conn, p, bad)
+    if not ok then return nil, uerr end
+  end
+  return true
+end
+
+-- When the type column is an enum, every upload type must be one of its
+-- labels: a typo ("WORDLIST") would otherwise match nothing, every cycle,
+-- and switch the sweeper off without a word. A label with no rows is fine.
+function M.check_upload_types(conn, p, bad)
+  local res, err = conn:query([[
+    SELECT e.enumlabel::text AS label FROM pg_attribute a JOIN pg_enum e ON e.enumtypid = a.atttypid
+    WHERE a.attrelid = to_regclass($1) AND a.attname = $2 ORDER BY e.enumsortorder]],
+    conn:quote_ident(p.table), p.type_column)
+  if not res then return nil, err end
+  if #res == 0 then return true end -- not an enum: any text may match
+  local known, labels = {}, {}
+  for i, r in ipairs(res) do
+    known[r.label] = true
+    labels[i] = r.label
+  end
+  for i, u in ipairs(p.upload_types) do
+    if not known[u] then
+      return bad(("upload_types[%d]"):format(i), ("%q is not a label of the enum of column %q (known: %s)")
+        :format(u, p.type_column, table.concat(labels, ", ")))
+    end
+  end
   return true
 end
 
 -- Exit code when the session cannot be opened: 2 for what configuration can fix (the policy
--- names what is not there, DATABASE_URL cannot be parsed), else 3.
-local function open_failure_code(err)
-  if err.kind == "policy" or (err.kind == "pg" and err.code == "connection" and err.retryable == false) then
-    return M.EXIT.usage
-  end
-  return M.EXIT.unreachable
-end
+-- names what is not there, DATABASE_URL cannot be parsed, the password is wrong), else 3.
+local open_failure_code = errors.exit_code
 
 -- A run: counts by outcome, the log context, limits.
 local Run = {}
@@ -291,7 +311,7 @@ end
 
 -- The storage half of a batch. Items' rows are deleted (uncommitted) under
 -- savepoint "rows". Returns the items to keep deleted, with outcomes
--- decided, and whether storage looked unreachable.
+-- decided, and the error that should stop the cycle (or nil).
 local function storage_phase(store, run, items)
   local p = run.policy
   local keys = {}
@@ -310,7 +330,9 @@ local function storage_phase(store, run, items)
     results = store:delete_many(keys, p.concurrency)
   end
   run.phase.head_s, run.phase.delete_s = t1 - t0, sys.monotime() - t1
-  local ok_items, failed, unreachable = {}, 0, 0
+  local ok_items, failed = {}, 0
+  local by_class = { config = 0, transient = 0 }
+  local stop_err
   for i, it in ipairs(items) do
     local r = results[i]
     if r == true then
@@ -323,12 +345,19 @@ local function storage_phase(store, run, items)
       ok_items[#ok_items + 1] = it
     else
       failed = failed + 1
-      if is_unreachable(r) then unreachable = unreachable + 1 end
+      local class = errors.classify(r)
+      if by_class[class] then
+        by_class[class] = by_class[class] + 1
+        stop_err = stop_err or r
+      end
       it.outcome, it.reason = "failed", type(r) == "table" and (r.code or r.kind) or tostring(r)
       it.err = r
     end
   end
-  return ok_items, failed, #items > 0 and unreachable == #items
+  -- Every item failed for one reason that is not the item's own (storage
+  -- unreachable, credentials refused): the cycle stops on it.
+  local stop = #items > 0 and (by_class.config == #items or by_class.transient == #items) and stop_err or nil
+  return ok_items, failed, stop
 end
 
 -- Log the decided items and count them.
@@ -339,8 +368,9 @@ local function log_items(run, items)
 end
 
 -- Process claimed items within tx: bad keys skipped, rows deleted,
--- objects deleted, failures restored. Returns true, or nil, err,
--- storage_unreachable. The caller commits (or rolls back on dry run).
+-- objects deleted, failures restored. Returns the items whose rows are
+-- deleted and the storage error that should stop the cycle (or nil); or
+-- nil, err. The caller commits (or rolls back on dry run).
 function M.process(conn, tx, sql, store, run, claimed)
   local p = run.policy
   local items = {}
@@ -358,7 +388,7 @@ function M.process(conn, tx, sql, store, run, claimed)
   local deleted, err = delete_rows(tx, conn, sql, items, run)
   if not deleted then return nil, err end
   run.phase.rows_s = sys.monotime() - t0
-  local ok_items, failed, unreachable = storage_phase(store, run, deleted)
+  local ok_items, failed, storage_stop = storage_phase(store, run, deleted)
   if failed > 0 then
     -- Put back the rows whose objects are still there.
     local ok
@@ -372,21 +402,22 @@ function M.process(conn, tx, sql, store, run, claimed)
       if not res then return nil, err end
     end
   end
-  return deleted, nil, unreachable
+  return deleted, storage_stop
 end
 
 -- Process the items in tx, then commit (a dry run rolls back). Returns
--- done, storage_unreachable; or nil, exit code, summary extras, with the
--- items that did not make it logged as failed.
+-- done, storage_stop (an error that ends the cycle, or nil); or nil, exit
+-- code, summary extras, with the items that did not make it logged as failed.
 local function settle(conn, tx, sql, store, run, items)
-  local done, err, unreachable = M.process(conn, tx, sql, store, run, items)
+  local done, err = M.process(conn, tx, sql, store, run, items)
+  local storage_stop = done and err
   if not done then
     -- Database trouble mid-batch: the transaction rolls back (tx closes);
     -- objects already deleted leave rows behind: the next run's record_only.
     for _, it in ipairs(items) do
       if not it.logged then run:outcome(it, "failed", "database") end
     end
-    return nil, M.EXIT.unreachable, { error = errmsg(err) }
+    return nil, stop_on(err)
   end
   local t = sys.monotime()
   if run.dry_run then
@@ -397,11 +428,11 @@ local function settle(conn, tx, sql, store, run, items)
     if not ok then
       for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
       log_items(run, done)
-      return nil, M.EXIT.unreachable, { error = errmsg(err) }
+      return nil, stop_on(err)
     end
   end
   run.phase.commit_s = sys.monotime() - t
-  return done, unreachable
+  return done, storage_stop
 end
 
 local function claim(conn, p, run, last, limit)
@@ -517,14 +548,14 @@ function M.sweep_batches(conn, sql, store, run, opts)
   local p = run.policy
   if p.singleton then
     local res, err = conn:query("SELECT pg_try_advisory_lock(hashtext('resclean:' || $1)::int8) AS got", p.table)
-    if not res then return M.EXIT.unreachable, { error = errmsg(err) } end
+    if not res then return stop_on(err) end
     if not res[1].got then
       log.info("singleton_busy", { run_id = run.run_id, message = "another sweeper holds the singleton lock" })
       return M.EXIT.ok, { singleton_busy = true }
     end
   end
   local res, err = conn:query(sql.eligible, p.max_age, p.upload_types)
-  if not res then return M.EXIT.unreachable, { error = errmsg(err) } end
+  if not res then return stop_on(err) end
   run.eligible = res[1].n
   run.oldest_age_s = res[1].oldest
   if opts.check_plan then opts.check_plan(conn, sql, run) end
@@ -535,6 +566,10 @@ function M.sweep_batches(conn, sql, store, run, opts)
     if sys.stopping() then
       return M.EXIT.ok, { stopped = sys.stopping() }
     end
+    -- No audit trail, no deletes: a log that cannot be written stops the
+    -- sweep before the next claim.
+    local ok_log, why = log.healthy()
+    if not ok_log then return M.log_failed(why) end
     local n = p.batch_size
     if limit_left then
       if limit_left <= 0 then return run:exit_code(), { limit_reached = true } end
@@ -550,6 +585,22 @@ function M.sweep_batches(conn, sql, store, run, opts)
   return run:exit_code()
 end
 
+-- Every item of a batch failed for the same reason outside the item
+-- (storage unreachable, credentials refused): the cycle ends on it.
+function M.storage_stopped(err)
+  local code = errors.exit_code(err)
+  local what = code == M.EXIT.unreachable and "storage unreachable: " or "storage refused: "
+  return code, { error = what .. errmsg(err) }
+end
+
+-- The log cannot be written: exit 2, the reason on stderr (where the log
+-- itself cannot go).
+function M.log_failed(why)
+  local msg = ("the log cannot be written (%s): stopping before deleting anything further"):format(tostring(why))
+  io.stderr:write("resclean: ", msg, "\n")
+  return M.EXIT.usage, { error = msg, log_failed = true }
+end
+
 -- Claim and process one batch in its own transaction. Returns nil, items
 -- ({last, n}) to go on, nil, nil when nothing was left, or an exit code
 -- and summary extras to stop the cycle.
@@ -557,20 +608,20 @@ function M.one_batch(conn, sql, store, run, last, n)
   local t0 = sys.monotime()
   run.phase = {}
   local tx <close>, err = conn:begin()
-  if not tx then return M.EXIT.unreachable, { error = errmsg(err) } end
+  if not tx then return stop_on(err) end
   local ok
   ok, err = conn:query("SET CONSTRAINTS ALL IMMEDIATE")
-  if not ok then return M.EXIT.unreachable, { error = errmsg(err) } end
+  if not ok then return stop_on(err) end
   local items
   items, err = claim(conn, run.policy, run, last, n)
-  if not items then return M.EXIT.unreachable, { error = errmsg(err) } end
+  if not items then return stop_on(err) end
   local t1 = sys.monotime()
   if #items == 0 then
     tx:commit()
     return nil, nil
   end
-  local done, unreachable, extra = settle(conn, tx, sql, store, run, items)
-  if not done then return unreachable, extra end
+  local done, storage_stop, extra = settle(conn, tx, sql, store, run, items)
+  if not done then return storage_stop, extra end
   local t3 = sys.monotime()
   log_items(run, done)
   -- Where a batch's time goes, for tuning batch_size and concurrency.
@@ -580,9 +631,7 @@ function M.one_batch(conn, sql, store, run, last, n)
                                rows_ms = ph.rows_s and to_ms(ph.rows_s), head_ms = ph.head_s and to_ms(ph.head_s),
                                delete_ms = ph.delete_s and to_ms(ph.delete_s), commit_ms = to_ms(run.phase.commit_s),
                                log_ms = to_ms(sys.monotime() - t3) })
-  if unreachable then
-    return M.EXIT.unreachable, { error = "storage unreachable: " .. errmsg(done[1] and done[1].err) }
-  end
+  if storage_stop then return M.storage_stopped(storage_stop) end
   return nil, { last = items[#items], n = #items }
 end
 
@@ -601,16 +650,16 @@ end
 function M.cancel_ids(conn, sql, store, run, ids)
   local p = run.policy
   local tx <close>, err = conn:begin()
-  if not tx then return M.EXIT.unreachable, { error = errmsg(err) } end
+  if not tx then return stop_on(err) end
   local ok
   ok, err = conn:query("SET CONSTRAINTS ALL IMMEDIATE")
-  if not ok then return M.EXIT.unreachable, { error = errmsg(err) } end
+  if not ok then return stop_on(err) end
   local todo, seen = {}, {}
   for _, id in ipairs(ids) do
     if not seen[id] then
       seen[id] = true
       ok, err = tx:savepoint("lock")
-      if not ok then return M.EXIT.unreachable, { error = errmsg(err) } end
+      if not ok then return stop_on(err) end
       local res
       res, err = conn:query(sql.lock_one, id)
       if not res then
@@ -621,7 +670,7 @@ function M.cancel_ids(conn, sql, store, run, ids)
           tx:rollback_to("lock")
           run:outcome({ id = id }, "not_found", "invalid_id")
         else
-          return M.EXIT.unreachable, { error = errmsg(err) }
+          return stop_on(err)
         end
       elseif #res == 0 then
         tx:release("lock")
@@ -640,10 +689,12 @@ function M.cancel_ids(conn, sql, store, run, ids)
       end
     end
   end
-  local done, unreachable, extra = settle(conn, tx, sql, store, run, todo)
-  if not done then return unreachable, extra end
+  local ok_log, why = log.healthy()
+  if not ok_log then return M.log_failed(why) end
+  local done, storage_stop, extra = settle(conn, tx, sql, store, run, todo)
+  if not done then return storage_stop, extra end
   log_items(run, done)
-  if unreachable then return M.EXIT.unreachable, { error = "storage unreachable" } end
+  if storage_stop then return M.storage_stopped(storage_stop) end
   return run:exit_code()
 end
 
