@@ -91,8 +91,8 @@ describe("the throwaway test stack", function()
     end
     assert.are.equal("600", (sh('stat -c %a "$RESCLEAN_STACK_DIR/env"'):gsub("%s+$", "")))
     assert.are.equal("us-east-1", os.getenv("AWS_REGION"))
-    assert.truthy(need("DATABASE_URL"):match("^postgres://resclean:[^@]+@127%.0%.0%.1:%d+/resclean$"),
-      "DATABASE_URL is not postgres://resclean:PASSWORD@127.0.0.1:PORT/resclean")
+    assert.truthy(need("DATABASE_URL"):match("^postgres://resclean:[^@]+@127%.0%.0%.1:%d+/resclean%?sslmode=disable$"),
+      "DATABASE_URL is not postgres://resclean:PASSWORD@127.0.0.1:PORT/resclean?sslmode=disable")
     assert.truthy(need("AWS_ENDPOINT_URL_S3"):match("^http://127%.0%.0%.1:%d+$"))
   end)
 

@@ -733,6 +733,14 @@ local function main(...)
     io.stdout:write(USAGE)
     return 0
   end
+  -- Every mode empties or deletes rows: only on the throwaway stack (fixtures.throwaway).
+  local guard = fx.connect()
+  local marked, why = fx.throwaway(guard)
+  guard:close()
+  if not marked then
+    io.stderr:write("bench: refusing to run: ", why, "\n")
+    return 2
+  end
   if opts.mode == "perrow" then return mode_perrow(opts.bucket, math.tointeger(tonumber(opts.limit or 0)) or 0) end
   if opts.mode == "floor" then return mode_floor(opts.bucket) end
   if opts.mode then

@@ -1,15 +1,38 @@
 -- `make demo`: a realistic mix of resources on the throwaway stack, one
 -- sweep (`resclean run sweep --once`), before and after.
 -- Runs under spec/support/with-stack.sh, which provides DATABASE_URL and
--- the AWS_* variables of a throwaway PostgreSQL and Ceph RGW.
+-- the AWS_* variables of a throwaway PostgreSQL and Ceph RGW. It empties
+-- attacks, attack_resource_files and upload_resource_files first, so it
+-- refuses (exit 2, nothing touched) any database but that stack's.
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = here .. "/../?.lua;" .. package.path
 
+local errors = require("resclean.errors")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
+local pg = require("resclean.pg")
+
+local function refuse(why)
+  io.stderr:write("demo: refusing to run: ", why, "\n")
+  return 2
+end
+
+local dburl = os.getenv("DATABASE_URL")
+if not dburl or dburl == "" then
+  return refuse("DATABASE_URL is not set; run the demo with `make demo`, which starts a throwaway stack")
+end
+local conn, cerr = pg.connect(dburl)
+if not conn then
+  io.stderr:write("demo: cannot connect to the database: ", errors.message(cerr), "\n")
+  return errors.exit_code(cerr)
+end
+local marked, why = fx.throwaway(conn)
+if not marked then
+  conn:close()
+  return refuse(why)
+end
 
 local bucket = os.getenv("RESCLEAN_BUCKET") or "cipherswarm-resources"
-local conn = fx.connect()
 fx.reset(conn)
 local client = fx.bucket(bucket)
 

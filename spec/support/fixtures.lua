@@ -43,8 +43,50 @@ function M.bucket(name, extra)
   return c
 end
 
--- Empty the tables resclean works on.
+-- Is conn the throwaway stack's database? spec/support/stack.sh writes a random token into the
+-- table resclean_throwaway_stack there and exports it as RESCLEAN_THROWAWAY_STACK: only where
+-- both are present and equal may a helper truncate. Returns true, or nil and why not (one line
+-- naming what to fix). Checked once per connection.
+local throwaway_ok = setmetatable({}, { __mode = "k" })
+local function conn_name(conn) -- user@host:port/db, never the password
+  local s = tostring(conn)
+  return s:match("%((.-)%)$") or s
+end
+local WHY_STACK = "these helpers empty tables and run only on the throwaway stack that"
+  .. " spec/support/with-stack.sh starts (make test, make demo)"
+function M.throwaway(conn)
+  if throwaway_ok[conn] then return true end
+  local want = os.getenv("RESCLEAN_THROWAWAY_STACK")
+  if not want or want == "" then
+    return nil, "RESCLEAN_THROWAWAY_STACK is not set: " .. WHY_STACK
+  end
+  local res, err = conn:query("SELECT to_regclass('public.resclean_throwaway_stack') IS NOT NULL AS marked")
+  if not res then
+    return nil, ("could not check %s for the throwaway marker: %s"):format(conn_name(conn),
+      (tostring(err.message):gsub("%s+$", "")))
+  end
+  if not res[1].marked then
+    return nil, ("database %s has no table resclean_throwaway_stack, so it is not a throwaway stack: %s")
+      :format(conn_name(conn), WHY_STACK)
+  end
+  res, err = conn:query("SELECT token FROM public.resclean_throwaway_stack")
+  if not res then
+    return nil, ("could not read resclean_throwaway_stack in %s: %s"):format(conn_name(conn),
+      (tostring(err.message):gsub("%s+$", "")))
+  end
+  if #res ~= 1 or res[1].token ~= want then
+    return nil, ("the token in %s's resclean_throwaway_stack does not match RESCLEAN_THROWAWAY_STACK:"
+      .. " DATABASE_URL names another stack's database than this environment's"):format(conn_name(conn))
+  end
+  throwaway_ok[conn] = true
+  return true
+end
+
+-- Empty the tables resclean works on; raises, touching nothing, unless conn is the throwaway
+-- stack's database (M.throwaway).
 function M.reset(conn)
+  local ok, why = M.throwaway(conn)
+  if not ok then error("fixtures.reset refused: " .. why, 2) end
   check(conn:query("TRUNCATE attacks, attack_resource_files, upload_resource_files"))
 end
 

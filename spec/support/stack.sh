@@ -7,11 +7,24 @@
 #   stack.sh pg-ctl DIR ARGS  run pg_ctl ARGS on the stack's cluster as the right user
 #
 # DIR/env (mode 600) has `export NAME=value` lines:
-#   DATABASE_URL (postgres://resclean:PASSWORD@127.0.0.1:PORT/resclean), PGHOST PGPORT PGUSER
-#   PGPASSWORD PGDATABASE; AWS_ENDPOINT_URL_S3 AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION;
-#   RESCLEAN_STACK_DIR; RESCLEAN_PG_{BIN,PID,PORT,SOCKDIR,LOG,RUNAS} RESCLEAN_PGDATA (superuser
-#   `postgres` via the socket dir, trust); RESCLEAN_CEPH_CONF RESCLEAN_{MON,OSD,RGW}_PID
-#   RESCLEAN_{MON,RGW}_PORT RESCLEAN_RGW_LOG. restart-rgw and pg-ctl rewrite the PID lines.
+#   DATABASE_URL (postgres://resclean:PASSWORD@127.0.0.1:PORT/resclean?sslmode=disable: plain TCP),
+#   DATABASE_URL_TLS (postgres://resclean_tls:PASSWORD@127.0.0.1:PORT/resclean?sslmode=verify-full&
+#   sslrootcert=CA: resclean_tls is a member of resclean that pg_hba.conf admits over TLS only),
+#   RESCLEAN_PG_CA (that CA file), PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE;
+#   AWS_ENDPOINT_URL_S3 AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION;
+#   RESCLEAN_THROWAWAY_STACK (see below); RESCLEAN_STACK_DIR; RESCLEAN_PG_{BIN,PID,PORT,SOCKDIR,LOG,
+#   RUNAS} RESCLEAN_PGDATA (superuser `postgres` via the socket dir, trust); RESCLEAN_CEPH_CONF
+#   RESCLEAN_{MON,OSD,RGW}_PID RESCLEAN_{MON,RGW}_PORT RESCLEAN_RGW_LOG. restart-rgw and pg-ctl
+#   rewrite the PID lines.
+#
+# Proof of a throwaway database: a random token made at start sits in the table
+# resclean_throwaway_stack of the stack's database (owned by postgres, resclean may only read it)
+# and in RESCLEAN_THROWAWAY_STACK. Helpers that truncate (fixtures.reset, the demo, the bench)
+# run only where both match, so a production DATABASE_URL left in a shell is refused.
+#
+# PostgreSQL has ssl=on with a CA and a server certificate (SAN 127.0.0.1, localhost) made with
+# openssl at start in DIR/pg/tls; DATABASE_URL asks for no TLS, so the specs that shift the clock
+# and the bench see what they always did.
 # DIR/pids has one "name pid" line per process started (postgres, ceph-mon, ceph-osd, radosgw).
 #
 # Everything lives under DIR (sockets, logs, data, ceph.conf), ports are free ones picked at
@@ -83,7 +96,8 @@ sys.exit("no free port found")
 PY
 }
 
-# Random credentials: hex password, AWS-shaped access key (20) and secret (40).
+# Random credentials: hex password, AWS-shaped access key (20) and secret (40); then the
+# throwaway stack's token.
 gen_secrets() {
     "$PYTHON" -c '
 import secrets, string
@@ -91,7 +105,8 @@ up = string.ascii_uppercase + string.digits
 al = string.ascii_letters + string.digits
 print(secrets.token_hex(16))
 print("".join(secrets.choice(up) for _ in range(20)))
-print("".join(secrets.choice(al) for _ in range(40)))'
+print("".join(secrets.choice(al) for _ in range(40)))
+print(secrets.token_hex(16))'
 }
 
 # --- process bookkeeping ----------------------------------------------------------------------
@@ -177,11 +192,38 @@ tail_log() {
 
 # --- PostgreSQL -------------------------------------------------------------------------------
 
+# A CA made for this stack and a server certificate it signed for 127.0.0.1 and localhost (EC
+# P-256: ~0.1 s). The keys stay in DIR/pg/tls (mode 600); ca.crt is what sslrootcert names.
+pg_tls() {
+    local tls=$1
+    mkdir -p "$tls"
+    if ! (
+        umask 077
+        cd "$tls"
+        openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+            -keyout ca.key -out ca.crt -days 30 -subj "/CN=resclean throwaway stack CA" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+        openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+            -keyout server.key -out server.csr -subj "/CN=127.0.0.1"
+        printf '%s\n' subjectAltName=IP:127.0.0.1,DNS:localhost basicConstraints=critical,CA:FALSE \
+            keyUsage=critical,digitalSignature extendedKeyUsage=serverAuth >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+            -extfile server.ext -out server.crt
+    ) >"$tls/openssl.out" 2>&1; then
+        tail_log "$tls/openssl.out"
+        log "could not make the TLS certificates"
+        return 1
+    fi
+    chmod 644 "$tls/ca.crt" "$tls/server.crt"
+    chmod 755 "$tls"
+}
+
 pg_up() {
     local t0 port pid tries=0 pgroot=$DIR/pg
     t0=$(now_us)
     mkdir -p "$pgroot/run"
     chmod 755 "$pgroot" "$pgroot/run"
+    pg_tls "$pgroot/tls" || return 1
     if ((EUID == 0)); then chown -R postgres: "$pgroot"; fi
     if ! as_pg "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth-local=trust \
         --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync --no-instructions \
@@ -205,7 +247,18 @@ max_connections = 100
 log_line_prefix = '%m [%p] %q%u@%d '
 log_timezone = 'UTC'
 timezone = 'UTC'
+ssl = on
+ssl_cert_file = '$pgroot/tls/server.crt'
+ssl_key_file = '$pgroot/tls/server.key'
 EOF
+    # First match wins: resclean_tls is refused on any TCP connection without TLS.
+    {
+        printf '%s\n' '# resclean throwaway stack: resclean_tls connects over TLS only' \
+            'hostnossl all resclean_tls all reject'
+        cat "$PGDATA/pg_hba.conf"
+    } >"$PGDATA/pg_hba.conf.new"
+    mv -f "$PGDATA/pg_hba.conf.new" "$PGDATA/pg_hba.conf"
+    if ((EUID == 0)); then chown postgres: "$PGDATA/pg_hba.conf"; fi
     port=$PG_PORT
     while :; do
         tries=$((tries + 1))
@@ -233,6 +286,7 @@ EOF
         -v pw="$PG_PASSWORD" >"$pgroot/setup.out" 2>&1 <<'SQL'; then
 SET log_min_error_statement = panic;
 CREATE ROLE resclean LOGIN PASSWORD :'pw';
+CREATE ROLE resclean_tls LOGIN PASSWORD :'pw' IN ROLE resclean;
 CREATE DATABASE resclean OWNER resclean;
 SQL
         tail_log "$pgroot/setup.out" "$PG_LOG"
@@ -245,6 +299,19 @@ SQL
         -U resclean -d resclean -f "$SCHEMA" >"$pgroot/schema.out" 2>&1; then
         tail_log "$pgroot/schema.out"
         log "could not load $SCHEMA"
+        return 1
+    fi
+    # The throwaway marker, made by postgres: resclean can read it, not forge or drop it.
+    if ! psql -X -q -v ON_ERROR_STOP=1 -h "$pgroot/run" -p "$port" -U postgres -d resclean \
+        -v token="$THROWAWAY_TOKEN" >"$pgroot/marker.out" 2>&1 <<'SQL'; then
+CREATE TABLE public.resclean_throwaway_stack (token text NOT NULL);
+COMMENT ON TABLE public.resclean_throwaway_stack IS
+  'resclean''s throwaway test stack (spec/support/stack.sh): helpers that truncate run only here';
+INSERT INTO public.resclean_throwaway_stack VALUES (:'token');
+GRANT SELECT ON public.resclean_throwaway_stack TO resclean;
+SQL
+        tail_log "$pgroot/marker.out"
+        log "could not write the throwaway marker"
         return 1
     fi
     log "postgres up in $(since "$t0") (port $port, pid $pid)"
@@ -442,12 +509,17 @@ set_dir() {
 }
 
 write_env() {
-    local pg_port=$1 pg_pid=$2 runas=
+    local pg_port=$1 pg_pid=$2 tls_url runas=
+    tls_url="postgres://resclean_tls:$PG_PASSWORD@127.0.0.1:$pg_port/resclean"
+    tls_url+="?sslmode=verify-full&sslrootcert=$DIR/pg/tls/ca.crt"
     ((EUID == 0)) && runas="runuser -u postgres --"
     {
         printf 'export %s=%q\n' \
             RESCLEAN_STACK_DIR "$DIR" \
-            DATABASE_URL "postgres://resclean:$PG_PASSWORD@127.0.0.1:$pg_port/resclean" \
+            RESCLEAN_THROWAWAY_STACK "$THROWAWAY_TOKEN" \
+            DATABASE_URL "postgres://resclean:$PG_PASSWORD@127.0.0.1:$pg_port/resclean?sslmode=disable" \
+            DATABASE_URL_TLS "$tls_url" \
+            RESCLEAN_PG_CA "$DIR/pg/tls/ca.crt" \
             PGHOST 127.0.0.1 \
             PGPORT "$pg_port" \
             PGUSER resclean \
@@ -561,8 +633,9 @@ cmd_start() {
 
     local secrets
     mapfile -t secrets < <(gen_secrets)
-    ((${#secrets[@]} == 3)) || { log "could not generate credentials"; exit 1; }
+    ((${#secrets[@]} == 4)) || { log "could not generate credentials"; exit 1; }
     PG_PASSWORD=${secrets[0]} AWS_ACCESS_KEY_ID=${secrets[1]} AWS_SECRET_ACCESS_KEY=${secrets[2]}
+    THROWAWAY_TOKEN=${secrets[3]}
     # All three ports up front, so the background job and Ceph cannot pick the same one.
     PG_PORT=$(free_port)
     MON_PORT=$(free_port "$PG_PORT")
