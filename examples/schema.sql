@@ -1,5 +1,6 @@
 -- Test fixture: the upstream (CipherSwarm / Ouroboros) tables resclean sweeps, as the
--- application's SQLAlchemy models create them (see DESIGN.md, "The data it works on").
+-- application's SQLAlchemy models create them (model AttackResourceFile; the facts resclean
+-- relies on are noted at each table below, the defaults built on them in resclean(1), POLICY).
 -- Faithful on purpose: no column defaults, only the primary key and `guid` indexed (so the
 -- claim query and the foreign-key checks on delete scan, as in production), and plain
 -- ON DELETE NO ACTION foreign keys (deleting a referenced row fails with SQLSTATE 23503).

@@ -1,7 +1,7 @@
 -- Faults around the sweep, on the real stack: radosgw killed or frozen, the database
 -- session terminated, resclean itself SIGKILLed, a row lock held by the application, the
--- host clock far off. Each checks the invariants of DESIGN.md ("The sweep") against the
--- real servers (no object without its row; confirmed, fresh, non-upload and referenced
+-- host clock far off. Each checks the invariants the README lists ("How it stays safe")
+-- against the real servers (no object without its row; confirmed, fresh, non-upload and referenced
 -- resources untouched) and that a normal run afterwards finishes the work.
 local fs = require("support.faults_support")
 local fx = require("support.fixtures")

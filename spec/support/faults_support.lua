@@ -1,7 +1,7 @@
 -- Shared by the reliability specs (faults, bad input, secrets, TLS): a "world" of stale
 -- pending uploads plus controls on the harness's PostgreSQL and RGW, the sweep and cancel
--- run as separate resclean processes, and the invariants of DESIGN.md ("The sweep")
--- checked against the real servers:
+-- run as separate resclean processes, and the invariants the README lists ("How it stays
+-- safe") checked against the real servers:
 --   * no object is left without its row;
 --   * confirmed, fresh, non-upload and referenced resources keep their row and object.
 local cjson = require("cjson")
