@@ -1,0 +1,305 @@
+-- Reconcile never deletes what a row names, on the harness's PostgreSQL and RGW:
+-- owners left out of the policy, a key(row) that is not the bare id, keys whose
+-- owner cannot be proven, and the mass-delete valve. Each case has its own
+-- bucket; the objects are put once and the spec waits (database clock) until
+-- they are older than OLD, as in reconcile_spec.lua.
+local cjson = require("cjson")
+local fx = require("support.fixtures")
+local h = require("support.helpers")
+
+local OLD = 3 -- seconds: --older-than of every run (the policies set url_lifetime = 1)
+
+local conn
+local B = {} -- case -> {name, client, keys = {...}}
+
+local function uuids(n)
+  local res = fx.check(conn:query("SELECT gen_random_uuid()::text AS id FROM generate_series(1, $1::int)", n))
+  local out = {}
+  for i, r in ipairs(res) do out[i] = r.id end
+  return out
+end
+
+local function upload_rows(ids)
+  fx.check(conn:query([[INSERT INTO upload_resource_files (id, file_name, is_uploaded, created_at)
+    SELECT u, 'f.bin', true, now() - interval '3 days' FROM unnest($1::uuid[]) AS u]], ids))
+end
+
+local function map(list, fn)
+  local out = {}
+  for i, v in ipairs(list) do out[i] = fn(v) end
+  return out
+end
+
+local function concat(...)
+  local out = {}
+  for _, l in ipairs({ ... }) do
+    for _, v in ipairs(l) do out[#out + 1] = v end
+  end
+  return out
+end
+
+local function bucket(case, keys)
+  local name = fx.unique_bucket("rcs-" .. case)
+  local client = fx.bucket(name)
+  fx.objects(client, keys)
+  B[case] = { name = name, client = client }
+  return B[case]
+end
+
+local function bucket_keys(b)
+  local keys, token = {}, nil
+  repeat
+    local page = fx.check(b.client:list({ continuation = token }))
+    for _, e in ipairs(page.keys) do keys[e.key] = true end
+    token = page.truncated and page.next_continuation or nil
+  until not token
+  return keys
+end
+
+local function sorted(set)
+  local out = {}
+  for k in pairs(set) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+local function sorted_list(list)
+  local out = table.move(list, 1, #list, 1, {})
+  table.sort(out)
+  return out
+end
+
+-- Run reconcile --json on bucket b with a policy (Lua source of the table's fields).
+local function reconcile(b, policy_fields, flags)
+  local policy = h.tmpfile("return { url_lifetime = 1, " .. (policy_fields or "") .. " }\n", "policy.lua")
+  local argv = { "run", "scripts/reconcile.lua", "--json", "--policy", policy, "--older-than", tostring(OLD) }
+  for _, f in ipairs(flags or {}) do argv[#argv + 1] = f end
+  local r = h.run(argv, h.script_env(b.name))
+  r.by, r.orphans = {}, {}
+  for line in r.stdout:gmatch("[^\n]+") do
+    local rec = cjson.decode(line)
+    r.by[rec.event] = r.by[rec.event] or {}
+    table.insert(r.by[rec.event], rec)
+    if rec.event == "orphan" then
+      assert.is_nil(r.orphans[rec.key], "orphan logged twice: " .. rec.key)
+      r.orphans[rec.key] = rec
+    end
+  end
+  r.summary = r.by.reconcile and r.by.reconcile[1]
+  return r
+end
+
+local function outcomes(r, outcome)
+  local out = {}
+  for k, l in pairs(r.orphans) do
+    if l.outcome == outcome then out[k] = true end
+  end
+  return out
+end
+
+local UUID = 'require("resclean.policy").UUID_PATTERN:sub(2)'
+-- key(row) = "wl/" .. id, as the sweep supports
+local PREFIXED = ([[key = function(r) return "wl/" .. r.id end, key_pattern = "^wl/" .. %s,]]):format(UUID)
+-- key(row) = the id without dashes: no UUID in the key
+local DASHLESS = [[key = function(r) return "x/" .. r.id:gsub("-", "") end, key_pattern = "^x/%x+$",]]
+local DASHLESS_INVERSE = [[key_id = function(k)
+    local x = k:match("^x/(%x+)$")
+    return x and #x == 32 and (x:sub(1, 8) .. "-" .. x:sub(9, 12) .. "-" .. x:sub(13, 16) .. "-" .. x:sub(17, 20)
+      .. "-" .. x:sub(21)) or nil
+  end,]]
+local function dashless(id) return "x/" .. id:gsub("-", "") end
+
+local cases = {}
+
+describe("reconcile's safety", function()
+  setup(function()
+    conn = fx.connect()
+    fx.reset(conn)
+    -- narrowed owners: 40 objects of upload_resource_files (same key scheme, same bucket),
+    -- 2 of attack_resource_files, 1 true orphan
+    local c = {}
+    c.upload = uuids(40)
+    upload_rows(c.upload)
+    c.attack = fx.rows(conn, 2, { uploaded = true })
+    -- listed first: a run that deleted page by page would delete it before meeting the 40
+    c.orphan = { "00000000" .. uuids(1)[1]:sub(9) }
+    c.all = concat(c.upload, c.attack, c.orphan)
+    bucket("narrow", c.all)
+    cases.narrow = c
+    -- prefixed key: "wl/<id>" of 3 confirmed and 5 pending rows, "wl/<id>" of an
+    -- upload_resource_files row, 1 true orphan: 10 listed, so the default valve allows 1
+    c = {}
+    c.confirmed = fx.rows(conn, 3, { uploaded = true })
+    c.pending = fx.rows(conn, 5)
+    c.upload = uuids(1)
+    upload_rows(c.upload)
+    c.orphan = uuids(1)
+    c.owned = map(concat(c.confirmed, c.pending, c.upload), function(id) return "wl/" .. id end)
+    c.all = concat(c.owned, map(c.orphan, function(id) return "wl/" .. id end))
+    bucket("prefixed", c.all)
+    cases.prefixed = c
+    -- valve: 10 owned bare keys, 3 orphans (3 of 13 listed; the default limit is 1)
+    c = {}
+    c.owned = fx.rows(conn, 10, { uploaded = true })
+    c.orphans = uuids(3)
+    bucket("valve", concat(c.owned, c.orphans))
+    cases.valve = c
+    -- unprovable: keys without a UUID (the id without dashes), 9 owned, 1 orphan
+    c = {}
+    c.owned = map(fx.rows(conn, 9, { uploaded = true }), dashless)
+    c.orphan = map(uuids(1), dashless)
+    bucket("dashless", concat(c.owned, c.orphan))
+    cases.dashless = c
+    -- a guid (a column no owner covers) naming an object, among 10 owned objects
+    c = {}
+    c.owned = fx.rows(conn, 10, { uploaded = true })
+    c.guid = fx.check(conn:query("SELECT guid::text AS g FROM attack_resource_files WHERE id = $1::uuid",
+      c.owned[1]))[1].g
+    bucket("guid", concat(c.owned, { c.guid }))
+    cases.guid = c
+    -- wait, by the database clock, until every object is older than OLD
+    local newest = 0
+    for _, b in pairs(B) do
+      for _, e in ipairs(fx.check(b.client:list({})).keys) do
+        local t = fx.check(conn:query("SELECT extract(epoch FROM $1::timestamptz)::float8 AS t",
+          e.last_modified))[1].t
+        newest = math.max(newest, t)
+      end
+    end
+    h.wait_for(function()
+      return fx.check(conn:query("SELECT extract(epoch FROM now())::float8 AS n"))[1].n > newest + OLD + 0.5
+    end, OLD + 30, "the objects to be older than " .. OLD .. " s")
+  end)
+
+  teardown(function()
+    if conn then conn:close() end
+  end)
+
+  it("refuses with exit 2, naming upload_resource_files.id, and deletes nothing when owners leave it out", function()
+    local b, c = B.narrow, cases.narrow
+    local before = bucket_keys(b)
+    assert.are.equal(#c.all, #sorted(before))
+    local narrow = [[owners = { { table = "attack_resource_files", key_column = "id" } },]]
+    for _, flags in ipairs({ { "--apply", "--max-delete", "1000", "--page-size", "1" }, { "--apply" }, {} }) do
+      local r = reconcile(b, narrow, flags)
+      assert.are.equal(2, r.code, r.stderr)
+      assert.matches("upload_resource_files.id", r.stderr, 1, true)
+      assert.matches('add { table = "upload_resource_files", key_column = "id" } to owners', r.stderr, 1, true)
+      assert.matches("nothing deleted", r.stderr, 1, true)
+      assert.are.same(sorted(before), sorted(bucket_keys(b)))
+      -- every one of the 40 is reported as refused, the true orphan as planned only
+      assert.are.same(sorted_list(c.upload), sorted(outcomes(r, "refused")))
+      for _, k in ipairs(c.upload) do
+        assert.are.equal("upload_resource_files.id", r.orphans[k].named_by)
+      end
+      assert.are.same(c.orphan, sorted(outcomes(r, "planned")))
+      assert.are.equal(0, r.summary.object_deleted)
+    end
+    -- with the owner listed, the true orphan (1 of 43 listed, within the valve) goes, nothing else
+    local r = reconcile(b, "", { "--apply" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.same(c.orphan, sorted(outcomes(r, "object_deleted")))
+    local after = bucket_keys(b)
+    assert.are.equal(#c.all - 1, #sorted(after))
+    assert.is_nil(after[c.orphan[1]])
+  end)
+
+  it("owns objects through key(row) when the key is not the bare id, and deletes a true orphan", function()
+    local b, c = B.prefixed, cases.prefixed
+    local r = reconcile(b, PREFIXED, { "--apply" })
+    assert.are.equal(0, r.code, r.stderr)
+    local after = bucket_keys(b)
+    for _, k in ipairs(c.owned) do assert.is_true(after[k], "deleted an owned object: " .. k) end
+    assert.is_nil(after["wl/" .. c.orphan[1]], "the orphan is still there")
+    assert.are.same({ "wl/" .. c.orphan[1] }, sorted(outcomes(r, "object_deleted")))
+    assert.are.equal(#c.owned, r.summary.owned)
+    assert.are.equal(1, r.summary.object_deleted)
+    assert.are.equal(10, r.summary.listed)
+    -- no confirmed row of the prefixed table is reported missing (its objects are "wl/<id>")
+    for _, l in ipairs(r.by.missing_object or {}) do
+      assert.are_not.equal("attack_resource_files", l.table)
+    end
+  end)
+
+  it("refuses above the delete fraction, deleting nothing, and deletes with --max-delete", function()
+    local b, c = B.valve, cases.valve
+    local before = bucket_keys(b)
+    local r = reconcile(b, "", { "--apply", "--page-size", "2" })
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("would delete 3 of 13 listed objects", r.stderr, 1, true)
+    assert.matches("limit 1", r.stderr, 1, true)
+    assert.matches("--max-delete 3", r.stderr, 1, true)
+    assert.are.same(sorted(before), sorted(bucket_keys(b)))
+    assert.are.same(sorted_list(c.orphans), sorted(outcomes(r, "planned")))
+    -- a count below the plan refuses too, naming it
+    r = reconcile(b, "", { "--apply", "--max-delete", "2" })
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("would delete 3 of 13 listed objects, limit 2 (--max-delete 2)", r.stderr, 1, true)
+    assert.are.same(sorted(before), sorted(bucket_keys(b)))
+    -- the limit comes from the policy's fraction: 0.2 of 13 is 2
+    r = reconcile(b, "reconcile_max_delete_fraction = 0.2,", { "--apply" })
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("limit 2 (reconcile_max_delete_fraction 0.2 of the objects listed)", r.stderr, 1, true)
+    assert.are.same(sorted(before), sorted(bucket_keys(b)))
+    -- --max-delete allows the plan
+    r = reconcile(b, "", { "--apply", "--max-delete", "3" })
+    assert.are.equal(0, r.code, r.stderr)
+    local after = bucket_keys(b)
+    for _, k in ipairs(c.orphans) do assert.is_nil(after[k], "orphan still there: " .. k) end
+    for _, k in ipairs(c.owned) do assert.is_true(after[k], "deleted an owned object: " .. k) end
+    assert.are.equal(3, r.summary.object_deleted)
+    assert.are.equal(3, r.summary.delete_limit)
+  end)
+
+  it("refuses with exit 2, deleting nothing, when it cannot prove who owns a key, and uses key_id", function()
+    local b, c = B.dashless, cases.dashless
+    local before = bucket_keys(b)
+    local r = reconcile(b, DASHLESS, { "--apply", "--max-delete", "100" })
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("set key_id in", r.stderr, 1, true)
+    assert.are.same(sorted(before), sorted(bucket_keys(b)))
+    assert.are.equal(0, r.summary.object_deleted)
+    -- without an inverse no row can be found for such a key: none is proven either way
+    assert.are.equal(0, r.summary.owned)
+    assert.are.same(sorted_list(concat(c.owned, c.orphan)), sorted(outcomes(r, "unprovable")))
+    -- with the inverse, the orphan is proven and deleted; the owned objects stay
+    r = reconcile(b, DASHLESS .. DASHLESS_INVERSE, { "--apply" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal(#c.owned, r.summary.owned)
+    assert.are.same(c.orphan, sorted(outcomes(r, "object_deleted")))
+    local after = bucket_keys(b)
+    assert.is_nil(after[c.orphan[1]])
+    for _, k in ipairs(c.owned) do assert.is_true(after[k], "deleted an owned object: " .. k) end
+  end)
+
+  it("refuses a key_id that does not invert key()", function()
+    local r = reconcile(B.dashless, DASHLESS .. [[key_id = function(k) return k end,]], { "--apply" })
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("field 'key_id'", r.stderr, 1, true)
+  end)
+
+  it("refuses when a column no owner entry covers (attack_resource_files.guid) names an object", function()
+    local b, c = B.guid, cases.guid
+    local before = bucket_keys(b)
+    local r = reconcile(b, "", { "--apply" })
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("attack_resource_files.guid", r.stderr, 1, true)
+    assert.are.same({ c.guid }, sorted(outcomes(r, "refused")))
+    assert.are.same(sorted(before), sorted(bucket_keys(b)))
+    -- with that column among the owners, the object is owned
+    r = reconcile(b, [[owners = { { table = "attack_resource_files", key_column = "id" },
+      { table = "upload_resource_files", key_column = "id" },
+      { table = "attack_resource_files", key_column = "guid" } },]], { "--apply" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal(#c.owned + 1, r.summary.owned)
+    assert.are.same(sorted(before), sorted(bucket_keys(b)))
+  end)
+
+  it("gives key() the row the sweep gives it", function()
+    local p = assert(require("resclean.policy").build({ key_columns = { "id", "checksum", "guid" } }))
+    local rec = require("resclean.reconcile")
+    local sweep_sql = require("resclean.sweep").build_sql(conn, p).lock_ids
+    local mine = rec.row_select(conn, p)
+    assert.are.equal(mine .. " WHERE", sweep_sql:sub(1, #mine + 6))
+  end)
+end)

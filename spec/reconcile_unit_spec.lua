@@ -1,0 +1,126 @@
+-- Reconcile's pure decisions, without servers: the UUIDs a key holds, what
+-- key() does with a row (bare id, embedded uuid columns, a wrong inverse),
+-- the mass-delete valve, and the policy fields reconcile adds.
+local policy = require("resclean.policy")
+local rec = require("resclean.reconcile")
+
+local U1 = "3f2b8c1e-9a4d-4e7f-8b21-0c5d6e7f8091"
+local U2 = "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d"
+
+local function build(over)
+  return assert(policy.build(over))
+end
+
+describe("reconcile: UUIDs embedded in a key", function()
+  it("finds a bare UUID, a prefixed one, and each of several", function()
+    assert.are.same({ U1 }, rec.embedded_uuids(U1))
+    assert.are.same({ U1 }, rec.embedded_uuids("wl/" .. U1))
+    assert.are.same({ U1, U2 }, rec.embedded_uuids("p/" .. U1 .. "/" .. U2 .. ".bin"))
+    assert.are.same({ U1 }, rec.embedded_uuids(U1 .. "/" .. U1))
+  end)
+
+  it("lower-cases an upper-case UUID and finds one glued to hex digits", function()
+    assert.are.same({ U1 }, rec.embedded_uuids("X/" .. U1:upper()))
+    assert.are.same({ U1 }, rec.embedded_uuids("abcdef" .. U1))
+  end)
+
+  it("finds none in a key without one", function()
+    assert.are.same({}, rec.embedded_uuids("x/" .. U1:gsub("-", "")))
+    assert.are.same({}, rec.embedded_uuids("notes/readme.txt"))
+    assert.are.same({}, rec.embedded_uuids(U1:sub(2)))
+  end)
+end)
+
+describe("reconcile: what key() does with a row", function()
+  local UUIDS = { id = "uuid", guid = "uuid", checksum = "text", project_id = "integer integer" }
+
+  it("sees the default key as the bare id", function()
+    local s = rec.key_shape(build({}), UUIDS)
+    assert.is_true(s.bare)
+    assert.are.same({ "id" }, s.embeds)
+  end)
+
+  it("sees a prefixed key embed the id, not as the bare id", function()
+    local s = rec.key_shape(build({ key = function(r) return "wl/" .. r.id end, key_pattern = "^wl/" }), UUIDS)
+    assert.is_false(s.bare)
+    assert.are.same({ "id" }, s.embeds)
+  end)
+
+  it("sees which uuid columns a key embeds, and not text columns", function()
+    local s = rec.key_shape(build({ key_columns = { "id", "guid", "checksum" },
+      key = function(r) return r.checksum .. "/" .. r.guid end }), UUIDS)
+    assert.is_false(s.bare)
+    assert.are.same({ "guid" }, s.embeds)
+  end)
+
+  it("sees nothing it can look up in a key without the UUID's dashes, or in one that raises", function()
+    local s = rec.key_shape(build({ key = function(r) return "x/" .. r.id:gsub("-", "") end }), UUIDS)
+    assert.is_false(s.bare)
+    assert.are.same({}, s.embeds)
+    s = rec.key_shape(build({ key = function() error("boom") end }), UUIDS)
+    assert.is_false(s.bare)
+    assert.are.same({}, s.embeds)
+    assert.matches("boom", s.error)
+  end)
+
+  it("checks that key_id inverts key()", function()
+    local key = function(r) return "x/" .. r.id:gsub("-", "") end
+    local good = function(k)
+      local x = k:match("^x/(%x+)$")
+      return x:sub(1, 8) .. "-" .. x:sub(9, 12) .. "-" .. x:sub(13, 16) .. "-" .. x:sub(17, 20) .. "-" .. x:sub(21)
+    end
+    assert.is_nil(rec.key_shape(build({ key = key, key_id = good }), UUIDS).inverse_error)
+    assert.matches("not the row's id", rec.key_shape(build({ key = key, key_id = function(k) return k end }),
+      UUIDS).inverse_error)
+    assert.matches("key_id%(%) raised", rec.key_shape(build({ key = key, key_id = function() error("x") end }),
+      UUIDS).inverse_error)
+  end)
+end)
+
+describe("reconcile: the mass-delete valve", function()
+  it("allows up to the fraction of the objects listed", function()
+    assert.are.same({ true, 10 }, { rec.valve(10, 100, 0.10) })
+    assert.are.same({ true, 0 }, { rec.valve(0, 0, 0.10) })
+    local ok, msg = rec.valve(11, 100, 0.10)
+    assert.is_nil(ok)
+    assert.matches("would delete 11 of 100 listed objects (11.0%), limit 10", msg, 1, true)
+    assert.matches("reconcile_max_delete_fraction 0.1", msg, 1, true)
+    assert.matches("--max-delete 11", msg, 1, true)
+    assert.matches("nothing was deleted", msg, 1, true)
+  end)
+
+  it("takes --max-delete instead of the fraction, both ways", function()
+    assert.are.same({ true, 50 }, { rec.valve(50, 100, 0.10, 50) })
+    local ok, msg = rec.valve(5, 100, 0.10, 4)
+    assert.is_nil(ok)
+    assert.matches("would delete 5 of 100 listed objects, limit 4 (--max-delete 4)", msg, 1, true)
+    assert.is_nil((rec.valve(1, 100, 0.10, 0)))
+  end)
+end)
+
+describe("reconcile: policy fields", function()
+  it("defaults the delete fraction to 0.10 and has no key_id", function()
+    local p = build({})
+    assert.are.equal(0.10, p.reconcile_max_delete_fraction)
+    assert.is_nil(p.key_id)
+  end)
+
+  it("rejects a fraction outside 0..1 and a key_id that is not a function, naming the field", function()
+    local p, err = policy.build({ reconcile_max_delete_fraction = 1.5 }, "x.lua")
+    assert.is_nil(p)
+    assert.matches("field 'reconcile_max_delete_fraction'", err.message, 1, true)
+    p, err = policy.build({ key_id = "id" }, "x.lua")
+    assert.is_nil(p)
+    assert.matches("field 'key_id'", err.message, 1, true)
+    assert.is_function(build({ key_id = function(k) return k end }).key_id)
+  end)
+end)
+
+describe("reconcile: S3 times", function()
+  it("parses RFC 3339 times with Z or an offset", function()
+    assert.are.equal(0, rec.parse_time("1970-01-01T00:00:00Z"))
+    assert.are.equal(1.5, rec.parse_time("1970-01-01T00:00:01.500Z"))
+    assert.are.equal(-3600, rec.parse_time("1970-01-01T00:00:00+01:00"))
+    assert.is_nil(rec.parse_time("yesterday"))
+  end)
+end)
