@@ -51,10 +51,28 @@ return {
   url_lifetime = "1h",               -- presigned PUT lifetime (reconcile waits this long too)
 
   -- Every table that owns keys in the bucket (reconcile checks all of them).
+  -- The policy's own table owns a key when some row's key(row) equals it;
+  -- another owner when its key_column holds the key or a UUID written in it.
+  -- Reconcile never deletes an object that a row of any table it can read
+  -- names (in a uuid or text column): when a table that is not listed here
+  -- names one, it refuses (exit 2) and says which entry to add.
   owners = {
     { table = "attack_resource_files", key_column = "id" },
     { table = "upload_resource_files", key_column = "id" },
   },
+
+  -- Reconcile finds the row that may own an object key through the UUIDs in
+  -- the key. When key() writes no UUID of the row (say "x/" .. id without
+  -- dashes) it cannot, and refuses (exit 2) until key_id is set: the inverse
+  -- of key(), returning the id_column value of the row whose key(row) is key
+  -- (checked once: key_id(key(row)) must be the row's id). Not needed for
+  -- the default key or for keys such as "wl/" .. row.id.
+  -- key_id = function(key) return key:match("^wl/(.+)$") end,
+
+  -- reconcile --apply deletes nothing when its plan would delete more than
+  -- this fraction of the objects it listed (a mass delete is a wrong policy
+  -- more often than a real backlog); --max-delete N allows up to N instead.
+  reconcile_max_delete_fraction = 0.10,
 
   log_level = "info",                -- debug, info, warn or error
 }

@@ -45,6 +45,8 @@ function M.defaults()
     singleton = false,                     -- true: one sweeper at a time (advisory lock)
     progress_interval = 10,                -- seconds between progress lines
     url_lifetime = 3600,                   -- presigned URL lifetime (reconcile's grace)
+    reconcile_max_delete_fraction = 0.10,  -- reconcile --apply refuses to delete more of the listed objects
+    -- key_id = function(key) ... end      -- optional inverse of key(): the id of the row whose key is key
     -- Tables that own keys in the bucket (reconcile checks all of them).
     owners = {
       { table = "attack_resource_files", key_column = "id" },
@@ -134,6 +136,10 @@ local FIELDS = {
   progress_interval = { dur_range(0.1, 86400), "a duration of at least 0.1 s" },
   url_lifetime = { dur_range(1, 7 * 86400), "a duration from 1 s to 7 days (S3's presign limit)" },
   owners = { owners_ok, "a non-empty list of {table=..., key_column=...}" },
+  key_id = { function(v) return v == nil or type(v) == "function" end,
+    "a function(key) returning the id_column value of the row whose key(row) is key (the inverse of key)" },
+  reconcile_max_delete_fraction = { function(v) return math.type(v) ~= nil and v >= 0 and v <= 1 end,
+    "a number from 0 to 1 (0.10: at most 10% of the objects listed)" },
   log_level = { function(v) return v == "debug" or v == "info" or v == "warn" or v == "error" end,
     "one of debug, info, warn, error" },
 }
