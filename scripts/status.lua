@@ -1,23 +1,26 @@
 -- Status: the backlog of pending uploads, read-only.
---   resclean run scripts/status.lua [--json] [--policy FILE]
+--   resclean run status [--json] [--policy FILE] [--log-level LEVEL]
 -- Pending resources by type and age (database clock), how many the sweep
 -- would take now, the oldest, and whether the sweep's claim query can use an
 -- index (with the CREATE INDEX statement to run when it cannot).
--- Exit 0; 2 on a bad policy (or a table/column it names missing); 3 when
--- the database cannot be reached or queried.
+-- Exit 0; 2 on what configuration must fix (a bad policy, a table or column
+-- it names missing, a wrong password); 3 when the database cannot be reached.
 local app = require("resclean.app")
 local cjson = require("cjson")
 local config = require("resclean.config")
+local log = require("resclean.log")
 local pg = require("resclean.pg")
 local plan = require("resclean.plan")
 local policy_mod = require("resclean.policy")
 local sweep = require("resclean.sweep")
 
 local USAGE = [[
-usage: resclean run scripts/status.lua [--json] [--policy FILE]
+usage: resclean run status [--json] [--policy FILE] [--log-level LEVEL]
   --json           one JSON object on stdout instead of the report
   --policy FILE    policy file (else RESCLEAN_POLICY, else the defaults)
+  --log-level L    debug, info, warn or error (errors go to stderr as JSON lines)
 Reads the database only (DATABASE_URL, else libpq's PG* variables).
+Exit codes: 0 ok, 2 configuration to fix, 3 database unreachable.
 ]]
 
 -- Age buckets: upper bounds in seconds (exclusive); the last is open.
@@ -238,13 +241,19 @@ local function json_form(r)
 end
 
 local function main(...)
-  local opts, rest = config.parse_args({ ... }, { json = "flag", policy = "value", help = "flag" })
-  if not opts then return app.usage("status.lua", USAGE, rest) end
+  local opts, rest = config.parse_args({ ... }, { json = "flag", policy = "value", ["log-level"] = "value",
+                                                  help = "flag" })
+  if not opts then return app.usage("status", USAGE, rest) end
   if opts.help then
     io.stdout:write(USAGE)
     return 0
   end
-  if #rest > 0 then return app.usage("status.lua", USAGE, "unexpected argument " .. rest[1]) end
+  if #rest > 0 then return app.usage("status", USAGE, "unexpected argument " .. rest[1]) end
+  if opts["log-level"] and not log.LEVELS[opts["log-level"]] then
+    return app.usage("status", USAGE, "--log-level: expected debug, info, warn or error")
+  end
+  -- stdout holds the report: log lines (errors) go to stderr.
+  log.set_output(io.stderr)
   local p, err = app.load_policy(opts)
   if not p then return app.fail(app.EXIT.usage, err.message) end
   local conn, sql = sweep.open(pg, config.conninfo(), p)

@@ -3,6 +3,7 @@
 -- sends. Each ends in a clear message and the documented exit code, with nothing touched.
 local fs = require("support.faults_support")
 local fx = require("support.fixtures")
+local h = require("support.helpers")
 local s3 = require("resclean.s3")
 local s3h = require("support.s3_helpers")
 
@@ -165,36 +166,62 @@ return {
       end)
     end
 
-    it("refuses a malformed DATABASE_URL as a configuration error (exit 2)", function()
-      local r = sweep_with({ DATABASE_URL = "postgres://[bad" })
-      assert.are.equal(2, r.code, r.stderr)
-      assert.matches("connection string", r.stderr, 1, true)
-      assert_untouched("after a malformed DATABASE_URL")
-    end)
-
-    local unreachable = {
-      { "an unknown host", { AWS_ENDPOINT_URL_S3 = "http://no-such-host.invalid:" .. port }, "resolve" },
-      { "a closed port", { AWS_ENDPOINT_URL_S3 = "http://127.0.0.1:1" }, "connect" },
-      { "a wrong secret key", { AWS_SECRET_ACCESS_KEY = ("x"):rep(40) }, "SignatureDoesNotMatch" },
-      { "an unknown access key", { AWS_ACCESS_KEY_ID = "AKIAUNKNOWNUNKNOWN00" }, "InvalidAccessKeyId" },
-      { "an unknown bucket", { RESCLEAN_BUCKET = "no-such-bucket-resclean" }, "NoSuchBucket" },
-      { "an unreachable database", { DATABASE_URL = "postgres://resclean@127.0.0.1:1/resclean" }, "connection" },
+    -- {what, environment, text the one stderr line holds, exit code, the setting it names}
+    local causes = {
+      { "an unknown host", { AWS_ENDPOINT_URL_S3 = "http://no-such-host.invalid:" .. port }, "resolve", 3,
+        "AWS_ENDPOINT_URL_S3" },
+      { "a closed port", { AWS_ENDPOINT_URL_S3 = "http://127.0.0.1:1" }, "connect", 3, "AWS_ENDPOINT_URL_S3" },
+      { "an unreachable database", { DATABASE_URL = "postgres://resclean@127.0.0.1:1/resclean" }, "connection", 3,
+        "DATABASE_URL" },
+      { "a wrong secret key", { AWS_SECRET_ACCESS_KEY = ("x"):rep(40) }, "SignatureDoesNotMatch", 2,
+        "AWS_SECRET_ACCESS_KEY" },
+      { "an unknown access key", { AWS_ACCESS_KEY_ID = "AKIAUNKNOWNUNKNOWN00" }, "InvalidAccessKeyId", 2,
+        "AWS_ACCESS_KEY_ID" },
+      { "an unknown bucket", { RESCLEAN_BUCKET = "no-such-bucket-resclean" }, "NoSuchBucket", 2, "RESCLEAN_BUCKET" },
       { "a wrong database password", { DATABASE_URL = (os.getenv("DATABASE_URL") or "")
-        :gsub("://([^:]+):[^@]*@", "://%1:wrong-password@") }, "password authentication failed" },
+        :gsub("://([^:]+):[^@]*@", "://%1:wrong-password@") }, "password authentication failed", 2, "DATABASE_URL" },
       { "an unknown database", { DATABASE_URL = (os.getenv("DATABASE_URL") or ""):gsub("/[^/]*$", "/nodb") },
-        "does not exist" },
+        "does not exist", 2, "DATABASE_URL" },
+      { "a malformed DATABASE_URL", { DATABASE_URL = "postgres://[bad" }, "connection string", 2, "DATABASE_URL" },
+      { "a CA bundle that is a key file", { AWS_CA_BUNDLE = h.tmpfile("-----BEGIN PRIVATE KEY-----\n"
+        .. "MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n",
+        "ca-bundle.pem") }, "no PEM certificate", 2, "AWS_CA_BUNDLE" },
     }
-    for _, c in ipairs(unreachable) do
-      it("exits 3 before any row is deleted with " .. c[1], function()
+    -- One line on stderr naming the cause and the setting, the code not said twice.
+    local function assert_one_clear_line(r, c, script)
+      local lines = {}
+      for l in r.stderr:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.are.equal(1, #lines, script .. " with " .. c[1] .. " wrote: " .. r.stderr)
+      assert.matches(c[3], lines[1], 1, true)
+      assert.matches(c[5], lines[1], 1, true)
+      local code = lines[1]:match("(%u%w+): ")
+      if code then assert.is_nil(lines[1]:find(code .. ": " .. code, 1, true), lines[1]) end
+    end
+    for _, c in ipairs(causes) do
+      local what = c[4] == 2 and "a configuration error (exit 2)" or "transient (exit 3)"
+      it(("treats %s as %s in every script, before any row is deleted"):format(c[1], what), function()
         local r = sweep_with(c[2])
-        assert.are.equal(3, r.code, r.stderr)
-        assert.matches(c[3], r.stderr, 1, true)
+        assert.are.equal(c[4], r.code, r.stderr)
+        assert_one_clear_line(r, c, "sweep")
         assert.is_nil(r.by.resource)
         assert_untouched("after " .. c[1])
         local cancel = fs.run({ "scripts/cancel.lua", w.stale[1] }, fs.env(w.bucket, c[2]))
         no_traceback(cancel)
-        assert.are.equal(3, cancel.code, cancel.stderr)
+        assert.are.equal(c[4], cancel.code, cancel.stderr)
+        assert_one_clear_line(cancel, c, "cancel")
         assert_untouched("after a cancel with " .. c[1])
+        -- status reads only the database; reconcile both: the same cause, the same code.
+        local env = fs.env(w.bucket, c[2])
+        if not c[2].AWS_ENDPOINT_URL_S3 and not c[2].AWS_SECRET_ACCESS_KEY and not c[2].AWS_ACCESS_KEY_ID
+          and not c[2].RESCLEAN_BUCKET and not c[2].AWS_CA_BUNDLE then
+          local status = fs.run({ "scripts/status.lua" }, env)
+          no_traceback(status)
+          assert.are.equal(c[4], status.code, status.stderr)
+        end
+        local rec = fs.run({ "scripts/reconcile.lua" }, env)
+        no_traceback(rec)
+        assert.are.equal(c[4], rec.code, rec.stderr)
+        assert_untouched("after a reconcile with " .. c[1])
       end)
     end
 
@@ -277,6 +304,9 @@ return {
       { "a reply cut short", { status = 200, body = ("<DeleteResult>" .. ("<Deleted/>"):rep(100)), short = 20 } },
       { "a closed connection", { drop = true } },
     }
+    -- A reply that refuses the request itself (no such bucket, a redirect to
+    -- another region) is configuration to fix: exit 2; the rest 1 or 3.
+    local config_error = { ["status 404 NoSuchBucket"] = true, ["a redirect"] = true }
     for _, c in ipairs(cases) do
       it("reports failure, never a crash or a deleted row, for " .. c[1] .. " to DeleteObjects", function()
         fx.reset(conn)
@@ -287,7 +317,11 @@ return {
           fs.policy("return { s3_max_attempts = 2, s3_timeout = 5 }") },
           fs.env("fake-bucket", { AWS_ENDPOINT_URL_S3 = fake.endpoint }))
         no_traceback(r)
-        assert.is_true(r.code == 1 or r.code == 3, ("exit %s: %s"):format(tostring(r.code), r.stderr))
+        if config_error[c[1]] then
+          assert.are.equal(2, r.code, r.stderr)
+        else
+          assert.is_true(r.code == 1 or r.code == 3, ("exit %s: %s"):format(tostring(r.code), r.stderr))
+        end
         assert.is_true(fake.count("delete_objects") >= 1, "DeleteObjects was never sent")
         for _, id in ipairs(ids) do
           assert.are.equal("failed", r.outcomes[id].outcome)
@@ -309,11 +343,11 @@ return {
     end)
 
     for _, c in ipairs({
-      { "an HTML page", { status = 200, body = "<html><body>login</body></html>" } },
-      { "a 403 with an HTML page", { status = 403, body = "<html>Forbidden</html>" } },
-      { "a truncated listing", { status = 200, body = "<ListBucketResult><IsTruncated>true</IsTruncated>" } },
+      { "an HTML page", { status = 200, body = "<html><body>login</body></html>" }, 3 },
+      { "a 403 with an HTML page", { status = 403, body = "<html>Forbidden</html>" }, 2 },
+      { "a truncated listing", { status = 200, body = "<ListBucketResult><IsTruncated>true</IsTruncated>" }, 3 },
     }) do
-      it("exits 3 before touching anything when the bucket check gets " .. c[1], function()
+      it("exits " .. c[3] .. " before touching anything when the bucket check gets " .. c[1], function()
         fx.reset(conn)
         fx.rows(conn, 3)
         fake.config({ list = c[2] })
@@ -321,7 +355,7 @@ return {
         local r = fs.run({ "scripts/sweep.lua", "--once" },
           fs.env("fake-bucket", { AWS_ENDPOINT_URL_S3 = fake.endpoint }))
         no_traceback(r)
-        assert.are.equal(3, r.code, r.stderr)
+        assert.are.equal(c[3], r.code, r.stderr)
         assert.are.equal(0, fake.count("delete_objects") + fake.count("delete"))
         assert.are.equal(3, fx.count(conn))
       end)

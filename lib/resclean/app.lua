@@ -82,8 +82,10 @@ function M.open_store(p, check)
     ok, err = store:check()
     if not ok then
       store:close()
-      return nil, errors.exit_code(err),
-        ("storage %s bucket %q: %s"):format(sopts.endpoint, p.bucket, errors.message(err))
+      -- A reply to the bucket check that is not S3's (an HTML page, a cut
+      -- listing) says the storage could not be checked: transient.
+      local code = errors.classify(err) == "item" and M.EXIT.unreachable or errors.exit_code(err)
+      return nil, code, ("storage %s bucket %q: %s"):format(sopts.endpoint, p.bucket, errors.message(err))
     end
   end
   return store

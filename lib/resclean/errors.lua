@@ -72,6 +72,7 @@ local S3_CONFIG = {
   InvalidToken = "check AWS_SESSION_TOKEN",
   ExpiredToken = "renew AWS_SESSION_TOKEN",
   InvalidAccessKey = "check AWS_ACCESS_KEY_ID",
+  RequestTimeTooSkewed = "the host clock is off: fix its time (NTP)",
   tls = "check AWS_CA_BUNDLE and the endpoint's certificate",
   curl = "check AWS_ENDPOINT_URL_S3",
 }
@@ -104,6 +105,10 @@ end
 
 local function classify_s3(err)
   local code = tostring(err.code or "")
+  -- A per-key error inside a reply that succeeded (DeleteObjects' <Error>
+  -- for one key) concerns that key, not the credentials or the bucket.
+  local st = tonumber(err.status)
+  if st and st >= 200 and st < 300 then return "item" end
   if S3_CONFIG[code] then return "config", S3_CONFIG[code] end
   if S3_ITEM[code] then return "item" end
   if code == "connection" or code == "timeout" or code == "dns" then return "transient", S3_TRANSIENT_HINT end
