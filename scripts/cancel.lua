@@ -49,7 +49,7 @@ local function main(...)
   local summary
   code, summary = sweep.cancel({
     pg = pg, store = store, policy = p, conninfo = config.conninfo(),
-    dry_run = opts["dry-run"], ids = ids,
+    dry_run = opts["dry-run"], ids = ids, run_id = app.run_id,
   })
   store:close()
   app.report(summary)

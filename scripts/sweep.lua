@@ -75,6 +75,7 @@ local function main(...)
     code, summary = sweep.cycle({
       pg = pg, store = store, policy = p, conninfo = config.conninfo(),
       dry_run = opts["dry-run"], check_plan = require("resclean.plan").check,
+      run_id = opts.once and app.run_id or nil,
     })
     store:close()
     app.report(summary)

@@ -94,13 +94,23 @@ end
 -- The first line of a run that may delete: who, what, with which policy.
 -- Its write is checked (flushed): without an audit trail nothing starts.
 -- Returns true or false, why.
+-- The run id goes on every line of the process (a cycle's own lines carry
+-- the cycle's id: with --once, the same one); M.run_id keeps it.
 function M.start_line(script, p, fields)
   local sys = require("resclean.sys")
+  M.run_id = require("resclean.sweep").run_id()
+  log.set_base({ run_id = M.run_id })
   local f = { script = script, pid = sys.pid(), host = sys.hostname(), policy = p.source,
-              table = p.table, bucket = p.bucket }
+              table = p.table, bucket = p.bucket, version = M.version() }
   for k, v in pairs(fields or {}) do f[k] = v end
   log.info("start", f)
   return log.flush()
+end
+
+-- resclean's version, as `resclean version` prints it first.
+function M.version()
+  local sys = require("resclean.sys")
+  return sys.version and sys.version() or nil
 end
 
 -- The cycle's error on stderr (policy errors already name the file).

@@ -175,6 +175,10 @@ local LEVEL = { failed = "warn", refused = "warn" }
 function Run:outcome(item, outcome, reason)
   item.logged = true
   self.counts[outcome] = self.counts[outcome] + 1
+  if outcome == "skipped" and reason then -- kept on purpose, by reason (metrics)
+    self.skipped_reasons = self.skipped_reasons or {}
+    self.skipped_reasons[reason] = (self.skipped_reasons[reason] or 0) + 1
+  end
   self.done = self.done + 1
   self.emit(LEVEL[outcome] or "info", "resource", {
     run_id = self.run_id, resource_id = item.id, key = item.key,
@@ -202,7 +206,8 @@ function Run:summary(event, extra)
   local f = { run_id = self.run_id, eligible = self.eligible, duration_ms = ms,
               rate = ms > 0 and math.floor(self.done / ms * 1000 * 10 + 0.5) / 10 or 0,
               total = self.done, dry_run = self.dry_run or nil, db_pid = self.db_pid,
-              oldest_age_s = self.oldest_age_s and math.floor(self.oldest_age_s) or nil }
+              oldest_age_s = self.oldest_age_s and math.floor(self.oldest_age_s) or nil,
+              skipped_reasons = self.skipped_reasons }
   for k, v in pairs(self.counts) do f[k] = v end
   for k, v in pairs(extra or {}) do f[k] = v end
   self.emit(f.error and "error" or "info", event, f)
@@ -527,11 +532,14 @@ local function with_session(opts, event, body)
   local run = M.new_run(opts)
   local conn, sql = M.open(opts.pg, opts.conninfo, opts.policy)
   if not conn then
-    return open_failure_code(sql), run:summary(event, { error = errmsg(sql) }), run
+    local code = open_failure_code(sql)
+    return code, run:summary(event, { error = errmsg(sql), exit_code = code }), run
   end
   run.db_pid = conn:backend_pid()
   local code, extra = body(conn, sql, run)
   conn:close()
+  extra = extra or {}
+  extra.exit_code = code
   return code, run:summary(event, extra), run
 end
 
@@ -639,11 +647,10 @@ end
 -- lock timeout bounds the wait); confirmed and non-upload rows are refused,
 -- missing ones are already done.
 function M.cancel(opts)
-  local code, summary, run = with_session(opts, "cancel", function(conn, sql, run)
+  local code, summary = with_session(opts, "cancel", function(conn, sql, run)
     run.eligible = #opts.ids
     return M.cancel_ids(conn, sql, opts.store, run, opts.ids)
   end)
-  if code == M.EXIT.ok and run.counts.skipped > 0 then code = M.EXIT.failed end
   return code, summary
 end
 
@@ -695,6 +702,8 @@ function M.cancel_ids(conn, sql, store, run, ids)
   if not done then return storage_stop, extra end
   log_items(run, done)
   if storage_stop then return M.storage_stopped(storage_stop) end
+  -- A cancel that left a resource (locked) did not do what was asked.
+  if run.counts.skipped > 0 then return M.EXIT.failed end
   return run:exit_code()
 end
 
