@@ -6,10 +6,13 @@
 #   make asan test  the same with an AddressSanitizer + UBSan build
 #   make demo       sweep a realistic mix on a throwaway stack
 #   make bench      measure the sweep against the storage floor
+#   make install    PREFIX=/usr/local (DESTDIR= for packaging); make uninstall the same
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
+BINDIR   = $(PREFIX)/bin
 SHAREDIR = $(PREFIX)/share/resclean
+MANDIR   = $(PREFIX)/share/man
 
 LIBDIR   = $(PREFIX)/lib/resclean
 
@@ -51,10 +54,11 @@ NET_SO   = $(dir $(BIN))resclean_net.so
 DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev \
             libpq-dev libcurl4-openssl-dev libssl-dev libexpat1-dev
 DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
-            radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl
+            radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl \
+            groff-base man-db systemd
 DEB_BENCH = hyperfine clang libclang-rt-14-dev
 
-.PHONY: all asan deps test lint specs demo bench install clean fuzz
+.PHONY: all asan deps test lint specs demo bench install uninstall clean fuzz
 all: $(BIN) $(NET_SO)
 
 asan: $(BIN) $(NET_SO)
@@ -107,16 +111,42 @@ demo: deps $(BIN) $(NET_SO)
 bench: deps $(BIN) $(NET_SO)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/bench.lua $(BENCH_ARGS)
 
+# Installed: the binary, resclean_net.so, the Lua library, the operator scripts (scripts/ holds
+# only sweep, cancel, status and reconcile), the examples and two manuals, whose paths follow
+# PREFIX (@BINDIR@, @LIBDIR@, @SHAREDIR@ and the examples' /usr/local/bin/resclean replaced).
+# The folders install had to create are listed in SHAREDIR/installed-dirs: uninstall removes
+# them again once empty, and no others.
+OWN_DIRS    = $(LIBDIR) $(SHAREDIR) $(SHAREDIR)/lib $(SHAREDIR)/lib/resclean $(SHAREDIR)/scripts \
+              $(SHAREDIR)/examples
+COMMON_DIRS = $(PREFIX) $(BINDIR) $(PREFIX)/lib $(PREFIX)/share $(MANDIR) $(MANDIR)/man1 $(MANDIR)/man7
+INSTALLED   = $(BINDIR)/resclean $(LIBDIR)/resclean_net.so \
+              $(addprefix $(SHAREDIR)/lib/resclean/,$(notdir $(wildcard lib/resclean/*.lua))) \
+              $(addprefix $(SHAREDIR)/scripts/,$(notdir $(wildcard scripts/*.lua))) \
+              $(addprefix $(SHAREDIR)/examples/,$(notdir $(wildcard examples/*))) \
+              $(MANDIR)/man1/resclean.1 $(MANDIR)/man7/resclean-lua.7
+SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@SHAREDIR@|$(SHAREDIR)|g' \
+            -e 's|/usr/local/bin/resclean|$(BINDIR)/resclean|g'
+
 install: $(BIN) $(NET_SO)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SHAREDIR)/lib/resclean \
-	  $(DESTDIR)$(SHAREDIR)/scripts $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(LIBDIR)
-	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/resclean
+	@new=; for d in $(COMMON_DIRS) $(OWN_DIRS); do [ -d "$(DESTDIR)$$d" ] || new="$$new $$d"; done; \
+	install -d $(addprefix $(DESTDIR),$(COMMON_DIRS) $(OWN_DIRS)) && \
+	for d in $$new; do echo "$$d"; done >>"$(DESTDIR)$(SHAREDIR)/installed-dirs"
+	install -m 755 $(BIN) $(DESTDIR)$(BINDIR)/resclean
 	install -m 644 $(NET_SO) $(DESTDIR)$(LIBDIR)/resclean_net.so
 	install -m 644 lib/resclean/*.lua $(DESTDIR)$(SHAREDIR)/lib/resclean/
 	install -m 644 scripts/*.lua $(DESTDIR)$(SHAREDIR)/scripts/
-	install -d $(DESTDIR)$(SHAREDIR)/examples
-	install -m 644 examples/* $(DESTDIR)$(SHAREDIR)/examples/
-	install -m 644 src/resclean.1 $(DESTDIR)$(PREFIX)/share/man/man1/resclean.1
+	@for f in examples/* src/resclean.1 src/resclean-lua.7; do \
+	  case $$f in *.1) to=$(MANDIR)/man1 ;; *.7) to=$(MANDIR)/man7 ;; *) to=$(SHAREDIR)/examples ;; esac; \
+	  echo "  SED $$f -> $(DESTDIR)$$to/"; \
+	  $(SUBST) "$$f" >"$(DESTDIR)$$to/$${f##*/}" && chmod 644 "$(DESTDIR)$$to/$${f##*/}" || exit 1; done
+
+uninstall:
+	@echo "  RM  $(words $(INSTALLED)) files under $(DESTDIR)$(PREFIX)"
+	@rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	@list="$(DESTDIR)$(SHAREDIR)/installed-dirs"; created=$$(cat "$$list" 2>/dev/null); rm -f "$$list"; \
+	for d in $$(printf '%s\n' $(OWN_DIRS) $$created | sort -u -r); do \
+	  if [ -d "$(DESTDIR)$$d" ] && rmdir "$(DESTDIR)$$d" 2>/dev/null; then echo "rmdir $(DESTDIR)$$d"; fi; \
+	done
 
 # libFuzzer harnesses (clang) for the S3 reply parsing and SigV4 encoding; a few minutes each.
 fuzz:
