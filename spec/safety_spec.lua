@@ -129,6 +129,22 @@ describe("operator safety", function()
     fs.assert_invariants(w, "with stdout closed")
   end)
 
+  it("deletes nothing when the log cannot be written (stdout on a full disk, /dev/full): exit 2", function()
+    local w = fs.world(conn, { stale = 4, with_objects = 2, tag = "full-stdout" })
+    local env = fs.env(w.bucket)
+    local parts = {}
+    for k, v in pairs(env) do parts[#parts + 1] = v == false and ("-u " .. k) or (k .. "=" .. h.q(v)) end
+    table.sort(parts)
+    local dir = h.tmpdir()
+    local cmd = ("env %s %s run scripts/sweep.lua --once </dev/null >/dev/full 2>%s"):format(
+      table.concat(parts, " "), h.q(h.bin()), h.q(dir .. "/err"))
+    local _, _, code = os.execute(cmd)
+    local err = h.readall(dir .. "/err")
+    assert.are.equal(2, code, err)
+    assert.matches("the log cannot be written", err, 1, true)
+    assert.are.equal(4, (fs.stale_left(w)))
+  end)
+
   it("refuses a policy path that is a FIFO at once (exit 2), never blocking on it", function()
     local dir = h.tmpdir()
     local fifo = dir .. "/policy.lua"

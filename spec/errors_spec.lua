@@ -1,0 +1,67 @@
+-- One classification of errors for every script (pure Lua, no servers).
+local errors = require("resclean.errors")
+
+local function pg(code, message, retryable)
+  return { kind = "pg", code = code, message = message or "m", retryable = retryable }
+end
+local function s3(code, status, message)
+  return { kind = "s3", code = code, status = status, message = message or code }
+end
+
+describe("the error classification", function()
+  it("calls what the operator must fix configuration (exit 2)", function()
+    for _, e in ipairs({
+      pg("28P01"), pg("28000"), pg("42501"), pg("3D000"), pg("42P01"), pg("42703"),
+      pg("connection", 'connection to server at "h" failed: FATAL:  password authentication failed for user "u"', true),
+      pg("connection", 'FATAL:  database "nodb" does not exist', true),
+      pg("connection", 'FATAL:  role "nobody" does not exist', true),
+      pg("connection", "FATAL:  no pg_hba.conf entry for host", true),
+      pg("connection", 'root certificate file "/nonexistent/.postgresql/root.crt" does not exist', true),
+      pg("connection", "invalid connection string: missing \"]\"", false),
+      s3("InvalidAccessKeyId", 403), s3("SignatureDoesNotMatch", 403), s3("AccessDenied", 403),
+      s3("NoSuchBucket", 404), s3("tls"), s3("RequestTimeTooSkewed", 403), s3("Forbidden", 403),
+      { kind = "policy", message = "policy x: field 'table': ..." },
+    }) do
+      assert.are.equal(2, errors.exit_code(e), tostring(e.code) .. " " .. tostring(e.message))
+    end
+  end)
+
+  it("calls unreachable, timed out and overloaded transient (exit 3)", function()
+    for _, e in ipairs({
+      pg("connection", "could not connect to server: Connection refused", true), pg("08006"), pg("57P01"),
+      pg("57P03"), pg("53300"), pg("57014"), pg("40001"),
+      s3("connection"), s3("timeout"), s3("dns"), s3("InternalError", 500), s3("SlowDown", 503),
+      s3("HTTP502", 502), s3("TooManyRequests", 429),
+    }) do
+      assert.are.equal(3, errors.exit_code(e), tostring(e.code) .. " " .. tostring(e.message))
+    end
+  end)
+
+  it("keeps a lock timeout, an oversized or malformed reply and a per-key error to the resource (exit 1)", function()
+    for _, e in ipairs({
+      pg("55P03"), s3("ReplyTooLarge"), s3("MalformedReply", 200), s3("NotInReply", 200),
+      s3("AccessDenied", 200), s3("InternalError", 200), s3("no_result"),
+    }) do
+      assert.are.equal("item", errors.classify(e), tostring(e.code))
+      assert.are.equal(1, errors.exit_code(e))
+    end
+  end)
+
+  it("says the code once, then the message, then what to check", function()
+    assert.are.equal("SignatureDoesNotMatch (check AWS_SECRET_ACCESS_KEY (and AWS_REGION))",
+      errors.message(s3("SignatureDoesNotMatch", 403)))
+    assert.are.equal("NoSuchBucket: The specified bucket does not exist (check RESCLEAN_BUCKET or the policy's bucket)",
+      errors.message(s3("NoSuchBucket", 404, "The specified bucket does not exist")))
+    local m = errors.message(pg("connection", "connection to server failed: FATAL:  password authentication failed"
+      .. " for user \"u\"\n", true))
+    assert.matches("password authentication failed", m, 1, true)
+    assert.matches("DATABASE_URL", m, 1, true)
+    assert.is_nil(m:find("\n", 1, true))
+    assert.is_nil(m:find("connection: ", 1, true))
+  end)
+
+  it("never prints credentials carried in a message", function()
+    local m = errors.message(pg("connection", "could not parse postgresql://u:s3cr3t@h/db", false))
+    assert.is_nil(m:find("s3cr3t", 1, true))
+  end)
+end)
