@@ -30,7 +30,8 @@ HOST_LIBS = $(shell pkg-config --libs $(HOST_PKGS))
 NET_LIBS  = $(shell pkg-config --libs $(NET_PKGS))
 
 HOST_SRC = src/main.c src/sys.c
-NET_SRC  = src/net.c src/pg.c src/s3.c src/sigv4.c
+NET_SRC  = src/net.c src/luax.c src/pg.c src/s3.c src/s3req.c src/s3xml.c src/http.c src/buf.c \
+           src/sigv4.c src/sigv4_lua.c
 HDR     = $(wildcard src/*.h)
 
 # `make asan test` builds and tests the sanitizer variant.

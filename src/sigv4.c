@@ -1,11 +1,17 @@
-/* resclean.sigv4: AWS Signature Version 4 (header signing and presigned URLs) with OpenSSL.
- * The C half (sigv4_sign and friends) is used by s3.c; the Lua half is `require "resclean.sigv4"`.
- * Pure: the time is an input, nothing is logged, and secret-derived key material is cleansed. */
-#define _DEFAULT_SOURCE /* timegm, gmtime_r */
+/*
+ * AWS Signature Version 4 (HMAC-SHA256) with OpenSSL: header signing and presigned URLs.
+ * Pure C, no Lua (the binding is sigv4_lua.c): the time is an input, nothing is logged, and
+ * secret-derived key material is cleansed.
+ *
+ * sigv4_sign() follows the steps of AWS's "Create a signed AWS API request"
+ * (https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html), one
+ * function each: canonical URI, canonical query string, canonical headers (and signed
+ * headers), canonical request, string to sign, signature, then the Authorization header or
+ * the presigned query.
+ */
+#define _DEFAULT_SOURCE /* gmtime_r */
 #include "sigv4.h"
 
-#include <lauxlib.h>
-#include <lua.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -16,88 +22,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+
 #define ALGORITHM "AWS4-HMAC-SHA256"
-#define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-#define MAX_EXPIRES 604800L /* SigV4 presigned URLs live at most 7 days */
 
-/* ---- growable buffer: appends become no-ops after an allocation failure ---- */
+/* ---------------------------------------------------------------- encoding */
 
-typedef struct buf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} buf;
-
-static void buf_reserve(buf *b, size_t extra) {
-    if (b->oom)
-        return;
-    if (extra > SIZE_MAX - b->len - 1) {
-        b->oom = 1;
-        return;
-    }
-    size_t need = b->len + extra + 1;
-    if (need <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < need)
-        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    char *p = realloc(b->p, cap);
-    if (p == NULL) {
-        b->oom = 1;
-        return;
-    }
-    b->p = p;
-    b->cap = cap;
-}
-
-static void buf_addn(buf *b, const char *s, size_t n) {
-    buf_reserve(b, n);
-    if (b->oom)
-        return;
-    if (n > 0)
-        memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void buf_adds(buf *b, const char *s) { buf_addn(b, s, strlen(s)); }
-static void buf_addc(buf *b, char c) { buf_addn(b, &c, 1); }
-
-/* The NUL-terminated contents (caller frees; "" when empty), or NULL after an allocation failure. */
-static char *buf_take(buf *b) {
-    buf_reserve(b, 0);
-    if (b->oom) {
-        free(b->p);
-        *b = (buf){0};
-        return NULL;
-    }
-    b->p[b->len] = '\0';
-    char *p = b->p;
-    *b = (buf){0};
-    return p;
-}
-
-static void buf_free(buf *b) {
-    free(b->p);
-    *b = (buf){0};
-}
-
-/* ---- encoding ---- */
-
-static int unreserved(unsigned char c) {
+int sigv4_unreserved(unsigned char c) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
            c == '.' || c == '_' || c == '~';
 }
 
 static void buf_encode(buf *b, const char *s, size_t n, int keep_slash) {
     static const char hex[] = "0123456789ABCDEF";
+    buf_reserve(b, n);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (unreserved(c) || (keep_slash && c == '/')) {
+        if (sigv4_unreserved(c) || (keep_slash && c == '/')) {
             buf_addc(b, (char)c);
         } else {
             char e[3] = {'%', hex[c >> 4], hex[c & 15]};
-            buf_addn(b, e, 3);
+            buf_add(b, e, 3);
         }
     }
 }
@@ -117,7 +62,13 @@ static void hex_encode(const unsigned char *in, size_t n, char *out) {
     out[2 * n] = '\0';
 }
 
-/* ---- hashing ---- */
+static char *str_dup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    return d ? memcpy(d, s, n) : NULL;
+}
+
+/* ---------------------------------------------------------------- hashing */
 
 void sigv4_sha256_hex(const void *data, size_t len, char out[65]) {
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -165,14 +116,106 @@ static void sign_hex(const unsigned char key[32], const char *msg, char out[65])
     hex_encode(mac, 32, out);
 }
 
-static int format_date(time_t now, char amz_date[17]) {
+int sigv4_format_date(time_t now, char amz_date[17]) {
     struct tm tm;
     if (gmtime_r(&now, &tm) == NULL || tm.tm_year < -1900 || tm.tm_year > 9999 - 1900)
         return -1;
     return strftime(amz_date, 17, "%Y%m%dT%H%M%SZ", &tm) == 16 ? 0 : -1;
 }
 
-/* ---- canonical URI ---- */
+/* ---------------------------------------------------------------- one signing */
+
+typedef struct qent {
+    char *k, *v; /* encoded */
+} qent;
+
+typedef struct hent {
+    char *name;  /* lower-cased */
+    char *value; /* trimmed, inner runs of blanks collapsed */
+    size_t idx;  /* input order, so duplicates keep it */
+} hent;
+
+/* The state of one sigv4_sign() call: its inputs, what the steps build, what they share. */
+typedef struct signing {
+    const sigv4_request *r;
+    sigv4_result *out;
+    const char *path;    /* "/" when none given */
+    const char *token;   /* NULL when none (or empty) */
+    const char *payload; /* payload hash */
+    int presign, sign_token;
+    char date8[9];
+    hent *h;
+    size_t nh;
+    qent *q;
+    size_t nq;
+    buf query;   /* the canonical query string, then (presigning) what is sent */
+    buf headers; /* the canonical headers block */
+    unsigned char key[32];
+} signing;
+
+static void signing_free(signing *s) {
+    OPENSSL_cleanse(s->key, sizeof s->key);
+    for (size_t i = 0; i < s->nq; i++) {
+        free(s->q[i].k);
+        free(s->q[i].v);
+    }
+    free(s->q);
+    for (size_t i = 0; i < s->nh; i++) {
+        free(s->h[i].name);
+        free(s->h[i].value);
+    }
+    free(s->h);
+    buf_free(&s->query);
+    buf_free(&s->headers);
+}
+
+int sigv4_has_header(const sigv4_request *r, const char *lname) {
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const char *a = r->headers[i].name, *b = lname;
+        if (a == NULL)
+            continue;
+        while (*a && *b && ((*a >= 'A' && *a <= 'Z') ? *a - 'A' + 'a' : *a) == *b)
+            a++, b++;
+        if (*a == '\0' && *b == '\0')
+            return 1;
+    }
+    return 0;
+}
+
+static int request_valid(const sigv4_request *r) {
+    return r->method != NULL && r->access_key != NULL && r->secret_key != NULL && r->region != NULL &&
+           r->service != NULL && (r->nquery == 0 || r->query != NULL) && r->headers != NULL &&
+           sigv4_has_header(r, "host") && r->expires >= 0 &&
+           (r->path == NULL || r->path[0] == '\0' || r->path[0] == '/');
+}
+
+/* Date, credential scope, the wire path; the private copies add_headers points at. */
+static int credential_scope(signing *s) {
+    const sigv4_request *r = s->r;
+    sigv4_result *out = s->out;
+    if (sigv4_format_date(r->now, out->amz_date) < 0)
+        return -1;
+    memcpy(s->date8, out->amz_date, 8);
+    s->date8[8] = '\0';
+    out->payload_hash_ = str_dup(s->payload);
+    out->session_token_ = s->token ? str_dup(s->token) : NULL;
+    if (out->payload_hash_ == NULL || (s->token && out->session_token_ == NULL))
+        return -1;
+    buf b = {0};
+    buf_addstr(&b, s->date8);
+    buf_addc(&b, '/');
+    buf_addstr(&b, r->region);
+    buf_addc(&b, '/');
+    buf_addstr(&b, r->service);
+    buf_addstr(&b, "/aws4_request");
+    if ((out->credential_scope = buf_take(&b)) == NULL)
+        return -1;
+    if (r->path_encoded)
+        buf_addstr(&b, s->path);
+    else
+        buf_encode(&b, s->path, strlen(s->path), 1);
+    return (out->encoded_path = buf_take(&b)) == NULL ? -1 : 0;
+}
 
 /* botocore's remove_dot_segments: drop "." and empty segments, ".." pops, keep a trailing '/'. */
 static void buf_normalized_path(buf *b, const char *path) {
@@ -192,27 +235,40 @@ static void buf_normalized_path(buf *b, const char *path) {
                 o.len--; /* the '/' before the popped segment */
         } else {
             buf_addc(&o, '/');
-            buf_addn(&o, path + i, sl);
+            buf_add(&o, path + i, sl);
         }
         i = j + 1;
     }
-    if (o.oom) {
+    if (buf_failed(&o)) {
         b->oom = 1;
     } else if (o.len == 0) {
         buf_addc(b, '/');
     } else {
-        buf_addn(b, o.p, o.len);
+        buf_add(b, o.p, o.len);
         if (path[n - 1] == '/')
             buf_addc(b, '/');
     }
     buf_free(&o);
 }
 
-/* ---- canonical query ---- */
-
-typedef struct qent {
-    char *k, *v; /* encoded */
-} qent;
+/* Step 1, canonical URI: S3 signs the wire path as is; other services normalise it (unless
+ * told not to) and encode it once more. */
+static void canonical_uri(signing *s, buf *c) {
+    const char *wire = s->out->encoded_path;
+    if (s->r->s3) {
+        buf_addstr(c, wire);
+    } else if (s->r->no_normalize) {
+        buf_encode(c, wire, strlen(wire), 1);
+    } else {
+        buf np = {0};
+        buf_normalized_path(&np, wire);
+        if (buf_failed(&np))
+            c->oom = 1;
+        else
+            buf_encode(c, np.p, np.len, 1);
+        buf_free(&np);
+    }
+}
 
 static int qent_cmp(const void *a, const void *b) {
     const qent *x = a, *y = b;
@@ -220,13 +276,58 @@ static int qent_cmp(const void *a, const void *b) {
     return c ? c : strcmp(x->v, y->v);
 }
 
-/* ---- canonical headers ---- */
+static int add_query(signing *s, const char *k, const char *v, int encode_name) {
+    qent *e = &s->q[s->nq++];
+    e->k = encode_name ? sigv4_uri_encode(k, strlen(k), 0) : str_dup(k);
+    e->v = sigv4_uri_encode(v, strlen(v), 0);
+    return e->k == NULL || e->v == NULL ? -1 : 0;
+}
 
-typedef struct hent {
-    char *name;  /* lower-cased */
-    char *value; /* trimmed, inner runs of blanks collapsed */
-    size_t idx;  /* input order, so duplicates keep it */
-} hent;
+/* The X-Amz-* parameters of a presigned URL (they are signed too). */
+static int presign_query(signing *s) {
+    const sigv4_request *r = s->r;
+    char expires[24];
+    buf cred = {0};
+    buf_addstr(&cred, r->access_key);
+    buf_addc(&cred, '/');
+    buf_addstr(&cred, s->out->credential_scope);
+    char *credential = buf_take(&cred);
+    if (credential == NULL)
+        return -1;
+    snprintf(expires, sizeof expires, "%ld", r->expires);
+    int rc = add_query(s, "X-Amz-Algorithm", ALGORITHM, 0) ||
+             add_query(s, "X-Amz-Credential", credential, 0) ||
+             add_query(s, "X-Amz-Date", s->out->amz_date, 0) ||
+             add_query(s, "X-Amz-Expires", expires, 0) ||
+             add_query(s, "X-Amz-SignedHeaders", s->out->signed_headers, 0) ||
+             (s->token && !r->omit_session_token && add_query(s, "X-Amz-Security-Token", s->token, 0));
+    free(credential);
+    return rc ? -1 : 0;
+}
+
+/* Step 2, canonical query string: every name and value encoded, sorted by name then value. */
+static int canonical_query(signing *s) {
+    const sigv4_request *r = s->r;
+    if ((s->q = calloc(r->nquery + 6, sizeof *s->q)) == NULL)
+        return -1;
+    for (size_t i = 0; i < r->nquery; i++) {
+        const char *k = r->query[i].name ? r->query[i].name : "";
+        const char *v = r->query[i].value ? r->query[i].value : "";
+        if (add_query(s, k, v, 1) != 0)
+            return -1;
+    }
+    if (s->presign && presign_query(s) != 0)
+        return -1;
+    qsort(s->q, s->nq, sizeof *s->q, qent_cmp);
+    for (size_t i = 0; i < s->nq; i++) {
+        if (i > 0)
+            buf_addc(&s->query, '&');
+        buf_addstr(&s->query, s->q[i].k);
+        buf_addc(&s->query, '=');
+        buf_addstr(&s->query, s->q[i].v);
+    }
+    return buf_failed(&s->query) ? -1 : 0;
+}
 
 static int hent_cmp(const void *a, const void *b) {
     const hent *x = a, *y = b;
@@ -234,7 +335,9 @@ static int hent_cmp(const void *a, const void *b) {
     return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
 }
 
-static int blank(char c) { return c == ' ' || c == '\t'; }
+static int blank(char c) {
+    return c == ' ' || c == '\t';
+}
 
 static char *lower_dup(const char *s) {
     size_t n = strlen(s);
@@ -264,20 +367,148 @@ static char *trim_dup(const char *s) {
     return buf_take(&b);
 }
 
-static int header_given(const sigv4_request *r, const char *lname) {
-    for (size_t i = 0; i < r->nheaders; i++) {
-        const char *a = r->headers[i].name, *b = lname;
-        if (a == NULL)
-            continue;
-        while (*a && *b && ((*a >= 'A' && *a <= 'Z') ? *a - 'A' + 'a' : *a) == *b)
-            a++, b++;
-        if (*a == '\0' && *b == '\0')
-            return 1;
+/* The headers signing adds in header mode: x-amz-date, x-amz-content-sha256 (sign_body),
+ * x-amz-security-token (signed unless omit_session_token). */
+static void added_headers(signing *s) {
+    const sigv4_request *r = s->r;
+    sigv4_result *out = s->out;
+    if (s->presign)
+        return;
+    int add_token = s->token && !sigv4_has_header(r, "x-amz-security-token");
+    s->sign_token = add_token && !r->omit_session_token;
+    if (!sigv4_has_header(r, "x-amz-date"))
+        out->add_headers[out->nadd_headers++] = (sigv4_kv){"x-amz-date", out->amz_date};
+    if (r->sign_body && !sigv4_has_header(r, "x-amz-content-sha256"))
+        out->add_headers[out->nadd_headers++] = (sigv4_kv){"x-amz-content-sha256", out->payload_hash_};
+    if (add_token)
+        out->add_headers[out->nadd_headers++] = (sigv4_kv){"x-amz-security-token", out->session_token_};
+}
+
+/* Step 3, canonical headers and signed headers: names lower-cased and sorted, values trimmed,
+ * repeated names joined with ','. */
+static int canonical_headers(signing *s) {
+    const sigv4_request *r = s->r;
+    sigv4_result *out = s->out;
+    added_headers(s);
+    if ((s->h = calloc(r->nheaders + 3, sizeof *s->h)) == NULL)
+        return -1;
+    for (size_t i = 0; i < r->nheaders + out->nadd_headers; i++) {
+        const sigv4_kv *kv = i < r->nheaders ? &r->headers[i] : &out->add_headers[i - r->nheaders];
+        if (kv->name == NULL)
+            return -1;
+        if (i >= r->nheaders && !s->sign_token && strcmp(kv->name, "x-amz-security-token") == 0)
+            continue; /* omit_session_token: sent, not signed */
+        hent *e = &s->h[s->nh++];
+        e->idx = i;
+        e->name = lower_dup(kv->name);
+        e->value = trim_dup(kv->value ? kv->value : "");
+        if (e->name == NULL || e->value == NULL)
+            return -1;
     }
+    qsort(s->h, s->nh, sizeof *s->h, hent_cmp);
+    buf names = {0};
+    for (size_t i = 0; i < s->nh; i++) {
+        int repeated = i > 0 && strcmp(s->h[i].name, s->h[i - 1].name) == 0;
+        if (repeated) {
+            buf_addc(&s->headers, ',');
+        } else {
+            if (i > 0) {
+                buf_addc(&s->headers, '\n');
+                buf_addc(&names, ';');
+            }
+            buf_addstr(&s->headers, s->h[i].name);
+            buf_addc(&s->headers, ':');
+            buf_addstr(&names, s->h[i].name);
+        }
+        buf_addstr(&s->headers, s->h[i].value);
+    }
+    buf_addc(&s->headers, '\n');
+    if ((out->signed_headers = buf_take(&names)) == NULL)
+        return -1;
+    return buf_failed(&s->headers) ? -1 : 0;
+}
+
+/* Step 4, canonical request: method, URI, query, headers, signed headers, payload hash. */
+static int canonical_request(signing *s) {
+    buf c = {0};
+    buf_addstr(&c, s->r->method);
+    buf_addc(&c, '\n');
+    canonical_uri(s, &c);
+    buf_addc(&c, '\n');
+    buf_add(&c, s->query.p, s->query.len);
+    buf_addc(&c, '\n');
+    buf_add(&c, s->headers.p, s->headers.len);
+    buf_addc(&c, '\n');
+    buf_addstr(&c, s->out->signed_headers);
+    buf_addc(&c, '\n');
+    buf_addstr(&c, s->payload);
+    return (s->out->canonical_request = buf_take(&c)) == NULL ? -1 : 0;
+}
+
+/* Step 5, string to sign: algorithm, date, scope, hash of the canonical request. */
+static int string_to_sign(signing *s) {
+    sigv4_result *out = s->out;
+    char creq_hash[65];
+    sigv4_sha256_hex(out->canonical_request, strlen(out->canonical_request), creq_hash);
+    buf b = {0};
+    buf_addstr(&b, ALGORITHM "\n");
+    buf_addstr(&b, out->amz_date);
+    buf_addc(&b, '\n');
+    buf_addstr(&b, out->credential_scope);
+    buf_addc(&b, '\n');
+    buf_addstr(&b, creq_hash);
+    return (out->string_to_sign = buf_take(&b)) == NULL ? -1 : 0;
+}
+
+/* Step 6, signature: HMAC of the string to sign with the derived key, cached per scope. */
+static int signature(signing *s) {
+    const sigv4_request *r = s->r;
+    sigv4_result *out = s->out;
+    sigv4_key_cache *kc = r->key_cache;
+    if (kc != NULL && strcmp(kc->scope, out->credential_scope) == 0) {
+        memcpy(s->key, kc->key, sizeof s->key);
+    } else {
+        if (signing_key(r->secret_key, s->date8, r->region, r->service, s->key) < 0)
+            return -1;
+        if (kc != NULL) {
+            size_t n = strlen(out->credential_scope);
+            kc->scope[0] = '\0';
+            if (n < sizeof kc->scope) { /* a longer scope is never cached */
+                memcpy(kc->key, s->key, sizeof s->key);
+                memcpy(kc->scope, out->credential_scope, n + 1);
+            }
+        }
+    }
+    sign_hex(s->key, out->string_to_sign, out->signature);
     return 0;
 }
 
-/* ---- signing ---- */
+/* Step 7: the signature goes into the Authorization header, or into the presigned query. */
+static int authorization(signing *s) {
+    const sigv4_request *r = s->r;
+    sigv4_result *out = s->out;
+    if (s->presign) {
+        buf_addstr(&s->query, s->nq > 0 ? "&X-Amz-Signature=" : "X-Amz-Signature=");
+        buf_addstr(&s->query, out->signature);
+        if (s->token && r->omit_session_token) {
+            buf_addstr(&s->query, "&X-Amz-Security-Token=");
+            buf_encode(&s->query, s->token, strlen(s->token), 0);
+        }
+    } else {
+        buf a = {0};
+        buf_addstr(&a, ALGORITHM " Credential=");
+        buf_addstr(&a, r->access_key);
+        buf_addc(&a, '/');
+        buf_addstr(&a, out->credential_scope);
+        buf_addstr(&a, ", SignedHeaders=");
+        buf_addstr(&a, out->signed_headers);
+        buf_addstr(&a, ", Signature=");
+        buf_addstr(&a, out->signature);
+        if ((out->authorization = buf_take(&a)) == NULL)
+            return -1;
+    }
+    return (out->query = buf_take(&s->query)) == NULL ? -1 : 0;
+}
 
 void sigv4_result_free(sigv4_result *out) {
     if (out == NULL)
@@ -294,273 +525,23 @@ void sigv4_result_free(sigv4_result *out) {
     memset(out, 0, sizeof *out);
 }
 
-static char *str_dup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    return d ? memcpy(d, s, n) : NULL;
-}
-
 int sigv4_sign(const sigv4_request *r, sigv4_result *out) {
     memset(out, 0, sizeof *out);
-    if (r->method == NULL || r->access_key == NULL || r->secret_key == NULL || r->region == NULL ||
-        r->service == NULL || (r->nquery > 0 && r->query == NULL) || r->headers == NULL ||
-        !header_given(r, "host") || r->expires < 0)
+    if (!request_valid(r))
         return -1;
-    const char *path = (r->path && r->path[0]) ? r->path : "/";
-    if (path[0] != '/')
-        return -1;
-    const char *token = (r->session_token && r->session_token[0]) ? r->session_token : NULL;
-    const char *payload = r->payload_hash ? r->payload_hash : EMPTY_SHA256;
-    int presign = r->expires > 0;
-    char date8[9];
-
-    if (format_date(r->now, out->amz_date) < 0) {
-        sigv4_result_free(out);
-        return -1;
-    }
-    memcpy(date8, out->amz_date, 8);
-    date8[8] = '\0';
-
-    int rc = -1;
-    size_t nq = 0, nh = 0;
-    qent *q = NULL;
-    hent *h = NULL;
-    buf b = {0};
-    unsigned char key[32];
-
-    out->payload_hash_ = str_dup(payload);
-    out->session_token_ = token ? str_dup(token) : NULL;
-    if (out->payload_hash_ == NULL || (token && out->session_token_ == NULL))
-        goto done;
-
-    /* credential scope */
-    buf_adds(&b, date8);
-    buf_addc(&b, '/');
-    buf_adds(&b, r->region);
-    buf_addc(&b, '/');
-    buf_adds(&b, r->service);
-    buf_adds(&b, "/aws4_request");
-    if ((out->credential_scope = buf_take(&b)) == NULL)
-        goto done;
-
-    /* the wire path, then the canonical URI */
-    if (r->path_encoded)
-        buf_adds(&b, path);
-    else
-        buf_encode(&b, path, strlen(path), 1);
-    if ((out->encoded_path = buf_take(&b)) == NULL)
-        goto done;
-
-    /* headers: the caller's, then what signing adds (header mode only) */
-    int add_date = !presign && !header_given(r, "x-amz-date");
-    int add_sha = !presign && r->sign_body && !header_given(r, "x-amz-content-sha256");
-    int add_token = !presign && token && !header_given(r, "x-amz-security-token");
-    int sign_token = add_token && !r->omit_session_token;
-    if (add_date)
-        out->add_headers[out->nadd_headers++] = (sigv4_kv){"x-amz-date", out->amz_date};
-    if (add_sha)
-        out->add_headers[out->nadd_headers++] = (sigv4_kv){"x-amz-content-sha256", out->payload_hash_};
-    if (add_token)
-        out->add_headers[out->nadd_headers++] = (sigv4_kv){"x-amz-security-token", out->session_token_};
-
-    size_t hmax = r->nheaders + 3;
-    if ((h = calloc(hmax, sizeof *h)) == NULL)
-        goto done;
-    for (size_t i = 0; i < r->nheaders + out->nadd_headers; i++) {
-        const sigv4_kv *kv = i < r->nheaders ? &r->headers[i] : &out->add_headers[i - r->nheaders];
-        if (kv->name == NULL)
-            goto done;
-        if (i >= r->nheaders && !sign_token && strcmp(kv->name, "x-amz-security-token") == 0)
-            continue; /* omit_session_token: sent, not signed */
-        h[nh].idx = i;
-        h[nh].name = lower_dup(kv->name);
-        h[nh].value = trim_dup(kv->value ? kv->value : "");
-        nh++;
-        if (h[nh - 1].name == NULL || h[nh - 1].value == NULL)
-            goto done;
-    }
-    qsort(h, nh, sizeof *h, hent_cmp);
-
-    /* signed headers */
-    for (size_t i = 0; i < nh; i++) {
-        if (i > 0 && strcmp(h[i].name, h[i - 1].name) == 0)
-            continue;
-        if (i > 0)
-            buf_addc(&b, ';');
-        buf_adds(&b, h[i].name);
-    }
-    if ((out->signed_headers = buf_take(&b)) == NULL)
-        goto done;
-
-    /* query: the caller's, plus X-Amz-* when presigning */
-    if ((q = calloc(r->nquery + 6, sizeof *q)) == NULL)
-        goto done;
-    for (size_t i = 0; i < r->nquery; i++, nq++) {
-        const char *k = r->query[i].name ? r->query[i].name : "";
-        const char *v = r->query[i].value ? r->query[i].value : "";
-        q[nq].k = sigv4_uri_encode(k, strlen(k), 0);
-        q[nq].v = sigv4_uri_encode(v, strlen(v), 0);
-        if (q[nq].k == NULL || q[nq].v == NULL) {
-            nq++;
-            goto done;
-        }
-    }
-    if (presign) {
-        char expires[24];
-        buf cred = {0};
-        buf_adds(&cred, r->access_key);
-        buf_addc(&cred, '/');
-        buf_adds(&cred, out->credential_scope);
-        char *credential = buf_take(&cred);
-        snprintf(expires, sizeof expires, "%ld", r->expires);
-        const sigv4_kv x[] = {
-            {"X-Amz-Algorithm", ALGORITHM},
-            {"X-Amz-Credential", credential},
-            {"X-Amz-Date", out->amz_date},
-            {"X-Amz-Expires", expires},
-            {"X-Amz-SignedHeaders", out->signed_headers},
-            {"X-Amz-Security-Token", token},
-        };
-        for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) {
-            if (x[i].value == NULL)
-                continue; /* no token (or no memory for the credential: caught below) */
-            if (i == 5 && r->omit_session_token)
-                continue;
-            q[nq].k = str_dup(x[i].name);
-            q[nq].v = sigv4_uri_encode(x[i].value, strlen(x[i].value), 0);
-            nq++;
-            if (q[nq - 1].k == NULL || q[nq - 1].v == NULL) {
-                free(credential);
-                goto done;
-            }
-        }
-        free(credential);
-        if (credential == NULL)
-            goto done;
-    }
-    qsort(q, nq, sizeof *q, qent_cmp);
-    for (size_t i = 0; i < nq; i++) {
-        if (i > 0)
-            buf_addc(&b, '&');
-        buf_adds(&b, q[i].k);
-        buf_addc(&b, '=');
-        buf_adds(&b, q[i].v);
-    }
-    size_t canonical_query_len = b.len;
-
-    /* canonical request: method, URI, query, headers, signed headers, payload hash */
-    buf c = {0};
-    buf_adds(&c, r->method);
-    buf_addc(&c, '\n');
-    if (r->s3)
-        buf_adds(&c, out->encoded_path);
-    else if (r->no_normalize)
-        buf_encode(&c, out->encoded_path, strlen(out->encoded_path), 1);
-    else {
-        buf np = {0};
-        buf_normalized_path(&np, out->encoded_path);
-        if (np.oom)
-            c.oom = 1;
-        else
-            buf_encode(&c, np.p, np.len, 1);
-        buf_free(&np);
-    }
-    buf_addc(&c, '\n');
-    if (b.p)
-        buf_addn(&c, b.p, canonical_query_len);
-    buf_addc(&c, '\n');
-    for (size_t i = 0; i < nh; i++) {
-        if (i > 0 && strcmp(h[i].name, h[i - 1].name) == 0) {
-            buf_addc(&c, ',');
-        } else {
-            if (i > 0)
-                buf_addc(&c, '\n');
-            buf_adds(&c, h[i].name);
-            buf_addc(&c, ':');
-        }
-        buf_adds(&c, h[i].value);
-    }
-    buf_adds(&c, "\n\n");
-    buf_adds(&c, out->signed_headers);
-    buf_addc(&c, '\n');
-    buf_adds(&c, payload);
-    if ((out->canonical_request = buf_take(&c)) == NULL) {
-        buf_free(&b);
-        goto done;
-    }
-
-    /* string to sign and signature */
-    char creq_hash[65];
-    sigv4_sha256_hex(out->canonical_request, strlen(out->canonical_request), creq_hash);
-    buf s = {0};
-    buf_adds(&s, ALGORITHM "\n");
-    buf_adds(&s, out->amz_date);
-    buf_addc(&s, '\n');
-    buf_adds(&s, out->credential_scope);
-    buf_addc(&s, '\n');
-    buf_adds(&s, creq_hash);
-    if ((out->string_to_sign = buf_take(&s)) == NULL) {
-        buf_free(&b);
-        goto done;
-    }
-    sigv4_key_cache *kc = r->key_cache;
-    if (kc != NULL && strcmp(kc->scope, out->credential_scope) == 0) {
-        memcpy(key, kc->key, sizeof key);
-    } else {
-        if (signing_key(r->secret_key, date8, r->region, r->service, key) < 0) {
-            buf_free(&b);
-            goto done;
-        }
-        if (kc != NULL) {
-            size_t n = strlen(out->credential_scope);
-            kc->scope[0] = '\0';
-            if (n < sizeof kc->scope) { /* a longer scope is never cached */
-                memcpy(kc->key, key, sizeof key);
-                memcpy(kc->scope, out->credential_scope, n + 1);
-            }
-        }
-    }
-    sign_hex(key, out->string_to_sign, out->signature);
-
-    if (presign) {
-        buf_adds(&b, nq > 0 ? "&X-Amz-Signature=" : "X-Amz-Signature=");
-        buf_adds(&b, out->signature);
-        if (token && r->omit_session_token) {
-            buf_adds(&b, "&X-Amz-Security-Token=");
-            buf_encode(&b, token, strlen(token), 0);
-        }
-    } else {
-        buf a = {0};
-        buf_adds(&a, ALGORITHM " Credential=");
-        buf_adds(&a, r->access_key);
-        buf_addc(&a, '/');
-        buf_adds(&a, out->credential_scope);
-        buf_adds(&a, ", SignedHeaders=");
-        buf_adds(&a, out->signed_headers);
-        buf_adds(&a, ", Signature=");
-        buf_adds(&a, out->signature);
-        if ((out->authorization = buf_take(&a)) == NULL) {
-            buf_free(&b);
-            goto done;
-        }
-    }
-    if ((out->query = buf_take(&b)) == NULL)
-        goto done;
-    rc = 0;
-
-done:
-    OPENSSL_cleanse(key, sizeof key);
-    for (size_t i = 0; i < nq; i++) {
-        free(q[i].k);
-        free(q[i].v);
-    }
-    free(q);
-    for (size_t i = 0; i < nh; i++) {
-        free(h[i].name);
-        free(h[i].value);
-    }
-    free(h);
-    buf_free(&b);
+    signing s;
+    memset(&s, 0, sizeof s);
+    s.r = r;
+    s.out = out;
+    s.path = (r->path && r->path[0]) ? r->path : "/";
+    s.token = (r->session_token && r->session_token[0]) ? r->session_token : NULL;
+    s.payload = r->payload_hash ? r->payload_hash : SIGV4_EMPTY_SHA256;
+    s.presign = r->expires > 0;
+    int rc = credential_scope(&s) || canonical_headers(&s) || canonical_query(&s) ||
+                     canonical_request(&s) || string_to_sign(&s) || signature(&s) || authorization(&s)
+                 ? -1
+                 : 0;
+    signing_free(&s);
     if (rc < 0)
         sigv4_result_free(out);
     return rc;
@@ -573,23 +554,23 @@ int sigv4_sign_chunk(const char *secret_key, const char *region, const char *ser
     unsigned char key[32];
     *string_to_sign = NULL;
     signature[0] = '\0';
-    if (format_date(now, amz_date) < 0)
+    if (sigv4_format_date(now, amz_date) < 0)
         return -1;
     memcpy(date8, amz_date, 8);
     date8[8] = '\0';
     buf s = {0};
-    buf_adds(&s, ALGORITHM "-PAYLOAD\n");
-    buf_adds(&s, amz_date);
+    buf_addstr(&s, ALGORITHM "-PAYLOAD\n");
+    buf_addstr(&s, amz_date);
     buf_addc(&s, '\n');
-    buf_adds(&s, date8);
+    buf_addstr(&s, date8);
     buf_addc(&s, '/');
-    buf_adds(&s, region);
+    buf_addstr(&s, region);
     buf_addc(&s, '/');
-    buf_adds(&s, service);
-    buf_adds(&s, "/aws4_request\n");
-    buf_adds(&s, previous_signature);
-    buf_adds(&s, "\n" EMPTY_SHA256 "\n");
-    buf_adds(&s, chunk_hash);
+    buf_addstr(&s, service);
+    buf_addstr(&s, "/aws4_request\n");
+    buf_addstr(&s, previous_signature);
+    buf_addstr(&s, "\n" SIGV4_EMPTY_SHA256 "\n");
+    buf_addstr(&s, chunk_hash);
     char *sts = buf_take(&s);
     if (sts == NULL)
         return -1;
@@ -601,404 +582,4 @@ int sigv4_sign_chunk(const char *secret_key, const char *region, const char *ser
     OPENSSL_cleanse(key, sizeof key);
     *string_to_sign = sts;
     return 0;
-}
-
-/* =========================== Lua binding =========================== */
-
-#define RESULT_MT "resclean.sigv4.result"
-
-/* A box owning a sigv4_result, so a Lua error while building the reply table frees it (__gc). */
-static int result_gc(lua_State *L) {
-    sigv4_result *r = luaL_checkudata(L, 1, RESULT_MT);
-    sigv4_result_free(r);
-    return 0;
-}
-
-static sigv4_result *new_result_box(lua_State *L) {
-    sigv4_result *r = lua_newuserdatauv(L, sizeof *r, 0);
-    memset(r, 0, sizeof *r);
-    if (luaL_newmetatable(L, RESULT_MT)) {
-        lua_pushcfunction(L, result_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushliteral(L, "resclean.sigv4.result");
-        lua_setfield(L, -2, "__name");
-    }
-    lua_setmetatable(L, -2);
-    return r;
-}
-
-/* Raises "bad argument #1 to 'sign' (field 'x': ...)". */
-_Noreturn static void field_error(lua_State *L, const char *field, const char *expected) {
-    const char *msg = lua_pushfstring(L, "field '%s': %s", field, expected);
-    luaL_argerror(L, 1, msg);
-    abort(); /* not reached: luaL_argerror raises */
-}
-
-/* An optional string field of table 1 (anchored by the table itself); NULL when absent. */
-static const char *opt_string(lua_State *L, const char *field, size_t *len) {
-    const char *s = NULL;
-    *len = 0;
-    int t = lua_getfield(L, 1, field);
-    if (t == LUA_TSTRING)
-        s = lua_tolstring(L, -1, len);
-    else if (t != LUA_TNIL)
-        field_error(L, field, lua_pushfstring(L, "string expected, got %s", luaL_typename(L, -1)));
-    lua_pop(L, 1);
-    return s;
-}
-
-static const char *req_string(lua_State *L, const char *field) {
-    size_t len;
-    const char *s = opt_string(L, field, &len);
-    if (s == NULL || len == 0)
-        field_error(L, field, "non-empty string expected");
-    if (strlen(s) != len)
-        field_error(L, field, "embedded zero byte");
-    return s;
-}
-
-static int opt_bool(lua_State *L, const char *field, int dflt) {
-    int t = lua_getfield(L, 1, field);
-    int v = dflt;
-    if (t == LUA_TBOOLEAN)
-        v = lua_toboolean(L, -1);
-    else if (t != LUA_TNIL)
-        field_error(L, field, lua_pushfstring(L, "boolean expected, got %s", luaL_typename(L, -1)));
-    lua_pop(L, 1);
-    return v;
-}
-
-static int two(const char *s) { return (s[0] - '0') * 10 + (s[1] - '0'); }
-
-static int all_digits(const char *s, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return 1;
-}
-
-/* "20150830T123600Z" or "2015-08-30T12:36:00Z" -> epoch seconds; -1 on a malformed string. */
-static int parse_time(const char *s, size_t len, time_t *out) {
-    char d[15];
-    if (len == 16 && all_digits(s, 8) && s[8] == 'T' && all_digits(s + 9, 6) && s[15] == 'Z') {
-        memcpy(d, s, 8);
-        memcpy(d + 8, s + 9, 6);
-    } else if (len == 20 && all_digits(s, 4) && s[4] == '-' && all_digits(s + 5, 2) && s[7] == '-' &&
-               all_digits(s + 8, 2) && s[10] == 'T' && all_digits(s + 11, 2) && s[13] == ':' &&
-               all_digits(s + 14, 2) && s[16] == ':' && all_digits(s + 17, 2) && s[19] == 'Z') {
-        memcpy(d, s, 4);
-        memcpy(d + 4, s + 5, 2);
-        memcpy(d + 6, s + 8, 2);
-        memcpy(d + 8, s + 11, 2);
-        memcpy(d + 10, s + 14, 2);
-        memcpy(d + 12, s + 17, 2);
-    } else {
-        return -1;
-    }
-    struct tm want = {0}, tm, back;
-    want.tm_year = two(d) * 100 + two(d + 2) - 1900;
-    want.tm_mon = two(d + 4) - 1;
-    want.tm_mday = two(d + 6);
-    want.tm_hour = two(d + 8);
-    want.tm_min = two(d + 10);
-    want.tm_sec = two(d + 12);
-    tm = want; /* timegm normalises its argument */
-    time_t t = timegm(&tm);
-    /* reject 2015-02-30 and friends: the date must round-trip unchanged */
-    if (t == (time_t)-1 || gmtime_r(&t, &back) == NULL || back.tm_year != want.tm_year ||
-        back.tm_mon != want.tm_mon || back.tm_mday != want.tm_mday || back.tm_hour != want.tm_hour ||
-        back.tm_min != want.tm_min || back.tm_sec != want.tm_sec)
-        return -1;
-    *out = t;
-    return 0;
-}
-
-static time_t check_time(lua_State *L, const char *field) {
-    time_t now = 0;
-    int t = lua_getfield(L, 1, field);
-    if (t == LUA_TNIL) {
-        now = time(NULL);
-    } else if (t == LUA_TNUMBER) {
-        int isint;
-        lua_Integer i = lua_tointegerx(L, -1, &isint);
-        char d[17];
-        if (!isint || i < 0 || (lua_Integer)(time_t)i != i || format_date((time_t)i, d) < 0)
-            field_error(L, field, "integer epoch seconds (years 1970-9999) expected");
-        now = (time_t)i;
-    } else if (t == LUA_TSTRING) {
-        size_t len;
-        const char *s = lua_tolstring(L, -1, &len);
-        if (parse_time(s, len, &now) < 0)
-            field_error(L, field, "\"YYYYMMDDTHHMMSSZ\" or \"YYYY-MM-DDTHH:MM:SSZ\" expected");
-    } else {
-        field_error(L, field, "epoch seconds or a UTC time string expected");
-    }
-    lua_pop(L, 1);
-    return now;
-}
-
-/* Converts the value at the top to a string, moves it into the anchor table (so the pointer stays
- * valid) and returns it. */
-static const char *anchor_string(lua_State *L, int anchor, int *nanchor, const char *field, int allow_nil) {
-    int t = lua_type(L, -1);
-    if (t == LUA_TNIL && allow_nil) {
-        lua_pop(L, 1);
-        return "";
-    }
-    if (t != LUA_TSTRING && t != LUA_TNUMBER)
-        field_error(L, field, lua_pushfstring(L, "strings expected, got %s", luaL_typename(L, -1)));
-    size_t len;
-    const char *s = lua_tolstring(L, -1, &len);
-    if (strlen(s) != len)
-        field_error(L, field, "embedded zero byte");
-    lua_rawseti(L, anchor, ++*nanchor);
-    return s;
-}
-
-/* Reads field `field` of table 1: either a list of {name, value} pairs or a map name -> value.
- * Returns a sigv4_kv array held by a userdata left on the stack (so an error frees it). */
-static sigv4_kv *check_kvs(lua_State *L, const char *field, int anchor, int *nanchor, size_t *n,
-                           int is_headers) {
-    *n = 0;
-    int t = lua_getfield(L, 1, field); /* tbl */
-    if (t == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_newuserdatauv(L, 0, 0);
-        return NULL;
-    }
-    if (t != LUA_TTABLE)
-        field_error(L, field, lua_pushfstring(L, "table expected, got %s", luaL_typename(L, -1)));
-    int tbl = lua_gettop(L);
-    size_t count = 0;
-    lua_pushnil(L);
-    while (lua_next(L, tbl)) {
-        count++;
-        lua_pop(L, 1);
-    }
-    if (count > SIZE_MAX / sizeof(sigv4_kv))
-        field_error(L, field, "too many entries");
-    sigv4_kv *kv = lua_newuserdatauv(L, count * sizeof *kv, 0); /* tbl kv */
-    lua_pushnil(L);
-    while (lua_next(L, tbl)) { /* tbl kv key value */
-        const char *name, *value;
-        if (lua_type(L, -2) == LUA_TNUMBER) {
-            if (lua_type(L, -1) != LUA_TTABLE)
-                field_error(L, field, "list entries must be {name, value} pairs");
-            lua_geti(L, -1, 1);
-            name = anchor_string(L, anchor, nanchor, field, 0);
-            lua_geti(L, -1, 2);
-            value = anchor_string(L, anchor, nanchor, field, 1);
-        } else if (lua_type(L, -2) == LUA_TSTRING) {
-            lua_pushvalue(L, -2);
-            name = anchor_string(L, anchor, nanchor, field, 0);
-            lua_pushvalue(L, -1);
-            value = anchor_string(L, anchor, nanchor, field, 0);
-        } else {
-            field_error(L, field, "keys must be strings or list indices");
-        }
-        if (is_headers) {
-            if (name[0] == '\0' || strpbrk(name, ":\r\n \t") != NULL)
-                field_error(L, field, "header names must be non-empty tokens");
-            if (strpbrk(value, "\r\n") != NULL)
-                field_error(L, field, "header values must not contain CR or LF");
-        }
-        kv[*n].name = name;
-        kv[*n].value = value;
-        ++*n;
-        lua_pop(L, 1);
-    }
-    lua_remove(L, tbl); /* kv */
-    return kv;
-}
-
-static void set_string(lua_State *L, const char *field, const char *s) {
-    if (s == NULL)
-        return;
-    lua_pushstring(L, s);
-    lua_setfield(L, -2, field);
-}
-
-/* sigv4.sign{method, path, query, headers, payload_hash | body, access_key, secret_key,
- *            session_token, region, service, time, s3, normalize, path_encoded, sign_body,
- *            omit_session_token, expires} -> {canonical_request, string_to_sign, signature,
- *            authorization, query, amz_date, path, signed_headers, credential_scope, add_headers} */
-static int l_sign(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    sigv4_request req = {0};
-    size_t len;
-    char body_hash[65];
-
-    lua_newtable(L); /* anchor for converted strings */
-    int anchor = lua_gettop(L), nanchor = 0;
-
-    req.method = req_string(L, "method");
-    for (const char *m = req.method; *m; m++)
-        if (*m < 'A' || *m > 'Z')
-            field_error(L, "method", "upper-case HTTP method expected");
-    req.path = opt_string(L, "path", &len);
-    if (req.path == NULL)
-        req.path = "/";
-    else if (req.path[0] != '/' || strlen(req.path) != len)
-        field_error(L, "path", "absolute path (starting with '/') expected");
-    req.access_key = req_string(L, "access_key");
-    req.secret_key = req_string(L, "secret_key");
-    req.session_token = opt_string(L, "session_token", &len);
-    if (req.session_token && strlen(req.session_token) != len)
-        field_error(L, "session_token", "embedded zero byte");
-    req.region = req_string(L, "region");
-    req.service = req_string(L, "service");
-    req.now = check_time(L, "time");
-    req.s3 = opt_bool(L, "s3", 0);
-    req.no_normalize = !opt_bool(L, "normalize", !req.s3);
-    if (req.s3 && !req.no_normalize)
-        field_error(L, "normalize", "S3 paths are never normalised");
-    req.path_encoded = opt_bool(L, "path_encoded", 0);
-    req.sign_body = opt_bool(L, "sign_body", 0);
-    req.omit_session_token = opt_bool(L, "omit_session_token", 0);
-
-    const char *payload = opt_string(L, "payload_hash", &len);
-    size_t blen;
-    const char *body = opt_string(L, "body", &blen);
-    if (payload && body)
-        field_error(L, "body", "give either body or payload_hash, not both");
-    if (payload && (len == 0 || strlen(payload) != len || strpbrk(payload, "\r\n") != NULL))
-        field_error(L, "payload_hash", "hex sha256 or a token such as \"UNSIGNED-PAYLOAD\" expected");
-    if (body) {
-        sigv4_sha256_hex(body, blen, body_hash);
-        payload = body_hash;
-    }
-    req.payload_hash = payload;
-
-    int t = lua_getfield(L, 1, "expires");
-    if (t != LUA_TNIL) {
-        int isint;
-        lua_Integer e = lua_tointegerx(L, -1, &isint);
-        if (t != LUA_TNUMBER || !isint || e < 1 || e > MAX_EXPIRES)
-            field_error(L, "expires", "integer seconds in 1..604800 expected");
-        req.expires = (long)e;
-    }
-    lua_pop(L, 1);
-
-    req.query = check_kvs(L, "query", anchor, &nanchor, &req.nquery, 0);
-    req.headers = check_kvs(L, "headers", anchor, &nanchor, &req.nheaders, 1);
-    if (!header_given(&req, "host"))
-        field_error(L, "headers", "a host header is required");
-
-    sigv4_result *res = new_result_box(L); /* ... box */
-    if (sigv4_sign(&req, res) < 0)
-        return luaL_error(L, "sigv4.sign: not enough memory");
-
-    lua_createtable(L, 0, 12); /* box out */
-    set_string(L, "canonical_request", res->canonical_request);
-    set_string(L, "string_to_sign", res->string_to_sign);
-    set_string(L, "signature", res->signature);
-    set_string(L, "authorization", res->authorization);
-    set_string(L, "query", res->query);
-    set_string(L, "amz_date", res->amz_date);
-    set_string(L, "path", res->encoded_path);
-    set_string(L, "signed_headers", res->signed_headers);
-    set_string(L, "credential_scope", res->credential_scope);
-    lua_createtable(L, (int)res->nadd_headers, 0); /* box out add */
-    for (size_t i = 0; i < res->nadd_headers; i++) {
-        lua_createtable(L, 2, 0);
-        lua_pushstring(L, res->add_headers[i].name);
-        lua_rawseti(L, -2, 1);
-        lua_pushstring(L, res->add_headers[i].value);
-        lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    lua_setfield(L, -2, "add_headers");
-    sigv4_result_free(res); /* the box's __gc is then a no-op */
-    return 1;
-}
-
-/* sigv4.sign_chunk{secret_key, region, service, time, previous_signature, chunk_sha256 | chunk}
- * -> {string_to_sign, signature}: aws-chunked (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) chunk signing. */
-static int l_sign_chunk(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    size_t len;
-    char hash[65];
-    const char *secret = req_string(L, "secret_key");
-    const char *region = req_string(L, "region");
-    const char *service = req_string(L, "service");
-    time_t now = check_time(L, "time");
-    const char *prev = req_string(L, "previous_signature");
-    const char *chunk_hash = opt_string(L, "chunk_sha256", &len);
-    const char *chunk = opt_string(L, "chunk", &len);
-    if ((chunk_hash == NULL) == (chunk == NULL))
-        field_error(L, "chunk", "give exactly one of chunk or chunk_sha256");
-    if (chunk) {
-        sigv4_sha256_hex(chunk, len, hash);
-        chunk_hash = hash;
-    }
-    sigv4_result *box = new_result_box(L); /* owns the string to sign until pushed */
-    char sig[65];
-    if (sigv4_sign_chunk(secret, region, service, now, prev, chunk_hash, &box->string_to_sign, sig) < 0)
-        return luaL_error(L, "sigv4.sign_chunk: not enough memory");
-    lua_createtable(L, 0, 2);
-    set_string(L, "string_to_sign", box->string_to_sign);
-    set_string(L, "signature", sig);
-    sigv4_result_free(box);
-    return 1;
-}
-
-/* sigv4.sha256_hex(s) -> lower-case hex */
-static int l_sha256_hex(lua_State *L) {
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    char hex[65];
-    sigv4_sha256_hex(s, len, hex);
-    lua_pushstring(L, hex);
-    return 1;
-}
-
-/* sigv4.hmac_sha256(key, msg) -> 32 raw bytes */
-static int l_hmac_sha256(lua_State *L) {
-    size_t klen, mlen;
-    const char *k = luaL_checklstring(L, 1, &klen);
-    const char *m = luaL_checklstring(L, 2, &mlen);
-    unsigned char mac[32];
-    sigv4_hmac_sha256(k, klen, m, mlen, mac);
-    lua_pushlstring(L, (const char *)mac, sizeof mac);
-    return 1;
-}
-
-/* sigv4.uri_encode(s [, keep_slash]) -> "%XX" for every byte outside A-Za-z0-9-._~ (and '/') */
-static int l_uri_encode(lua_State *L) {
-    static const char hex[] = "0123456789ABCDEF";
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    int keep_slash = 0;
-    if (!lua_isnoneornil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TBOOLEAN);
-        keep_slash = lua_toboolean(L, 2);
-    }
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (unreserved(c) || (keep_slash && c == '/')) {
-            luaL_addchar(&b, (char)c);
-        } else {
-            luaL_addchar(&b, '%');
-            luaL_addchar(&b, hex[c >> 4]);
-            luaL_addchar(&b, hex[c & 15]);
-        }
-    }
-    luaL_pushresult(&b);
-    return 1;
-}
-
-static const luaL_Reg sigv4_funcs[] = {
-    {"hmac_sha256", l_hmac_sha256},
-    {"sha256_hex", l_sha256_hex},
-    {"sign", l_sign},
-    {"sign_chunk", l_sign_chunk},
-    {"uri_encode", l_uri_encode},
-    {NULL, NULL},
-};
-
-int luaopen_resclean_sigv4(lua_State *L) {
-    luaL_newlib(L, sigv4_funcs);
-    return 1;
 }

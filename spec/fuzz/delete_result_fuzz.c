@@ -1,5 +1,5 @@
 /*
- * libFuzzer harness: the DeleteObjects reply parser of src/s3.c, checked against an
+ * libFuzzer harness: the DeleteObjects reply parser of src/s3xml.c, checked against an
  * independent strict reading of the same XML.
  *
  * The property that matters for the sweep: a key is reported deleted only when the reply
@@ -7,23 +7,29 @@
  * that says "deleted" for a key the server did not delete leaves an object without its row.
  *
  * Input: "key|key|...\n" then the reply body. The harness asks for those keys (plus a few
- * fixed ones), runs s3.c's own parsing code on the reply, and aborts when s3.c reports a
+ * fixed ones), runs s3xml.c's parsing code on the reply, and aborts when it reports a
  * key deleted that the reference below does not find in a well-formed <Deleted> entry of a
  * <DeleteResult> (or finds in an <Error> entry).
  *
- * s3.c keeps its parser static (delete_result_apply(), apart from the network for this
- * harness), so this file includes s3.c.
+ * It links src/s3xml.c and src/buf.c: no Lua, no network.
  */
-#include "../../src/s3.c"
+#define _POSIX_C_SOURCE 200809L /* strdup */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include <assert.h>
+#include <expat.h>
 
-/* ------------------------------------------------------------ s3.c's view */
+#include "../../src/buf.h"
+#include "../../src/s3xml.h"
+
+/* ------------------------------------------------------------ s3xml.c's view */
 
 #define MAXKEYS 64
 
 typedef struct keyset {
-    bkey keys[MAXKEYS];
+    s3xml_key keys[MAXKEYS];
     size_t n;
     char store[4096];
 } keyset;
@@ -34,7 +40,7 @@ static const char *const fixed_keys[] = {
 
 static void add_key(keyset *ks, size_t *used, const char *s, size_t n) {
     if (n == 0 || ks->n >= MAXKEYS || *used + n + 1 > sizeof ks->store) return;
-    if (!xml_safe((const unsigned char *)s, n)) return; /* s3_delete_many sends those alone */
+    if (!s3xml_key_safe((const unsigned char *)s, n)) return; /* delete_many sends those alone */
     memcpy(ks->store + *used, s, n);
     ks->store[*used + n] = '\0';
     ks->keys[ks->n].s = ks->store + *used;
@@ -43,16 +49,16 @@ static void add_key(keyset *ks, size_t *used, const char *s, size_t n) {
     *used += n + 1;
 }
 
-/* s3.c's outcome per key (state 1: deleted), as s3_delete_many applies a 200 reply. */
+/* s3xml.c's outcome per key, as s3.c's delete_many applies a 200 reply. */
 static void run_s3c(keyset *ks, const char *body, size_t len, int quiet) {
-    bkey *order[MAXKEYS];
+    s3xml_key *order[MAXKEYS];
     for (size_t i = 0; i < ks->n; i++) {
-        ks->keys[i].state = 0;
+        ks->keys[i].state = S3XML_KEY_PENDING;
         order[i] = &ks->keys[i];
     }
-    qsort(order, ks->n, sizeof *order, bkey_cmp);
-    if (delete_result_apply(body, len, order, ks->n, quiet) != 0)
-        for (size_t i = 0; i < ks->n; i++) order[i]->state = 3; /* untrusted: nothing deleted */
+    qsort(order, ks->n, sizeof *order, s3xml_key_cmp);
+    if (s3xml_delete_result(body, len, order, ks->n, quiet) != 0)
+        for (size_t i = 0; i < ks->n; i++) order[i]->state = S3XML_KEY_FAILED; /* untrusted */
 }
 
 /* ------------------------------------------------------------ the reference */
@@ -102,7 +108,9 @@ static void XMLCALL ref_end(void *ud, const XML_Char *name) {
 
 static void XMLCALL ref_chars(void *ud, const XML_Char *s, int len) {
     ref *t = ud;
-    if (t->cur != NULL && buf_add(&t->cur->text, s, (size_t)len) != 0) abort();
+    if (t->cur == NULL) return;
+    buf_add(&t->cur->text, s, (size_t)len);
+    if (buf_failed(&t->cur->text)) abort();
 }
 
 static void XMLCALL ref_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
@@ -128,7 +136,7 @@ static void free_tree(node *n) {
  * elements names a key. */
 static int entry_names(const node *e, const char *key, size_t len) {
     for (const node *c = e->first; c != NULL; c = c->next)
-        if (strcmp(c->name, "Key") == 0 && c->nchild == 0 && c->text.n == len &&
+        if (strcmp(c->name, "Key") == 0 && c->nchild == 0 && c->text.len == len &&
             (len == 0 || memcmp(c->text.p, key, len) == 0))
             return 1;
     return 0;
@@ -177,9 +185,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int quiet = 0; quiet <= 1; quiet++) {
         run_s3c(&ks, body, blen, quiet);
         for (size_t i = 0; i < ks.n; i++) {
-            if (ks.keys[i].state != 1) continue;
+            if (ks.keys[i].state != S3XML_KEY_DELETED) continue;
             if (!ok || !ref_deleted(t.root, ks.keys[i].s, ks.keys[i].len, quiet)) {
-                fprintf(stderr, "s3.c reports key \"%s\" deleted (quiet=%d), the reply does not say so\n",
+                fprintf(stderr, "s3xml.c reports key \"%s\" deleted (quiet=%d), the reply does not say so\n",
                         ks.keys[i].s, quiet);
                 abort();
             }

@@ -1,18 +1,22 @@
 /*
- * libFuzzer harness: everything else src/s3.c reads from a server. The same bytes go to
- * the ListObjectsV2 parser (with encoding-type=url decoding), the <Error> document parser
- * and the response-header callback. No crash, leak or undefined behaviour is allowed, and
+ * libFuzzer harness: everything else resclean reads from an S3 server. The same bytes go to
+ * the ListObjectsV2 parser (with encoding-type=url decoding) and the <Error> document parser
+ * of src/s3xml.c, and to the response-header callback of src/http.c. No crash, leak or undefined behaviour is allowed, and
  * a parsed listing must be self-consistent (lengths, a token when truncated).
  *
- * s3.c keeps these functions static (list_parse() apart from the network for this
- * harness), so this file includes s3.c.
+ * It links src/s3xml.c, src/http.c and src/buf.c: no Lua, and nothing is sent.
  */
-#include "../../src/s3.c"
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../src/http.h"
+#include "../../src/s3xml.h"
 
 static void parse_list(const char *data, size_t len) {
-    list_out *l = calloc(1, sizeof *l);
+    s3xml_list *l = calloc(1, sizeof *l);
     if (l == NULL) abort();
-    if (list_parse(l, data, len) == 0) {
+    if (s3xml_list_parse(l, data, len) == 0) {
         if (l->truncated && l->next_token == NULL) abort();
         for (size_t i = 0; i < l->n; i++) {
             if (l->e[i].key == NULL || l->e[i].key[l->e[i].keylen] != '\0') abort();
@@ -21,16 +25,12 @@ static void parse_list(const char *data, size_t len) {
         for (size_t i = 0; i < l->np; i++)
             if (l->prefixes[i] == NULL || l->prefixes[i][l->prefixlens[i]] != '\0') abort();
     }
-    list_free(l);
+    s3xml_list_free(l);
 }
 
 static void parse_error(const char *data, size_t len) {
-    s3_req r;
-    err_body e;
-    memset(&r, 0, sizeof r);
-    r.resp.p = (char *)data;
-    r.resp.n = len;
-    if (parse_error_body(&r, &e) == 0) {
+    s3xml_error e;
+    if (s3xml_parse_error(data, len, &e) == 0) {
         if (e.code[0] == '\0' || strlen(e.code) >= sizeof e.code) abort();
         if (strlen(e.message) >= sizeof e.message || strlen(e.request_id) >= sizeof e.request_id) abort();
     }
@@ -38,7 +38,7 @@ static void parse_error(const char *data, size_t len) {
 
 /* Feed the bytes to the header callback one line at a time, as curl does. */
 static void parse_headers(const char *data, size_t len) {
-    s3_req r;
+    http_req r;
     memset(&r, 0, sizeof r);
     size_t i = 0;
     while (i < len) {
@@ -48,16 +48,16 @@ static void parse_headers(const char *data, size_t len) {
         if (line == NULL) abort();
         memcpy(line, data + i, n);
         /* 0 stops the transfer: only for no memory, or a Content-Length over the limit */
-        if (on_header(line, 1, n, &r) != n && !r.oom && !r.too_large) abort();
+        if (http_on_header(line, 1, n, &r) != n && !r.oom && !r.too_large) abort();
         free(line);
         i += n;
     }
     if (r.has_len && r.h_len < 0) abort();
-    req_reset_attempt(&r);
+    http_req_reset(&r);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char *copy = malloc(size + 1); /* parsers get a NUL-terminated buffer, as from buf_add */
+    char *copy = malloc(size + 1); /* parsers get a NUL-terminated buffer, as from a buf */
     if (copy == NULL) abort();
     memcpy(copy, data, size);
     copy[size] = '\0';

@@ -1,32 +1,58 @@
 /*
- * libFuzzer harness: how src/s3.c turns an object key (arbitrary bytes) into a request.
- * req_start() builds the path, signs it (sigv4.c) and configures a curl handle; nothing is
- * sent. Property: the URL's path is "/bucket/" + the key, percent-encoded as SigV4 wants
+ * libFuzzer harness: how resclean turns an object key (arbitrary bytes) into a request.
+ * s3req_sign() (src/s3req.c) builds the path and URL and signs them (sigv4.c); curl's own URL
+ * parser then reads the path back as it would send it (path as is); nothing is sent. Property: the URL's path is "/bucket/" + the key, percent-encoded as SigV4 wants
  * for S3 (A-Za-z0-9-._~ and '/' kept, everything else %XX), and decoding it gives back the
  * exact key, NUL bytes included. A URL that names another key would make the client act on
  * another object (DELETE "a\0b" deleting "a").
  *
- * s3.c keeps req_start static, so this file includes s3.c.
+ * It links src/s3req.c, src/http.c, src/sigv4.c and src/buf.c: no Lua.
  */
-#include "../../src/s3.c"
+#define _POSIX_C_SOURCE 200809L /* strdup */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-static s3_client client;
-static CURL *easy;
+#include <curl/curl.h>
+
+#include "../../src/s3req.h"
+
+static s3_target target;
 
 static void setup(void) {
-    memset(&client, 0, sizeof client);
-    client.path_style = 1;
-    client.verify_tls = 1;
-    client.max_attempts = 1;
-    client.connect_timeout_ms = client.timeout_ms = 1000;
-    client.authority = strdup("127.0.0.1:9000");
-    client.region = strdup("us-east-1");
-    client.access_key = strdup("AKIDEXAMPLE");
-    client.secret_key = strdup("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
-    client.bucket = strdup("bucket");
-    client.multi = curl_multi_init();
-    easy = curl_easy_init();
-    if (client.multi == NULL || easy == NULL || client.bucket == NULL) abort();
+    memset(&target, 0, sizeof target);
+    target.path_style = 1;
+    target.authority = strdup("127.0.0.1:9000");
+    target.region = strdup("us-east-1");
+    target.access_key = strdup("AKIDEXAMPLE");
+    target.secret_key = strdup("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+    target.bucket = strdup("bucket");
+    if (target.authority == NULL || target.region == NULL || target.access_key == NULL ||
+        target.secret_key == NULL || target.bucket == NULL)
+        abort();
+}
+
+/* The path curl sends for url (CURLOPT_PATH_AS_IS: no dot segments removed) must be the
+ * path of the URL as written. */
+static void check_curl_path(const char *url) {
+    CURLU *u = curl_url();
+    char *path = NULL;
+    if (u == NULL) abort();
+    if (curl_url_set(u, CURLUPART_URL, url, CURLU_PATH_AS_IS) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
+        fprintf(stderr, "curl cannot parse %s\n", url);
+        abort();
+    }
+    const char *want = strstr(url, "://") + 3;
+    want += strcspn(want, "/");
+    size_t wl = strcspn(want, "?");
+    if (strlen(path) != wl || memcmp(path, want, wl) != 0) {
+        fprintf(stderr, "curl would send the path %s for %s\n", path, url);
+        abort();
+    }
+    curl_free(path);
+    curl_url_cleanup(u);
 }
 
 static int hexv(int c) {
@@ -83,27 +109,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         setup();
         ready = 1;
     }
-    if (size == 0) return 0; /* s3.c refuses empty keys before req_start */
-    char errbuf[CURL_ERROR_SIZE];
+    if (size == 0) return 0; /* s3req_init refuses empty keys: nothing is signed */
     for (int style = 1; style >= 0; style--) {
         s3_req r;
-        memset(&r, 0, sizeof r);
-        r.method = "HEAD";
-        r.nobody = 1;
-        r.idempotent = 1;
-        r.key = (const char *)data;
-        r.keylen = size;
-        memcpy(r.payload_hash, EMPTY_SHA256, sizeof EMPTY_SHA256);
-        client.path_style = style;
-        int st = req_start(NULL, &client, &r, easy, errbuf, 0);
-        if (st == START_OK) {
-            check(r.url, style ? "http://127.0.0.1:9000/bucket/" : "http://bucket.127.0.0.1:9000/", data, size);
-            curl_multi_remove_handle(client.multi, easy);
-        } else if (st != START_NOMEM) {
-            fprintf(stderr, "req_start failed: %d\n", st);
-            abort();
-        }
-        req_reset_attempt(&r);
+        s3_signed sg;
+        s3req_init(&r, "HEAD", (const char *)data, size);
+        target.path_style = style;
+        if (s3req_sign(&target, &r, 1440938160, &sg) == 0) {
+            check(r.http.url, style ? "http://127.0.0.1:9000/bucket/" : "http://bucket.127.0.0.1:9000/", data,
+                  size);
+            check_curl_path(r.http.url);
+        } /* else out of memory: not a property of the key */
+        s3req_signed_free(&sg);
+        s3req_free(&r);
     }
     return 0;
 }
