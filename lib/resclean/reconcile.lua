@@ -18,7 +18,8 @@
 --
 -- Nothing any row names is deleted. Each key left without owner is looked
 -- up in every uuid and text column of every table the role can read (one
--- `= ANY($1)` query per column per page); a key named by a column of an
+-- query per table per page: its columns' `= ANY($n)` ORed, one scan of the
+-- table rather than one per column); a key named by a column of an
 -- owner is kept, a key named by any other column refuses the run (exit 2)
 -- naming the table and column to add to owners.
 --
@@ -298,8 +299,9 @@ function M.check_owners(conn, p, page_size)
 end
 
 -- Every uuid and text column of every table the role can read (all schemas
--- but the system's), and which of them an owner covers. Returns
--- {columns = {...}, unreadable = {"schema.table", ...}} or nil, err.
+-- but the system's), grouped by table, and which of them an owner covers.
+-- Returns {tables = {{ref, cols = {...}}, ...}, unreadable = {"schema.table", ...}}
+-- or nil, err.
 function M.name_columns(conn, p, owners)
   local res, err = conn:query([[
     SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS tbl, a.attname::text AS col,
@@ -323,23 +325,26 @@ function M.name_columns(conn, p, owners)
       for _, f in ipairs(M.key_fields(p)) do cover(o.oid, f[2]) end
     end
   end
-  local cols, unreadable, seen = {}, {}, {}
+  local tables, by_oid, unreadable, seen = {}, {}, {}, {}
   for _, r in ipairs(res) do
     local tname = r.on_path and r.tbl or (r.schema .. "." .. r.tbl)
     if r.readable then
-      local c, t = conn:quote_ident(r.col), conn:quote_ident(r.schema) .. "." .. conn:quote_ident(r.tbl)
-      cols[#cols + 1] = {
+      local t = by_oid[r.oid]
+      if not t then
+        t = { ref = conn:quote_ident(r.schema) .. "." .. conn:quote_ident(r.tbl), cols = {} }
+        by_oid[r.oid] = t
+        tables[#tables + 1] = t
+      end
+      t.cols[#t.cols + 1] = {
         name = tname .. "." .. r.col, table = r.tbl, schema = r.schema, on_path = r.on_path, column = r.col,
-        uuid = r.is_uuid, covered = covered[r.oid .. "." .. r.col] == true,
-        sql = r.is_uuid and ("SELECT DISTINCT %s::text AS v FROM %s WHERE %s = ANY($1::uuid[])"):format(c, t, c)
-          or ("SELECT DISTINCT %s::text AS v FROM %s WHERE %s::text = ANY($1::text[])"):format(c, t, c),
+        ident = conn:quote_ident(r.col), uuid = r.is_uuid, covered = covered[r.oid .. "." .. r.col] == true,
       }
     elseif not seen[tname] then
       seen[tname] = true
       unreadable[#unreadable + 1] = tname
     end
   end
-  return { columns = cols, unreadable = unreadable }
+  return { tables = tables, unreadable = unreadable }
 end
 
 local function add(list, set, v)
@@ -454,22 +459,47 @@ function M.owned(conn, p, owners, keys)
   return owned, unprovable
 end
 
--- Which of keys does a row of any readable table name? Returns
--- named (key -> list of column entries) or nil, err.
-function M.named(conn, cols, keys)
+-- Which of keys does a row of any readable table name? One query per
+-- table (its columns ORed: one scan of the table, not one per column).
+-- Returns named (key -> list of column entries) or nil, err.
+function M.named(conn, tables, keys)
   local named = {}
   if #keys == 0 then return named end
   local uuids, texts, names = lookup_values(keys)
-  for _, col in ipairs(cols) do
-    local vals = col.uuid and uuids or texts
-    if #vals > 0 then
-      local res, err = conn:query(col.sql, vals)
+  local is_uuid, is_text = {}, {}
+  for _, u in ipairs(uuids) do is_uuid[u] = true end
+  for _, t in ipairs(texts) do is_text[t] = true end
+  for _, t in ipairs(tables) do
+    local sel, where, args, slot = {}, {}, {}, {}
+    for i, col in ipairs(t.cols) do
+      local kind = col.uuid and "uuid" or "text"
+      local vals = col.uuid and uuids or texts
+      if #vals > 0 then
+        if not slot[kind] then
+          args[#args + 1] = vals
+          slot[kind] = #args
+        end
+        sel[#sel + 1] = ("%s::text AS c%d"):format(col.ident, i)
+        where[#where + 1] = col.uuid and ("%s = ANY($%d::uuid[])"):format(col.ident, slot[kind])
+          or ("%s::text = ANY($%d::text[])"):format(col.ident, slot[kind])
+      end
+    end
+    if #where > 0 then
+      local res, err = conn:query(("SELECT DISTINCT %s FROM %s WHERE %s"):format(table.concat(sel, ", "), t.ref,
+        table.concat(where, " OR ")), table.unpack(args))
       if not res then return nil, err end
       for _, r in ipairs(res) do
-        for _, k in ipairs(names[r.v] or {}) do
-          named[k] = named[k] or {}
-          local list = named[k]
-          if list[#list] ~= col then list[#list + 1] = col end
+        for i, col in ipairs(t.cols) do
+          local v = r["c" .. i]
+          if v ~= nil and (col.uuid and is_uuid[v] or not col.uuid and is_text[v]) then
+            for _, k in ipairs(names[v] or {}) do
+              named[k] = named[k] or {}
+              local list = named[k]
+              local dup = false
+              for _, c in ipairs(list) do dup = dup or c == col end
+              if not dup then list[#list + 1] = col end
+            end
+          end
         end
       end
     end
@@ -601,7 +631,7 @@ function Run:plan_page(conn, store, ctx, entries, db_now, cutoff, range)
         rkeys[#rkeys + 1] = e.key
       end
     end
-    local named, err = M.named(conn, ctx.columns, rkeys)
+    local named, err = M.named(conn, ctx.tables, rkeys)
     if not named then return nil, err end
     for _, e in ipairs(rest) do
       local cols = named[e.key]
@@ -736,8 +766,8 @@ function Run:stop_on(err)
   return type(err) == "string" and errors.EXIT.usage or errors.exit_code(err), msg
 end
 
--- The whole run over an open connection and store. ctx: owners and
--- columns (M.check_owners, M.name_columns). opts: apply, json, older_than,
+-- The whole run over an open connection and store. ctx: owners, tables
+-- and unreadable (M.check_owners, M.name_columns). opts: apply, json, older_than,
 -- page_size, max_delete. Returns exit code[, message for stderr].
 function M.reconcile(conn, store, ctx, p, opts)
   local run = M.new_run({ policy = p, apply = opts.apply, human = not opts.json, page_size = opts.page_size })
@@ -849,7 +879,7 @@ function M.main(p, opts, fail)
     conn:close()
     return fail(code, msg)
   end
-  code, msg = M.reconcile(conn, store, { owners = owners, columns = cols.columns, unreadable = cols.unreadable },
+  code, msg = M.reconcile(conn, store, { owners = owners, tables = cols.tables, unreadable = cols.unreadable },
     p, opts)
   store:close()
   conn:close()
