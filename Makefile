@@ -24,14 +24,12 @@ NET_PKGS  = lua5.4 libpq libcurl openssl expat
 CC      ?= cc
 WARN    = -std=c11 -Wall -Wextra $(if $(filter true,$(CI)),-Werror)
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS = $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(HOST_PKGS) $(NET_PKGS)) \
-             -DRESCLEAN_SHAREDIR='"$(SHAREDIR)"' -DRESCLEAN_LIBDIR='"$(LIBDIR)"'
+ALL_CFLAGS = $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(HOST_PKGS) $(NET_PKGS))
 HOST_LIBS = $(shell pkg-config --libs $(HOST_PKGS))
 NET_LIBS  = $(shell pkg-config --libs $(NET_PKGS))
 
 HOST_SRC = src/main.c src/sys.c
-NET_SRC  = src/net.c src/luax.c src/pg.c src/s3.c src/s3req.c src/s3xml.c src/http.c src/buf.c \
-           src/sigv4.c src/sigv4_lua.c
+NET_SRC  = src/net.c src/pg.c src/s3.c src/sigv4.c
 HDR     = $(wildcard src/*.h)
 
 # `make asan test` builds and tests the sanitizer variant.
@@ -128,11 +126,21 @@ INSTALLED   = $(BINDIR)/resclean $(LIBDIR)/resclean_net.so \
 SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@SHAREDIR@|$(SHAREDIR)|g' \
             -e 's|/usr/local/bin/resclean|$(BINDIR)/resclean|g'
 
+# The host finds its files from /proc/self/exe; PREFIX is only its fallback. The tree's build
+# keeps the default one (src/resclean.h), so `make install PREFIX=...` never changes ./resclean:
+# install compiles main.c once more, with its PREFIX, into build/install.
+INST_OBJ = build/install
+
 install: $(BIN) $(NET_SO)
+	@mkdir -p $(INST_OBJ)
+	@echo "  CC  src/main.c (PREFIX=$(PREFIX))"
+	@$(CC) $(ALL_CFLAGS) -DRESCLEAN_SHAREDIR='"$(SHAREDIR)"' -DRESCLEAN_LIBDIR='"$(LIBDIR)"' \
+	  -c -o $(INST_OBJ)/main.o src/main.c
+	@$(CC) $(LDFLAGS) -o $(INST_OBJ)/resclean $(INST_OBJ)/main.o $(filter-out %/main.o,$(HOST_OBJ)) $(HOST_LIBS)
 	@new=; for d in $(COMMON_DIRS) $(OWN_DIRS); do [ -d "$(DESTDIR)$$d" ] || new="$$new $$d"; done; \
 	install -d $(addprefix $(DESTDIR),$(COMMON_DIRS) $(OWN_DIRS)) && \
 	for d in $$new; do echo "$$d"; done >>"$(DESTDIR)$(SHAREDIR)/installed-dirs"
-	install -m 755 $(BIN) $(DESTDIR)$(BINDIR)/resclean
+	install -m 755 $(INST_OBJ)/resclean $(DESTDIR)$(BINDIR)/resclean
 	install -m 644 $(NET_SO) $(DESTDIR)$(LIBDIR)/resclean_net.so
 	install -m 644 lib/resclean/*.lua $(DESTDIR)$(SHAREDIR)/lib/resclean/
 	install -m 644 scripts/*.lua $(DESTDIR)$(SHAREDIR)/scripts/

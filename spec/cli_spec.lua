@@ -1,4 +1,5 @@
--- The command line: run, exit codes, arg, package.path, version, help.
+-- The command line: run, exit codes, arg, package.path, version, help. (The installed
+-- binary, its help taken at its word and its manuals: deploy_spec.)
 local h = require("support.helpers")
 
 describe("resclean command line", function()
@@ -52,12 +53,23 @@ describe("resclean command line", function()
     assert.matches("usage: resclean", r.stderr, 1, true)
   end)
 
-  it("prints help with help and --help", function()
+  it("prints help with help and --help, naming the shipped scripts as they run from any folder", function()
     for _, cmd in ipairs({ "help", "--help" }) do
       local r = h.run({ cmd })
       assert.are.equal(0, r.code)
       assert.matches("usage: resclean", r.stdout, 1, true)
+      for _, script in ipairs({ "sweep", "cancel", "status", "reconcile" }) do
+        assert.matches("\n  resclean run " .. script .. " [", r.stdout, 1, true)
+      end
+      assert.is_nil(r.stdout:find("scripts/", 1, true), "help names a path that works only in the source tree")
     end
+  end)
+
+  it("runs a shipped script by name from any folder", function()
+    local out = h.tmpdir() .. "/out"
+    local ok = os.execute(("cd / && %s run sweep --help >%s 2>&1"):format(h.q(h.bin()), h.q(out)))
+    assert.is_true(ok, h.readall(out))
+    assert.matches("^usage: resclean run sweep ", h.readall(out))
   end)
 
   it("prints its own version and its libraries' versions", function()
@@ -141,22 +153,5 @@ describe("resclean command line", function()
       .. 'io.write(c.encode({a = 1}))\n') })
     assert.are.equal("", r.stderr)
     assert.are.equal('{"a":1}', r.stdout)
-  end)
-end)
-
-describe("make install", function()
-  it("installs a binary that finds its Lua library and scripts without any environment", function()
-    local prefix = h.tmpdir() .. "/prefix"
-    local ok = os.execute(("make -s install PREFIX=%s >/dev/null"):format(h.q(prefix)))
-    assert.is_true(ok)
-    local out = h.tmpdir() .. "/out"
-    local ran = os.execute(("cd / && env -u LUA_PATH -u LUA_PATH_5_4 %s/bin/resclean run sweep --help >%s 2>&1")
-      :format(h.q(prefix), h.q(out)))
-    local text = h.readall(out)
-    assert.is_true(ran, text)
-    assert.matches("usage: resclean run scripts/sweep.lua", text, 1, true)
-    local f = io.open(prefix .. "/share/man/man1/resclean.1")
-    assert.is_truthy(f, "no man page installed")
-    f:close()
   end)
 end)
