@@ -29,7 +29,8 @@ HOST_LIBS = $(shell pkg-config --libs $(HOST_PKGS))
 NET_LIBS  = $(shell pkg-config --libs $(NET_PKGS))
 
 HOST_SRC = src/main.c src/sys.c
-NET_SRC  = src/net.c src/pg.c src/s3.c src/sigv4.c
+NET_SRC  = src/net.c src/luax.c src/pg.c src/s3.c src/s3req.c src/s3xml.c src/http.c src/buf.c \
+           src/sigv4.c src/sigv4_lua.c
 HDR     = $(wildcard src/*.h)
 
 # `make asan test` builds and tests the sanitizer variant.
@@ -55,9 +56,9 @@ DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev \
 DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
             radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl \
             groff-base man-db systemd
-DEB_BENCH = hyperfine clang libclang-rt-14-dev
+DEB_BENCH = hyperfine clang libclang-rt-14-dev clang-format universal-ctags
 
-.PHONY: all asan deps test lint specs demo bench install uninstall clean fuzz
+.PHONY: all asan deps test lint specs demo bench install uninstall clean fuzz format format-check
 all: $(BIN) $(NET_SO)
 
 asan: $(BIN) $(NET_SO)
@@ -156,6 +157,13 @@ uninstall:
 	for d in $$(printf '%s\n' $(OWN_DIRS) $$created | sort -u -r); do \
 	  if [ -d "$(DESTDIR)$$d" ] && rmdir "$(DESTDIR)$$d" 2>/dev/null; then echo "rmdir $(DESTDIR)$$d"; fi; \
 	done
+
+# One house style for C (src/.clang-format): format rewrites src/, format-check fails on a difference.
+format:
+	@clang-format -i src/*.[ch]
+
+format-check:
+	@clang-format --dry-run --Werror src/*.[ch]
 
 # libFuzzer harnesses (clang) for the S3 reply parsing and SigV4 encoding; a few minutes each.
 fuzz:
