@@ -103,6 +103,44 @@ static int sys_sleep(lua_State *L) {
     return 1;
 }
 
+/* wait_readable(fd, seconds) -> true when fd is readable, false when the
+ * time ran out, nil when a stop signal arrived (also before the call). One
+ * wait on a socket (a LISTEN connection), the timer and the stop signals
+ * together: signals are blocked until pselect unblocks them atomically. */
+static int sys_wait_readable(lua_State *L) {
+    int fd = (int)luaL_checkinteger(L, 1);
+    double secs = luaL_checknumber(L, 2);
+    sigset_t block, orig;
+    int ready = 0;
+    luaL_argcheck(L, fd >= 0 && fd < FD_SETSIZE, 1, "expected a descriptor below FD_SETSIZE");
+    luaL_argcheck(L, secs >= 0 && secs < 1e9, 2, "expected seconds >= 0");
+    double deadline = clock_seconds(CLOCK_MONOTONIC) + secs;
+    sigemptyset(&block);
+    for (size_t i = 0; i < N_STOP_SIGNALS; i++) sigaddset(&block, stop_signals[i]);
+    sigprocmask(SIG_BLOCK, &block, &orig);
+    for (;;) {
+        double left = deadline - clock_seconds(CLOCK_MONOTONIC);
+        if (stop_signal) break;
+        if (left < 0) left = 0;
+        fd_set rd;
+        FD_ZERO(&rd);
+        FD_SET(fd, &rd);
+        struct timespec ts;
+        ts.tv_sec = (time_t)left;
+        ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+        int n = pselect(fd + 1, &rd, NULL, NULL, &ts, &orig);
+        if (n > 0) {
+            ready = 1;
+            break;
+        }
+        if (n == 0 || (n < 0 && errno != EINTR)) break;
+    }
+    sigprocmask(SIG_SETMASK, &orig, NULL);
+    if (stop_signal) lua_pushnil(L);
+    else lua_pushboolean(L, ready);
+    return 1;
+}
+
 /* stopping() -> false, or the signal's name */
 static int sys_stopping(lua_State *L) {
     int sig = stop_signal;
@@ -296,6 +334,11 @@ static int sys_write_file(lua_State *L) {
     return 1;
 }
 
+static int sys_version(lua_State *L) {
+    lua_pushstring(L, RESCLEAN_VERSION);
+    return 1;
+}
+
 static const luaL_Reg sys_funcs[] = {
     {"file_kind", sys_file_kind},
     {"getenv", sys_getenv},
@@ -309,6 +352,8 @@ static const luaL_Reg sys_funcs[] = {
     {"stdio_closed", sys_stdio_closed},
     {"stopping", sys_stopping},
     {"time", sys_time},
+    {"version", sys_version},
+    {"wait_readable", sys_wait_readable},
     {"write_file", sys_write_file},
     {NULL, NULL}};
 
