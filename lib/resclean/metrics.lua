@@ -1,10 +1,12 @@
 -- Prometheus metrics for node_exporter's textfile collector: after every
--- cycle the whole file is rewritten atomically (a temporary file in the same
--- folder, then rename), so the collector never reads half a file.
+-- cycle the whole file is rewritten atomically (sys.write_file: a new file
+-- made with mkstemp in the same folder, then rename), so the collector never
+-- reads half a file, and a symbolic link planted in a shared textfile folder,
+-- at the temporary name or at the file's own name, is never written through.
 --
 --   local m = require("resclean.metrics").new("/var/lib/node_exporter/textfile/resclean.prom")
 --   m:record(summary, exit_code, policy)   -- after a cycle
---   m:record_failure(policy)               -- storage unreachable before a cycle
+--   m:record_failure(policy, code)         -- a cycle that failed before sweeping (2 or 3)
 --
 -- Counters continue from the values already in the file, so a sweep run
 -- hourly with --once (a new process each time) still exposes counters that
@@ -16,6 +18,9 @@ local M = {}
 
 M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused" }
 M.EXIT_CODES = { 0, 1, 2, 3 }
+-- Why the sweep keeps a resource on purpose (outcome skipped); each is
+-- written every cycle, 0 included, so alert expressions always match.
+M.KEPT_REASONS = { "referenced", "locked", "bad_key", "row_vanished" }
 
 -- name -> {type, help}; rendered in this order.
 M.FAMILIES = {
@@ -29,6 +34,12 @@ M.FAMILIES = {
     "Unix time the last cycle that ran to completion (exit code 0 or 1, not a dry run) ended." },
   { "resclean_sweep_duration_seconds", "gauge", "Duration of the last cycle." },
   { "resclean_sweep_eligible", "gauge", "Stale pending resources found at the start of the last cycle." },
+  { "resclean_sweep_kept", "gauge",
+    "Stale pending resources the last cycle kept on purpose, by reason (referenced by an attack, locked, "
+      .. "a key the policy refuses, row gone meanwhile): part of eligible, not a backlog." },
+  { "resclean_sweep_backlog", "gauge",
+    "Stale pending resources the last cycle left to remove: eligible minus removed minus kept on purpose "
+      .. "(failed ones, and those a limit or a stop left; a dry run removes nothing)." },
   { "resclean_sweep_rate", "gauge", "Resources handled per second in the last cycle." },
   { "resclean_pending_oldest_age_seconds", "gauge",
     "Age of the oldest stale pending resource at the start of the last cycle (0: none), by the database clock." },
@@ -69,8 +80,13 @@ end
 
 -- Read the state worth keeping (counters, last success) from a file this
 -- module wrote. Anything unreadable is ignored: the counters start at 0.
+-- A file that could not be replaced is not read either: the check comes
+-- first (sys.write_file without data: lstat, then a probe file created and
+-- removed), so a symbolic link or a FIFO planted at path is never opened;
+-- check() and write() report it.
 function M.read_state(path)
   local state = { resources = {}, cycles = {} }
+  if not sys.write_file(path) then return state end
   local f = io.open(path, "rb")
   if not f then return state end
   for line in f:lines() do
@@ -119,9 +135,34 @@ local function policy_gauges(g, p)
   g.table, g.bucket = p.table, p.bucket
 end
 
+-- Kept on purpose, by reason, from a summary: skipped_reasons when the
+-- sweep gives them; skipped resources it does not explain are "other".
+local function kept(summary)
+  local by, named = {}, 0
+  for _, r in ipairs(M.KEPT_REASONS) do by[r] = 0 end
+  for r, n in pairs(summary.skipped_reasons or {}) do
+    if math.type(n) == "integer" and n > 0 then
+      by[r] = (by[r] or 0) + n
+      named = named + n
+    end
+  end
+  local rest = (math.type(summary.skipped) == "integer" and summary.skipped or 0) - named
+  if rest > 0 then by.other = rest end
+  return by
+end
+
+-- What the cycle left to remove: rows that became stale during the cycle
+-- and were removed too would make it negative: 0.
+local function backlog(summary)
+  local function n(k) return math.type(summary[k]) == "integer" and summary[k] or 0 end
+  if math.type(summary.eligible) ~= "integer" then return nil end
+  local removed = summary.dry_run and 0 or n("object_deleted") + n("record_only") + n("deleted")
+  return math.max(summary.eligible - removed - n("skipped"), 0)
+end
+
 -- After a cycle: summary is the sweep's summary (counts by outcome,
--- eligible, duration_ms, rate, error, dry_run, singleton_busy,
--- oldest_age_s), code its exit code.
+-- skipped_reasons, eligible, duration_ms, rate, error, dry_run,
+-- singleton_busy, oldest_age_s), code its exit code.
 function Metrics:record(summary, code, p)
   summary = summary or {}
   local g = self.gauges
@@ -138,11 +179,13 @@ function Metrics:record(summary, code, p)
   if summary.duration_ms then g.duration = summary.duration_ms / 1000 end
   if summary.singleton_busy then
     -- Another sweeper did the work: this one knows nothing of the backlog.
-    g.eligible, g.oldest, g.rate = nil, nil, nil
+    g.eligible, g.oldest, g.rate, g.kept, g.backlog = nil, nil, nil, nil, nil
   elseif not summary.error or (summary.eligible or 0) > 0 then
     -- (a cycle that failed before counting reports eligible 0: keep the last values)
     g.eligible = summary.eligible
     g.rate = summary.rate
+    g.kept = kept(summary)
+    g.backlog = backlog(summary)
     if summary.oldest_age_s ~= nil then
       g.oldest = summary.oldest_age_s
     elseif summary.eligible == 0 then
@@ -160,9 +203,12 @@ function Metrics:record(summary, code, p)
   return self:flush()
 end
 
--- A cycle that could not start: storage or database unreachable (exit 3).
+-- A cycle that failed before sweeping: code 3 (storage or database
+-- unreachable, the default) or 2 (configuration the operator must fix). It is
+-- counted as a cycle; the last success and the backlog figures stay as they were.
 function Metrics:record_failure(p, code)
   code = code or 3
+  assert(math.type(code) == "integer", "metrics: record_failure needs an exit code")
   self.cycles[code] = (self.cycles[code] or 0) + 1
   self.gauges.exit_code = code
   self.gauges.last_run = self.now()
@@ -170,16 +216,31 @@ function Metrics:record_failure(p, code)
   return self:flush()
 end
 
--- Can the file be written? (a temporary file is created in its folder and
--- removed). For a start-up check: true or nil, err.
+-- What to fix, by the errno sys.write_file returns (Linux numbers); a link
+-- or a non-regular file at the path is explained by the message itself.
+local FIX = {
+  [1] = "resclean's user must be allowed to create files in the folder",  -- EPERM
+  [2] = "the folder must exist",                                          -- ENOENT
+  [13] = "resclean's user must be allowed to create files in the folder", -- EACCES
+  [20] = "every part of the folder's path must be a folder",              -- ENOTDIR
+  [28] = "the file system is full",                                       -- ENOSPC
+  [30] = "the folder is on a read-only file system",                      -- EROFS
+  [122] = "resclean's user is over its disk quota",                       -- EDQUOT
+}
+
+-- The error of a failed sys.write_file; msg names the path.
+local function write_error(code, msg, errno)
+  local fix = FIX[errno]
+  return { kind = "metrics", code = code,
+           message = ("cannot write metrics file (--metrics-file) %s%s"):format(msg, fix and ("; " .. fix) or "") }
+end
+
+-- Can the file be written? path is no symbolic link or other non-regular
+-- file, and a file can be created in its folder (then removed). For a
+-- start-up check: true or nil, err.
 function Metrics:check()
-  local tmp = ("%s.tmp.%d"):format(self.path, sys.pid())
-  local f, err = io.open(tmp, "wb")
-  if not f then
-    return nil, { kind = "metrics", code = "open", message = ("cannot write metrics: %s"):format(err) }
-  end
-  f:close()
-  os.remove(tmp)
+  local ok, msg, errno = sys.write_file(self.path)
+  if not ok then return nil, write_error("open", msg, errno) end
   return true
 end
 
@@ -199,6 +260,7 @@ function Metrics:render()
     resclean_sweep_last_success_timestamp_seconds = self.last_success,
     resclean_sweep_duration_seconds = g.duration,
     resclean_sweep_eligible = g.eligible,
+    resclean_sweep_backlog = g.backlog,
     resclean_sweep_rate = g.rate,
     resclean_pending_oldest_age_seconds = g.oldest,
     resclean_sweep_dry_run = g.dry_run,
@@ -225,6 +287,13 @@ function Metrics:render()
       for _, c in ipairs(codes) do
         samples[#samples + 1] = ('%s{exit_code="%d"} %s'):format(name, c, num(self.cycles[c]))
       end
+    elseif name == "resclean_sweep_kept" then
+      local reasons = {}
+      for r in pairs(g.kept or {}) do reasons[#reasons + 1] = r end
+      table.sort(reasons)
+      for _, r in ipairs(reasons) do
+        samples[#samples + 1] = ('%s{reason="%s"} %s'):format(name, label(r), num(g.kept[r]))
+      end
     elseif name == "resclean_info" then
       if g.table then
         samples[1] = ('%s{table="%s",bucket="%s"} 1'):format(name, label(g.table), label(g.bucket or ""))
@@ -241,22 +310,11 @@ function Metrics:render()
   return table.concat(out, "\n") .. "\n"
 end
 
--- Write the file atomically. Returns true or nil, err ({kind="metrics"}).
+-- Write the file atomically (mode 0644: node_exporter often runs as
+-- another user). Returns true or nil, err ({kind="metrics"}).
 function Metrics:write()
-  local text = self:render()
-  local tmp = ("%s.tmp.%d"):format(self.path, sys.pid())
-  local f, err = io.open(tmp, "wb")
-  if not f then
-    return nil, { kind = "metrics", code = "open", message = ("cannot write metrics: %s"):format(err) }
-  end
-  local ok, werr = f:write(text)
-  if ok then ok, werr = f:flush() end
-  f:close()
-  if ok then ok, werr = os.rename(tmp, self.path) end
-  if not ok then
-    os.remove(tmp)
-    return nil, { kind = "metrics", code = "write", message = ("cannot write metrics %s: %s"):format(self.path, werr) }
-  end
+  local ok, msg, errno = sys.write_file(self.path, self:render(), "0644")
+  if not ok then return nil, write_error("write", msg, errno) end
   return true
 end
 
