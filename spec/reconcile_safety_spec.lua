@@ -157,6 +157,12 @@ describe("reconcile's safety", function()
       c.owned[1]))[1].g
     bucket("guid", concat(c.owned, { c.guid }))
     cases.guid = c
+    -- an old key scheme: "old/<id>" of a row whose key(row) is the bare id, among 10 owned
+    c = {}
+    c.owned = fx.rows(conn, 10, { uploaded = true })
+    c.old = "old/" .. c.owned[1]
+    bucket("kept", concat(c.owned, { c.old }))
+    cases.kept = c
     -- wait, by the database clock, until every object is older than OLD
     local newest = 0
     for _, b in pairs(B) do
@@ -295,11 +301,59 @@ describe("reconcile's safety", function()
     assert.are.same(sorted(before), sorted(bucket_keys(b)))
   end)
 
+  it("keeps an object a row of an owner names even when no key(row) is its key", function()
+    local b, c = B.kept, cases.kept
+    local before = bucket_keys(b)
+    local r = reconcile(b, [[key_pattern = "^[%w/%-]+$",]], { "--apply", "--max-delete", "10" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal(#c.owned, r.summary.owned)
+    assert.are.same({ c.old }, sorted(outcomes(r, "kept")))
+    assert.are.equal("attack_resource_files.id", r.orphans[c.old].named_by)
+    assert.are.equal(0, r.summary.orphans)
+    assert.are.same(sorted(before), sorted(bucket_keys(b)))
+  end)
+
   it("gives key() the row the sweep gives it", function()
     local p = assert(require("resclean.policy").build({ key_columns = { "id", "checksum", "guid" } }))
     local rec = require("resclean.reconcile")
     local sweep_sql = require("resclean.sweep").build_sql(conn, p).lock_ids
     local mine = rec.row_select(conn, p)
     assert.are.equal(mine .. " WHERE", sweep_sql:sub(1, #mine + 6))
+  end)
+end)
+
+describe("reconcile's command line", function()
+  local function run(argv, env)
+    local a = { "run", "scripts/reconcile.lua" }
+    for _, v in ipairs(argv) do a[#a + 1] = v end
+    return h.run(a, env or h.script_env("reconcile-cli"))
+  end
+
+  it("lists every flag in --help", function()
+    local r = run({ "--help" })
+    assert.are.equal(0, r.code)
+    for _, f in ipairs({ "--apply", "--max-delete N", "--json", "--older-than", "--page-size", "--policy",
+                         "--log-level", "--help" }) do
+      assert.matches("\n  " .. f, r.stdout, 1, true)
+    end
+  end)
+
+  it("exits 2 on usage errors", function()
+    for _, argv in ipairs({ { "--max-delete", "x" }, { "--max-delete", "-1" }, { "--max-delete" },
+                            { "--page-size", "0" }, { "--nope" }, { "extra" }, { "--older-than", "1" },
+                            { "--log-level", "loud" } }) do
+      local r = run(argv)
+      assert.are.equal(2, r.code, table.concat(argv, " ") .. ": " .. r.stderr)
+      assert.matches("usage: resclean run reconcile", r.stderr, 1, true)
+    end
+  end)
+
+  it("exits 2 on a malformed DATABASE_URL and 3 on an unreachable database, naming DATABASE_URL", function()
+    local r = run({}, h.script_env("reconcile-cli", { DATABASE_URL = "postgresql://u@[::1/db" }))
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("DATABASE_URL", r.stderr, 1, true)
+    r = run({}, h.script_env("reconcile-cli", { DATABASE_URL = "postgresql://u@127.0.0.1:1/db?connect_timeout=2" }))
+    assert.are.equal(3, r.code, r.stderr)
+    assert.matches("DATABASE_URL", r.stderr, 1, true)
   end)
 end)

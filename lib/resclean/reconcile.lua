@@ -269,7 +269,11 @@ function M.check_owners(conn, p, page_size)
     else
       owner.owned_sql = ("SELECT DISTINCT %s::text AS k FROM %s WHERE %s::text = ANY($1::text[])"):format(c, t, c)
     end
-    if o.table == p.table then
+    -- The policy's table owns through key(row) by the columns key() reads;
+    -- an entry for another of its columns is a plain owner column.
+    local key_col = false
+    for _, f in ipairs(M.key_fields(p)) do key_col = key_col or f[2] == o.key_column end
+    if o.table == p.table and key_col then
       local ok
       ok, err = key_owner(conn, p, owner)
       if not ok then return nil, err end
@@ -436,19 +440,22 @@ end
 -- or nil, err.
 function M.owned(conn, p, owners, keys)
   local owned, proven = {}, nil
+  local uuids, texts, names = lookup_values(keys)
   for _, o in ipairs(owners) do
     if o.by_key then
+      -- Only key(row) owns: a row that merely holds a UUID of the key is
+      -- found by M.named and keeps the object, reported as such.
       local err
       proven, err = owned_by_key(conn, p, o, keys, owned)
       if not proven then return nil, err end
-    end
-    local uuids, texts, names = lookup_values(keys)
-    local vals = o.kind == "uuid" and uuids or texts
-    if #vals > 0 then
-      local res, err = conn:query(o.owned_sql, vals)
-      if not res then return nil, err end
-      for _, r in ipairs(res) do
-        for _, k in ipairs(names[r.k] or {}) do owned[k] = owned[k] or o.table end
+    else
+      local vals = o.kind == "uuid" and uuids or texts
+      if #vals > 0 then
+        local res, err = conn:query(o.owned_sql, vals)
+        if not res then return nil, err end
+        for _, r in ipairs(res) do
+          for _, k in ipairs(names[r.k] or {}) do owned[k] = owned[k] or o.table end
+        end
       end
     end
   end
@@ -543,8 +550,12 @@ function Run:orphan(entry, outcome, reason, extra)
   for k, v in pairs(extra or {}) do f[k] = v end
   local bad = outcome == "failed" or outcome == "refused" or outcome == "unprovable"
   log.emit(bad and "warn" or "info", "orphan", f)
-  local what = WHAT[outcome] or outcome == "kept" and ("kept (" .. tostring(reason) .. ")")
-    or ("%s (%s)"):format(outcome:upper(), tostring(reason))
+  local why = f.named_by and ("named by " .. f.named_by) or f.owner and ("now owned by " .. f.owner)
+    or tostring(reason)
+  local what = WHAT[outcome] or outcome == "kept" and ("kept: " .. why)
+    or outcome == "refused" and ("REFUSED: " .. why .. " (not an owner)")
+    or outcome == "unprovable" and "REFUSED: owner cannot be proven (set key_id)"
+    or ("%s (%s)"):format(outcome:upper(), why)
   self:say("orphan   %s  %s bytes  modified %s (%s ago)  %s", entry.key, tostring(entry.size or "?"),
     tostring(entry.last_modified), human_age(entry.age_s), what)
 end
