@@ -404,6 +404,7 @@ describe("resclean.pg", function()
       assert.matches("syntax error", err.message)
       assert.equal("ERROR", err.severity)
       assert.matches("^pg 42601: syntax error", tostring(err))
+      assert.equal("resclean.error", getmetatable(err).__name) -- the metatable s3 errors have too
       res, err = main:query("SELECT 1 / $1::int AS x", 0)
       assert.is_nil(res)
       assert.equal("22012", err.code)

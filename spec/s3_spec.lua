@@ -513,6 +513,17 @@ describe("resclean.s3 failure modes (scripted fake server)", function()
     c:close()
   end)
 
+  it("reports a host that does not resolve as a retryable dns error, printable like a pg error", function()
+    local c = s3.client({ endpoint = "http://no-such-host.invalid", access_key = "a", secret_key = "b",
+      bucket = "fake", max_attempts = 1 })
+    local ok, err = c:head("k")
+    assert.is_nil(ok)
+    assert.same({ "s3", "dns", true }, { err.kind, err.code, err.retryable })
+    assert.equal("resclean.error", getmetatable(err).__name)
+    assert.equal("s3 dns: " .. err.message, tostring(err))
+    c:close()
+  end)
+
   it("reports a slow server as a timeout", function()
     f.script({ { status = 200, body = "late", delay = 2 } })
     local c = f.client({ timeout = 0.3, max_attempts = 1 })
