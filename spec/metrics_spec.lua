@@ -234,6 +234,15 @@ describe("the metrics file", function()
     assert.are.equal(1, samples['resclean_info{table="attack_resource_files",bucket="b\\"1"}'])
   end)
 
+  it("has every family documented in the README and resclean(1)", function()
+    for _, doc in ipairs({ "README.md", "src/resclean.1" }) do
+      local text = h.readall(doc)
+      for _, fam in ipairs(metrics.FAMILIES) do
+        assert(text:find(fam[1], 1, true), ("%s does not describe %s"):format(doc, fam[1]))
+      end
+    end
+  end)
+
   it("is replaced by a rename, leaving no temporary file behind", function()
     local dir = h.tmpdir()
     local path = dir .. "/resclean.prom"
