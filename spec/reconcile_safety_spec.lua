@@ -313,6 +313,18 @@ describe("reconcile's safety", function()
     assert.are.same(sorted(before), sorted(bucket_keys(b)))
   end)
 
+  it("warns about tables the role cannot read, naming them", function()
+    fx.check(conn:query("CREATE TABLE reconcile_hidden (ref uuid)"))
+    finally(function() fx.check(conn:query("DROP TABLE reconcile_hidden")) end)
+    fx.check(conn:query("REVOKE ALL ON reconcile_hidden FROM CURRENT_USER"))
+    local r = reconcile(B.valve, "", {})
+    assert.are.equal(0, r.code, r.stderr)
+    local w = r.by.unreadable_tables and r.by.unreadable_tables[1]
+    assert.is_truthy(w, r.stdout)
+    assert.are.equal("warn", w.level)
+    assert.matches("reconcile_hidden", w.tables, 1, true)
+  end)
+
   it("gives key() the row the sweep gives it", function()
     local p = assert(require("resclean.policy").build({ key_columns = { "id", "checksum", "guid" } }))
     local rec = require("resclean.reconcile")
