@@ -77,7 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     while (nf < 4) f[nf++] = "";
 
-    /* "/bucket/" + key, as s3.c builds a path-style request */
+    /* "/bucket/" + key, as s3req.c builds a path-style request */
     size_t klen = strlen(f[0]);
     char *path = malloc(klen + 9);
     if (path == NULL) abort();
