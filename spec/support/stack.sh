@@ -197,18 +197,18 @@ tail_log() {
 pg_tls() {
     local tls=$1
     mkdir -p "$tls"
+    # (An `if` turns off set -e inside the subshell: each step is chained explicitly.)
     if ! (
-        umask 077
-        cd "$tls"
-        openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-            -keyout ca.key -out ca.crt -days 30 -subj "/CN=resclean throwaway stack CA" \
-            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-        openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-            -keyout server.key -out server.csr -subj "/CN=127.0.0.1"
-        printf '%s\n' subjectAltName=IP:127.0.0.1,DNS:localhost basicConstraints=critical,CA:FALSE \
-            keyUsage=critical,digitalSignature extendedKeyUsage=serverAuth >server.ext
-        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
-            -extfile server.ext -out server.crt
+        umask 077 && cd "$tls" &&
+            openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+                -keyout ca.key -out ca.crt -days 30 -subj "/CN=resclean throwaway stack CA" \
+                -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+            openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+                -keyout server.key -out server.csr -subj "/CN=127.0.0.1" &&
+            printf '%s\n' subjectAltName=IP:127.0.0.1,DNS:localhost basicConstraints=critical,CA:FALSE \
+                keyUsage=critical,digitalSignature extendedKeyUsage=serverAuth >server.ext &&
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+                -extfile server.ext -out server.crt
     ) >"$tls/openssl.out" 2>&1; then
         tail_log "$tls/openssl.out"
         log "could not make the TLS certificates"
