@@ -74,5 +74,10 @@ return {
   -- more often than a real backlog); --max-delete N allows up to N instead.
   reconcile_max_delete_fraction = 0.10,
 
+  -- The long-running sweep LISTENs on this channel: an application cancels
+  -- an upload with SELECT pg_notify('resclean_cancel', '<id>') in its own
+  -- transaction (see examples/cancel_endpoint.py). false: no listening.
+  cancel_channel = "resclean_cancel",
+
   log_level = "info",                -- debug, info, warn or error
 }

@@ -52,6 +52,7 @@ function M.defaults()
       { table = "attack_resource_files", key_column = "id" },
       { table = "upload_resource_files", key_column = "id" },
     },
+    cancel_channel = "resclean_cancel",    -- LISTEN channel of the long-running sweep; false: off
     log_level = getenv("RESCLEAN_LOG_LEVEL") or "info",
   }
 end
@@ -140,6 +141,8 @@ local FIELDS = {
     "a function(key) returning the id_column value of the row whose key(row) is key (the inverse of key)" },
   reconcile_max_delete_fraction = { function(v) return math.type(v) ~= nil and v >= 0 and v <= 1 end,
     "a number from 0 to 1 (0.10: at most 10% of the objects listed)" },
+  cancel_channel = { function(v) return v == false or ident(v) end,
+    "a channel name (letters, digits, _; at most 63 bytes), or false for none" },
   log_level = { function(v) return v == "debug" or v == "info" or v == "warn" or v == "error" end,
     "one of debug, info, warn, error" },
 }
