@@ -54,7 +54,8 @@ local PG_CONNECT_CONFIG = {
   { "could not translate host name", "host" },
 }
 local PG_CONNECT_HINT = {
-  sslrootcert = "set sslrootcert=/path/to/ca.crt in DATABASE_URL (the service user has no ~/.postgresql)",
+  sslrootcert = "point sslrootcert= in DATABASE_URL, or PGSSLROOTCERT, at the CA that signed the server's "
+    .. "certificate (a service user has no ~/.postgresql/root.crt)",
   sslmode = "check sslmode in DATABASE_URL",
   conninfo = "check DATABASE_URL (postgresql://user:password@host:port/dbname?sslmode=...)",
   host = "check the host in DATABASE_URL",
