@@ -783,6 +783,37 @@ static int conn_backend_pid(lua_State *L) {
     return 1;
 }
 
+/* socket() -> the connection's descriptor, to wait on (LISTEN) */
+static int conn_socket(lua_State *L) {
+    lua_pushinteger(L, PQsocket(checkconn(L, 1)->pg));
+    return 1;
+}
+
+/* notifications() -> {{channel, payload, pid}, ...} of what has arrived (reads the socket without
+   blocking), or nil, err when the connection is gone. */
+static int conn_notifications(lua_State *L) {
+    Conn *c = checkconn(L, 1);
+    PGnotify *n;
+    lua_Integer i = 0;
+    if (!ready(L, c))
+        return 2;
+    if (!PQconsumeInput(c->pg) || PQstatus(c->pg) == CONNECTION_BAD)
+        return lost(L, c);
+    lua_newtable(L);
+    while ((n = PQnotifies(c->pg)) != NULL) {
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, n->relname);
+        lua_setfield(L, -2, "channel");
+        lua_pushstring(L, n->extra);
+        lua_setfield(L, -2, "payload");
+        lua_pushinteger(L, n->be_pid);
+        lua_setfield(L, -2, "pid");
+        PQfreemem(n);
+        lua_rawseti(L, -2, ++i);
+    }
+    return 1;
+}
+
 static int conn_server_version(lua_State *L) {
     lua_pushinteger(L, PQserverVersion(checkconn(L, 1)->pg));
     return 1;
@@ -1006,11 +1037,13 @@ static const luaL_Reg conn_methods[] = {{"backend_pid", conn_backend_pid},
                                         {"exec", conn_exec},
                                         {"exec_prepared", conn_exec_prepared},
                                         {"info", conn_info},
+                                        {"notifications", conn_notifications},
                                         {"prepare", conn_prepare},
                                         {"query", conn_query},
                                         {"quote_ident", conn_quote_ident},
                                         {"quote_literal", conn_quote_literal},
                                         {"server_version", conn_server_version},
+                                        {"socket", conn_socket},
                                         {"status", conn_status},
                                         {NULL, NULL}};
 
