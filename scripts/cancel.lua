@@ -1,7 +1,9 @@
 -- Cancel: clean up the given pending resources now, whatever their age.
---   resclean run cancel [--dry-run] [--policy FILE] [--log-level LEVEL] ID...
+--   resclean run cancel [--dry-run | --notify] [--policy FILE] [--log-level LEVEL] ID...
 -- Confirmed or non-upload resources are refused (exit 1); ids with no row
--- are not_found (success: cancelling twice is harmless).
+-- are not_found (success: cancelling twice is harmless). With --notify it
+-- only sends the ids to the long-running sweepers (NOTIFY on the policy's
+-- cancel_channel), which cancel them: no S3 credentials needed here.
 local app = require("resclean.app")
 local config = require("resclean.config")
 local log = require("resclean.log")
@@ -10,8 +12,11 @@ local policy = require("resclean.policy")
 local sweep = require("resclean.sweep")
 
 local USAGE = [[
-usage: resclean run cancel [--dry-run] [--policy FILE] [--log-level LEVEL] ID...
+usage: resclean run cancel [--dry-run | --notify] [--policy FILE] [--log-level LEVEL] ID...
   --dry-run        log what would be cleaned; change nothing
+  --notify         send the ids to the long-running sweepers (NOTIFY on the
+                   policy's cancel_channel) instead of cancelling here: needs
+                   only DATABASE_URL, no S3 credentials
   --policy FILE    policy file (else RESCLEAN_POLICY, else the defaults)
   --log-level L    debug, info, warn or error (else RESCLEAN_LOG_LEVEL, else info)
   IDs are the resources' ids (UUIDs); a locked row is waited on for at most
@@ -21,9 +26,33 @@ harmless), 1 some refused (confirmed, not an upload type), skipped or failed,
 2 configuration to fix, 3 database or storage unreachable.
 ]]
 
+-- --notify: one transaction of pg_notify calls (PostgreSQL delivers them at
+-- commit); the sweepers listening on the channel cancel the ids.
+local function notify_sweepers(p, ids)
+  if not p.cancel_channel then
+    return app.fail(app.EXIT.usage, ("policy %s: field 'cancel_channel' is false: no sweeper listens for cancels")
+      :format(p.source))
+  end
+  local ok_log, why = app.start_line("cancel", p, { ids = #ids, notify = true })
+  if not ok_log then return sweep.log_failed(why) end
+  local conn <close>, err = pg.connect(config.conninfo())
+  if not conn then return app.fail_on(err, "database: ") end
+  local ok
+  ok, err = conn:query("BEGIN")
+  for _, payload in ipairs(ok and require("resclean.notify").payloads(ids) or {}) do
+    ok, err = conn:query("SELECT pg_notify($1, $2)", p.cancel_channel, payload)
+    if not ok then break end
+  end
+  if ok then ok, err = conn:query("COMMIT") end
+  if not ok then return app.fail_on(err, "database: ") end
+  log.info("notify_sent", { channel = p.cancel_channel, ids = #ids,
+    message = "sent to the sweepers listening on the channel; each cancel shows in their log (via: notify)" })
+  return app.EXIT.ok
+end
+
 local function main(...)
   local opts, ids = config.parse_args({ ... }, {
-    ["dry-run"] = "flag", policy = "value", ["log-level"] = "value", help = "flag",
+    ["dry-run"] = "flag", notify = "flag", policy = "value", ["log-level"] = "value", help = "flag",
   })
   if not opts then return app.usage("cancel", USAGE, ids) end
   if opts.help then
@@ -41,6 +70,10 @@ local function main(...)
     if not ids[i]:match(policy.UUID_PATTERN) then
       return app.usage("cancel", USAGE, ("argument %d: %q is not a UUID"):format(i, log.redact(id):sub(1, 80)))
     end
+  end
+  if opts.notify then
+    if opts["dry-run"] then return app.usage("cancel", USAGE, "--notify and --dry-run cannot be combined") end
+    return notify_sweepers(p, ids)
   end
   local ok_log, why = app.start_line("cancel", p, { ids = #ids, dry_run = opts["dry-run"] or nil })
   if not ok_log then return sweep.log_failed(why) end

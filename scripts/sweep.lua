@@ -9,9 +9,13 @@
 -- Transient trouble (unreachable, timeouts, 5xx) is retried, sooner at
 -- first and backing off to the interval while it lasts. SIGTERM, SIGINT
 -- and SIGHUP finish the batch in hand, log the summary and exit 0.
+-- It also LISTENs on the policy's cancel_channel: ids an application sends
+-- (SELECT pg_notify('resclean_cancel', id)) are cancelled within a second,
+-- between cycles and between the batches of a cycle (lib/resclean/notify.lua).
 local app = require("resclean.app")
 local config = require("resclean.config")
 local log = require("resclean.log")
+local notify = require("resclean.notify")
 local pg = require("resclean.pg")
 local schedule = require("resclean.schedule")
 local sweep = require("resclean.sweep")
@@ -57,6 +61,18 @@ local function main(...)
   local ok_log, why = app.start_line("sweep", p, { once = opts.once or nil, dry_run = opts["dry-run"] or nil })
   if not ok_log then return sweep.log_failed(why) end
 
+  -- Cancels from the application (NOTIFY on cancel_channel), long-running only.
+  local listener
+  if not opts.once and p.cancel_channel and not opts["dry-run"] then
+    listener = notify.listener({ pg = pg, conninfo = config.conninfo(), channel = p.cancel_channel })
+    listener:ensure()
+  end
+  local cancel_opts = {
+    pg = pg, conninfo = config.conninfo(), policy = function() return p end,
+    open_store = function(cp) return app.open_store(cp, false) end,
+    on_result = function(_, summary) app.report(summary) end,
+  }
+
   local function cycle()
     -- The policy is re-read every cycle; a broken edit keeps the last good one.
     local fresh, perr = app.load_policy(opts)
@@ -76,6 +92,7 @@ local function main(...)
       pg = pg, store = store, policy = p, conninfo = config.conninfo(),
       dry_run = opts["dry-run"], check_plan = require("resclean.plan").check,
       run_id = opts.once and app.run_id or nil,
+      between_batches = listener and listener:between_batches(cancel_opts) or nil,
     })
     store:close()
     app.report(summary)
@@ -94,6 +111,7 @@ local function main(...)
         message = "configuration error before the first good cycle: fix it and start again" })
     end,
     stopping = sys.stopping,
+    sleep = listener and listener:sleeper(cancel_opts) or nil,
   })
 end
 

@@ -36,7 +36,7 @@ static const char usage_text[] =
     "shipped scripts (each explains itself with --help):\n"
     "  resclean run sweep [--once] [--dry-run] [--policy FILE] [--metrics-file FILE]\n"
     "                     [--log-level LEVEL]\n"
-    "  resclean run cancel [--dry-run] [--policy FILE] [--log-level LEVEL] ID...\n"
+    "  resclean run cancel [--dry-run | --notify] [--policy FILE] [--log-level LEVEL] ID...\n"
     "  resclean run status [--json] [--policy FILE] [--log-level LEVEL]\n"
     "  resclean run reconcile [--apply] [--json] [--older-than DURATION]\n"
     "                         [--page-size N] [--max-delete N] [--policy FILE]\n"

@@ -51,6 +51,7 @@ function M.enabled(level) return LEVELS[level] >= threshold end
 
 -- Fields added to every line (run_id, for instance).
 function M.set_base(fields) base = fields or {} end
+function M.get_base() return base end
 
 -- Where lines go: a Lua file; fd is its descriptor when known (1 for
 -- stdout, 2 for stderr), used to tell whether it is the journal.

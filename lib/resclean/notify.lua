@@ -191,6 +191,64 @@ function Listener:wait(seconds)
   end
 end
 
+-- Cancel what the queue holds, batch_size ids at a time, each batch through
+-- exactly the path of `resclean run cancel` (same locks, outcomes, lines),
+-- its lines marked via = "notify". opts: pg, conninfo, policy (a function
+-- returning the current policy), open_store(p) -> store or nil, code, msg,
+-- on_result(code, summary) (optional). Returns the number of ids handled.
+function Listener:cancel_queued(opts)
+  local sweep = require("resclean.sweep")
+  local done = 0
+  while self.queue:size() > 0 and not sys.stopping() do
+    local p = opts.policy()
+    local ids = self.queue:take(p.batch_size)
+    local store, code, msg = opts.open_store(p)
+    if not store then
+      self.emit("error", "notify_failed", { ids = #ids, exit_code = code, message = msg,
+        detail = "these ids stay pending; the sweep removes them once they pass max_age" })
+    else
+      local saved = log.get_base()
+      local base = {}
+      for k, v in pairs(saved) do base[k] = v end
+      base.via = "notify"
+      log.set_base(base)
+      local summary
+      code, summary = sweep.cancel({ pg = opts.pg, store = store, policy = p, conninfo = opts.conninfo,
+                                     ids = ids })
+      log.set_base(saved)
+      store:close()
+      if opts.on_result then opts.on_result(code, summary) end
+    end
+    done = done + #ids
+  end
+  return done
+end
+
+-- A sleep for the schedule: waits until `seconds` have passed or a stop
+-- signal came, cancelling notified ids as they arrive. Returns true, or
+-- false on a stop signal (like sys.sleep).
+function Listener:sleeper(opts)
+  return function(seconds)
+    local deadline = sys.monotime() + seconds
+    while true do
+      local left = deadline - sys.monotime()
+      if left <= 0 then return true end
+      local n = self:wait(left)
+      if n == nil then return false end
+      if n > 0 then self:cancel_queued(opts) end
+    end
+  end
+end
+
+-- Between two batches of a cycle: take what arrived and cancel it now, so
+-- a cycle delays a notification by at most one batch.
+function Listener:between_batches(opts)
+  return function()
+    if self.conn then self:drain() end
+    if self.queue:size() > 0 then self:cancel_queued(opts) end
+  end
+end
+
 function Listener:close()
   if self.conn then
     self.conn:close()
