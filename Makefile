@@ -110,6 +110,7 @@ demo: deps $(BIN) $(NET_SO)
 
 bench: deps $(BIN) $(NET_SO)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/bench.lua $(BENCH_ARGS)
+	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/notify_bench.lua $(NOTIFY_BENCH_ARGS)
 
 # Installed: the binary, resclean_net.so, the Lua library, the operator scripts (scripts/ holds
 # only sweep, cancel, status and reconcile), the examples and two manuals, whose paths follow
