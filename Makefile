@@ -51,7 +51,7 @@ NET_OBJ  = $(NET_SRC:src/%.c=$(OBJDIR)/pic/%.o)
 NET_SO   = $(dir $(BIN))resclean_net.so
 
 # Debian packages: to build, to test (servers, busted, luacheck), to measure.
-DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev \
+DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev lua-argparse \
             libpq-dev libcurl4-openssl-dev libssl-dev libexpat1-dev
 DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
             radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl \

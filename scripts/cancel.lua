@@ -5,26 +5,19 @@
 -- only sends the ids to the long-running sweepers (NOTIFY on the policy's
 -- cancel_channel), which cancel them: no S3 credentials needed here.
 local app = require("resclean.app")
+local cli = require("resclean.cli")
 local config = require("resclean.config")
 local log = require("resclean.log")
 local pg = require("resclean.pg")
 local policy = require("resclean.policy")
 local sweep = require("resclean.sweep")
 
-local USAGE = [[
-usage: resclean run cancel [--dry-run | --notify] [--policy FILE] [--log-level LEVEL] ID...
-  --dry-run        log what would be cleaned; change nothing
-  --notify         send the ids to the long-running sweepers (NOTIFY on the
-                   policy's cancel_channel) instead of cancelling here: needs
-                   only DATABASE_URL, no S3 credentials
-  --policy FILE    policy file (else RESCLEAN_POLICY, else the defaults)
-  --log-level L    debug, info, warn or error (else RESCLEAN_LOG_LEVEL, else info)
-  IDs are the resources' ids (UUIDs); a locked row is waited on for at most
-  the policy's lock_timeout, then reported skipped (reason "locked").
-Exit codes: 0 done (an id with no row is not_found: cancelling twice is
-harmless), 1 some refused (confirmed, not an upload type), skipped or failed,
-2 configuration to fix, 3 database or storage unreachable.
-]]
+local EPILOG = [[
+IDs are the resources' ids (UUIDs); a locked row is waited on for at most the
+policy's lock_timeout, then reported skipped (reason "locked"). Exit codes: 0 done
+(an id with no row is not_found: cancelling twice is harmless), 1 some refused
+(confirmed, not an upload type), skipped or failed, 2 configuration to fix,
+3 database or storage unreachable.]]
 
 -- --notify: one transaction of pg_notify calls (PostgreSQL delivers them at
 -- commit); the sweepers listening on the channel cancel the ids.
@@ -51,28 +44,24 @@ local function notify_sweepers(p, ids)
 end
 
 local function main(...)
-  local opts, ids = config.parse_args({ ... }, {
-    ["dry-run"] = "flag", notify = "flag", policy = "value", ["log-level"] = "value", help = "flag",
-  })
-  if not opts then return app.usage("cancel", USAGE, ids) end
-  if opts.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
-  if #ids == 0 then return app.usage("cancel", USAGE, "no ids given") end
-  if opts["log-level"] and not log.LEVELS[opts["log-level"]] then
-    return app.usage("cancel", USAGE, "--log-level: expected debug, info, warn or error")
-  end
+  local parser = cli.parser("cancel", "Clean up the given pending resources now, whatever their age.", EPILOG)
+  parser:mutex(
+    parser:flag("--dry-run", "Log what would be cleaned; change nothing."),
+    parser:flag("--notify", "Send the ids to the long-running sweepers (NOTIFY on the policy's cancel_channel) "
+      .. "instead of cancelling here: needs only DATABASE_URL, no S3 credentials."))
+  parser:argument("id", "Resource ids (UUIDs)."):args("+")
+  local opts, code0 = cli.parse(parser, { ... })
+  if not opts then return code0 end
+  local ids = opts.id
   local p, err = app.load_policy(opts)
   if not p then return app.fail(app.EXIT.usage, err.message) end
   for i, id in ipairs(ids) do
     ids[i] = id:lower()
     if not ids[i]:match(policy.UUID_PATTERN) then
-      return app.usage("cancel", USAGE, ("argument %d: %q is not a UUID"):format(i, log.redact(id):sub(1, 80)))
+      return cli.usage_error(parser, ("argument %d: %q is not a UUID"):format(i, log.redact(id):sub(1, 80)))
     end
   end
   if opts.notify then
-    if opts["dry-run"] then return app.usage("cancel", USAGE, "--notify and --dry-run cannot be combined") end
     return notify_sweepers(p, ids)
   end
   local ok_log, why = app.start_line("cancel", p, { ids = #ids, dry_run = opts["dry-run"] or nil })

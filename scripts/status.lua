@@ -7,6 +7,7 @@
 -- it names missing, a wrong password); 3 when the database cannot be reached.
 local app = require("resclean.app")
 local cjson = require("cjson")
+local cli = require("resclean.cli")
 local config = require("resclean.config")
 local log = require("resclean.log")
 local pg = require("resclean.pg")
@@ -14,14 +15,9 @@ local plan = require("resclean.plan")
 local policy_mod = require("resclean.policy")
 local sweep = require("resclean.sweep")
 
-local USAGE = [[
-usage: resclean run status [--json] [--policy FILE] [--log-level LEVEL]
-  --json           one JSON object on stdout instead of the report
-  --policy FILE    policy file (else RESCLEAN_POLICY, else the defaults)
-  --log-level L    debug, info, warn or error (errors go to stderr as JSON lines)
-Reads the database only (DATABASE_URL, else libpq's PG* variables).
-Exit codes: 0 ok, 2 configuration to fix, 3 database unreachable.
-]]
+local EPILOG = [[
+Reads the database only (DATABASE_URL, else libpq's PG* variables); errors go to
+stderr. Exit codes: 0 ok, 2 configuration to fix, 3 database unreachable.]]
 
 -- Age buckets: upper bounds in seconds (exclusive); the last is open.
 local BUCKETS = {
@@ -241,17 +237,10 @@ local function json_form(r)
 end
 
 local function main(...)
-  local opts, rest = config.parse_args({ ... }, { json = "flag", policy = "value", ["log-level"] = "value",
-                                                  help = "flag" })
-  if not opts then return app.usage("status", USAGE, rest) end
-  if opts.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
-  if #rest > 0 then return app.usage("status", USAGE, "unexpected argument " .. rest[1]) end
-  if opts["log-level"] and not log.LEVELS[opts["log-level"]] then
-    return app.usage("status", USAGE, "--log-level: expected debug, info, warn or error")
-  end
+  local parser = cli.parser("status", "The backlog of pending uploads, read-only.", EPILOG)
+  parser:flag("--json", "One JSON object on stdout instead of the report.")
+  local opts, code0 = cli.parse(parser, { ... })
+  if not opts then return code0 end
   -- stdout holds the report: log lines (errors) go to stderr.
   log.set_output(io.stderr)
   local p, err = app.load_policy(opts)

@@ -13,6 +13,7 @@
 -- (SELECT pg_notify('resclean_cancel', id)) are cancelled within a second,
 -- between cycles and between the batches of a cycle (lib/resclean/notify.lua).
 local app = require("resclean.app")
+local cli = require("resclean.cli")
 local config = require("resclean.config")
 local log = require("resclean.log")
 local notify = require("resclean.notify")
@@ -21,34 +22,20 @@ local schedule = require("resclean.schedule")
 local sweep = require("resclean.sweep")
 local sys = require("resclean.sys")
 
-local USAGE = [[
-usage: resclean run sweep [--once] [--dry-run] [--policy FILE]
-                          [--metrics-file FILE] [--log-level LEVEL]
-  --once           one cycle, then exit with its code (for cron and systemd timers)
-  --dry-run        log what would be cleaned (dry_run=true); change nothing
-  --policy FILE    policy file (else RESCLEAN_POLICY, else the defaults)
-  --metrics-file F Prometheus textfile written after every cycle
-  --log-level L    debug, info, warn or error (else RESCLEAN_LOG_LEVEL, else info)
+local EPILOG = [[
 Without --once it runs a cycle at once, then one every interval (policy) until
-SIGTERM, SIGINT or SIGHUP. Exit codes: 0 ok, 1 some resources failed or were
-refused, 2 configuration to fix (usage, policy, schema, credentials, bucket),
-3 database or storage unreachable.
-]]
+SIGTERM, SIGINT or SIGHUP, and cancels the ids applications send on the policy's
+cancel_channel. Exit codes: 0 ok, 1 some resources failed or were refused,
+2 configuration to fix (usage, policy, schema, credentials, bucket),
+3 database or storage unreachable.]]
 
 local function main(...)
-  local opts, rest = config.parse_args({ ... }, {
-    once = "flag", ["dry-run"] = "flag", policy = "value", ["metrics-file"] = "value",
-    ["log-level"] = "value", help = "flag",
-  })
-  if not opts then return app.usage("sweep", USAGE, rest) end
-  if opts.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
-  if #rest > 0 then return app.usage("sweep", USAGE, "unexpected argument " .. rest[1]) end
-  if opts["log-level"] and not log.LEVELS[opts["log-level"]] then
-    return app.usage("sweep", USAGE, "--log-level: expected debug, info, warn or error")
-  end
+  local parser = cli.parser("sweep", "Remove stale pending uploads: the row and its object.", EPILOG)
+  parser:flag("--once", "One cycle, then exit with its code (for cron and systemd timers).")
+  parser:flag("--dry-run", "Log what would be cleaned (dry_run: true); change nothing.")
+  parser:option("--metrics-file", "Prometheus textfile written after every cycle."):argname("FILE")
+  local opts, code0 = cli.parse(parser, { ... })
+  if not opts then return code0 end
 
   local p, err = app.load_policy(opts)
   if not p then return app.fail(app.EXIT.usage, err.message) end

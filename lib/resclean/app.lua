@@ -22,10 +22,6 @@ function M.fail(code, msg)
   return code
 end
 
-function M.usage(script, usage, msg)
-  io.stderr:write("resclean: ", script, ": ", msg, "\n", usage)
-  return M.EXIT.usage
-end
 
 -- Path of the policy file: --policy, else RESCLEAN_POLICY, else defaults.
 function M.policy_path(opts)
