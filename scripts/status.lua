@@ -27,17 +27,7 @@ local BUCKETS = {
   { name = ">7d" },
 }
 
--- "3d 4h", "5h 12m", "12m 5s", "42s".
-local function human_age(s)
-  if s == nil then return "-" end
-  s = math.floor(s)
-  if s < 0 then return "0s" end
-  local d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
-  if d > 0 then return ("%dd %dh"):format(d, h) end
-  if h > 0 then return ("%dh %dm"):format(h, m) end
-  if m > 0 then return ("%dm %ds"):format(m, s % 60) end
-  return ("%ds"):format(s)
-end
+local human_age = policy_mod.human_age
 
 local function round1(x) return x and math.floor(x * 10 + 0.5) / 10 end
 

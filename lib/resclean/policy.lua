@@ -67,6 +67,19 @@ function M.duration(v)
   return tonumber(n) * UNITS[unit ~= "" and unit or "s"]
 end
 
+-- The other way: seconds as people read them, "3d 4h", "5h 12m", "12m 5s",
+-- "42s"; "-" for none.
+function M.human_age(s)
+  if s == nil then return "-" end
+  s = math.floor(s)
+  if s < 0 then return "0s" end
+  local d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+  if d > 0 then return ("%dd %dh"):format(d, h) end
+  if h > 0 then return ("%dh %dm"):format(h, m) end
+  if m > 0 then return ("%dm %ds"):format(m, s % 60) end
+  return ("%ds"):format(s)
+end
+
 local IDENT = "^[%a_][%w_]*$"
 
 local function ident(v) return type(v) == "string" and #v <= 63 and v:match(IDENT) ~= nil end

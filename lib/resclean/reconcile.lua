@@ -68,14 +68,7 @@ function M.parse_time(s)
   return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) - off
 end
 
-function M.human_age(s)
-  s = math.floor(s or 0)
-  local d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
-  if d > 0 then return ("%dd %dh"):format(d, h) end
-  if h > 0 then return ("%dh %dm"):format(h, m) end
-  if m > 0 then return ("%dm %ds"):format(m, s % 60) end
-  return ("%ds"):format(math.max(s, 0))
-end
+M.human_age = policy_mod.human_age -- one spelling of an age, with status
 local human_age = M.human_age
 
 -- ------------------------------------------------------------ pure decisions
