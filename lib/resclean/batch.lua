@@ -1,0 +1,301 @@
+-- One batch, in one transaction: claim stale pending rows (FOR UPDATE SKIP
+-- LOCKED), delete their rows under a savepoint (a foreign key fails there,
+-- before anything irreversible), then their objects; put back the rows of
+-- objects that stayed; commit; log one line per resource. Per batch one
+-- claim, one row delete, parallel HEADs and DeleteObjects; per item only
+-- decisions and a log line.
+--
+-- Invariant: a row is deleted only in a transaction that commits after its
+-- object's delete succeeded. A crash leaves the row and the object, or the
+-- row without its object; never an object without its row.
+--
+-- The steps share a context ctx = { conn, tx, sql, store, run } and return
+-- value, err (err an error table); none picks an exit code (run.ended_on
+-- does, where a cycle or a cancel ends).
+local errors = require("resclean.errors")
+local log = require("resclean.log")
+local outcome = require("resclean.outcome")
+local policy_mod = require("resclean.policy")
+local sys = require("resclean.sys")
+
+local M = {}
+
+local claim, process, delete_rows, delete_part, named_item, storage, restore
+
+local function to_ms(seconds) return math.floor(seconds * 1000 + 0.5) end
+
+-- Claim up to n rows after `last` (nil: from the oldest) and settle them.
+-- Returns the claimed items (empty: nothing left), or nil, err when the
+-- cycle must end (the batch's items are logged).
+function M.sweep(conn, sql, store, run, last, n)
+  local t0 = sys.monotime()
+  run.phase = {}
+  local tx <close>, err = conn:begin()
+  if not tx then return nil, err end
+  local ok
+  ok, err = conn:query("SET CONSTRAINTS ALL IMMEDIATE")
+  if not ok then return nil, err end
+  local ctx = { conn = conn, tx = tx, sql = sql, store = store, run = run }
+  local items
+  items, err = claim(ctx, last, n)
+  if not items then return nil, err end
+  local t1 = sys.monotime()
+  if #items == 0 then
+    tx:commit()
+    return items
+  end
+  local done
+  done, err = M.settle(ctx, items)
+  if not done then return nil, err end
+  local t3 = sys.monotime()
+  run:log_decided(done)
+  -- Where a batch's time goes, for tuning batch_size and concurrency.
+  local ph = run.phase
+  run.emit("debug", "batch", { run_id = run.run_id, claimed = #items, processed = #done,
+                               duration_ms = to_ms(sys.monotime() - t0), claim_ms = to_ms(t1 - t0),
+                               rows_ms = ph.rows_s and to_ms(ph.rows_s), head_ms = ph.head_s and to_ms(ph.head_s),
+                               delete_ms = ph.delete_s and to_ms(ph.delete_s), commit_ms = to_ms(ph.commit_s),
+                               log_ms = to_ms(sys.monotime() - t3) })
+  err = M.stop_error(done)
+  if err then return nil, err end
+  return items
+end
+
+-- Process items in ctx.tx, then commit (a dry run rolls back). Returns the
+-- items whose rows were deleted, outcomes decided (item.outcome, .reason)
+-- and not yet logged; or nil, err with every item that did not make it
+-- logged as failed.
+function M.settle(ctx, items)
+  local run, tx = ctx.run, ctx.tx
+  local done, err = process(ctx, items)
+  if not done then
+    -- Database trouble mid-batch: the transaction rolls back (tx closes);
+    -- objects already deleted leave rows behind: the next run's record_only.
+    for _, it in ipairs(items) do
+      if not it.logged then run:outcome(it, "failed", "database") end
+    end
+    return nil, err
+  end
+  local t = sys.monotime()
+  if run.dry_run then
+    tx:rollback()
+  else
+    local ok
+    ok, err = tx:commit()
+    if not ok then
+      for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
+      run:log_decided(done)
+      return nil, err
+    end
+  end
+  run.phase.commit_s = sys.monotime() - t
+  return done
+end
+
+-- After a settled batch: the error that ends the cycle when every object
+-- delete failed alike for a reason outside the items (storage unreachable:
+-- exit 3; credentials refused: exit 2), else nil.
+function M.stop_error(done)
+  local cause = outcome.batch_stop(done)
+  if not cause then return nil end
+  local class = errors.classify(cause)
+  local what = class == "transient" and "storage unreachable: " or "storage refused: "
+  return errors.new(class, what .. errors.message(cause), { cause = cause })
+end
+
+function claim(ctx, last, n)
+  local run = ctx.run
+  local p = run.policy
+  local res, err
+  if last then
+    res, err = ctx.conn:exec_prepared("resclean_claim_next", p.max_age, p.upload_types, n, last._created, last.id)
+  else
+    res, err = ctx.conn:exec_prepared("resclean_claim_first", p.max_age, p.upload_types, n)
+  end
+  if not res then return nil, err end
+  local items = {}
+  for i, row in ipairs(res) do
+    items[i] = { id = row.id, age_s = row.age_s, row = row, _created = row._created }
+  end
+  run.claimed = (run.claimed or 0) + #items
+  return items
+end
+
+-- Bad keys skipped, rows deleted, objects deleted, rows of objects that
+-- stayed put back. Returns the items whose rows are deleted (outcomes
+-- decided), or nil, err. The caller commits.
+function process(ctx, claimed)
+  local run = ctx.run
+  local p = run.policy
+  local items = {}
+  for _, it in ipairs(claimed) do
+    local key, why = policy_mod.row_key(p, it.row)
+    if key then
+      it.key = key
+      items[#items + 1] = it
+    else
+      run:outcome(it, "skipped", "bad_key")
+      log.debug("bad_key", { run_id = run.run_id, resource_id = it.id, detail = why })
+    end
+  end
+  local t0 = sys.monotime()
+  local deleted, err = delete_rows(ctx, items)
+  if not deleted then return nil, err end
+  run.phase.rows_s = sys.monotime() - t0
+  local kept, failed = storage(ctx, deleted)
+  if failed > 0 then
+    local ok
+    ok, err = restore(ctx, kept)
+    if not ok then return nil, err end
+  end
+  return deleted
+end
+
+-- How many referenced rows of one set are taken from the error's detail
+-- before halving instead: each retry deletes the whole rest again, so with
+-- many referenced rows halving is cheaper.
+local NAMED_RETRIES = 4
+
+-- Delete the rows of items under savepoint "rows". Referenced rows are
+-- skipped: those the foreign keys found at open() point at are left out
+-- beforehand (a failed DELETE costs as much as one that succeeds), the
+-- rest come out of the 23503 handling (delete_part). Returns the items
+-- whose rows are deleted (inside the transaction), or nil, err.
+function delete_rows(ctx, items)
+  if #items == 0 then return items end
+  local run = ctx.run
+  local todo = items
+  if ctx.sql.referenced then
+    local ids = {}
+    for i, it in ipairs(items) do ids[i] = it.id end
+    local res, err = ctx.conn:exec_prepared("resclean_referenced", ids)
+    if not res then return nil, err end
+    if #res > 0 then
+      local refd = {}
+      for _, r in ipairs(res) do refd[r.id] = true end
+      todo = {}
+      for _, it in ipairs(items) do
+        if refd[it.id] then run:outcome(it, "skipped", "referenced") else todo[#todo + 1] = it end
+      end
+    end
+  end
+  local out = {}
+  local ok, err = delete_part(ctx, table.move(todo, 1, #todo, 1, {}), out, "rows", NAMED_RETRIES)
+  if not ok then return nil, err end
+  return out
+end
+
+-- Delete the rows of items (a list) under savepoint `sp`, appending the
+-- deleted ones to out. On a foreign-key violation (23503) the referenced
+-- rows are found and skipped: the one the error names is dropped and the
+-- rest retried, else the set is halved, each half under its own savepoint.
+-- One referenced row in a batch of n costs one retry, not n single deletes.
+-- Returns true or nil, err.
+function delete_part(ctx, items, out, sp, named_left)
+  local tx, run = ctx.tx, ctx.run
+  local ok, err = tx:savepoint(sp)
+  if not ok then return nil, err end
+  while true do
+    local ids = {}
+    for i, it in ipairs(items) do ids[i] = it.id end
+    local res
+    res, err = ctx.conn:exec_prepared("resclean_delete", ids)
+    if res then
+      local gone = {}
+      for _, r in ipairs(res) do gone[r.id] = true end
+      for _, it in ipairs(items) do
+        if gone[it.id] then out[#out + 1] = it else run:outcome(it, "skipped", "row_vanished") end
+      end
+      break
+    end
+    if err.code ~= "23503" then return nil, err end
+    local fk = err
+    ok, err = tx:rollback_to(sp)
+    if not ok then return nil, err end
+    local i = #items == 1 and 1 or (named_left > 0 and named_item(fk, items))
+    if i then
+      run:outcome(items[i], "skipped", "referenced")
+      table.remove(items, i)
+      named_left = named_left - 1
+      if #items == 0 then break end
+    else
+      local half = #items // 2
+      ok, err = delete_part(ctx, table.move(items, 1, half, 1, {}), out, "part", named_left)
+      if not ok then return nil, err end
+      ok, err = delete_part(ctx, table.move(items, half + 1, #items, 1, {}), out, "part", named_left)
+      if not ok then return nil, err end
+      break
+    end
+  end
+  -- "rows" stays: storage failures roll back to it.
+  if sp ~= "rows" then return tx:release(sp) end
+  return true
+end
+
+-- The item a foreign-key error names: PostgreSQL's detail quotes the key
+-- ("Key (id)=(...) is still referenced ..."). Only a value equal to one of
+-- our own ids counts, so a translated or missing detail just means "halve".
+function named_item(err, items)
+  local detail = err.detail
+  if type(detail) ~= "string" then return nil end
+  local pos = {}
+  for i, it in ipairs(items) do pos[it.id] = i end
+  for v in detail:gmatch("%(([^()]*)%)") do
+    if pos[v] then return pos[v] end
+  end
+  return nil
+end
+
+-- The storage half: items' rows are deleted (uncommitted) under savepoint
+-- "rows". HEAD the keys (verify), delete the objects (not on a dry run),
+-- decide each item's outcome. Returns the items whose objects are gone and
+-- the number that failed.
+function storage(ctx, items)
+  local run, store = ctx.run, ctx.store
+  local p = run.policy
+  local keys = {}
+  for i, it in ipairs(items) do keys[i] = it.key end
+  local exists
+  local t0 = sys.monotime()
+  if p.verify and #keys > 0 then
+    exists = store:head_many(keys, p.concurrency)
+  end
+  local t1 = sys.monotime()
+  local results
+  if run.dry_run or #keys == 0 then
+    results = {}
+    for i = 1, #keys do results[i] = true end
+  else
+    results = store:delete_many(keys, p.concurrency)
+  end
+  run.phase.head_s, run.phase.delete_s = t1 - t0, sys.monotime() - t1
+  local kept, failed = {}, 0
+  local decide = outcome.decide
+  for i, it in ipairs(items) do
+    local r = results[i]
+    it.outcome, it.reason = decide(exists and exists[i], r)
+    if r == true then
+      kept[#kept + 1] = it
+    else
+      failed = failed + 1
+      it.err = r
+    end
+  end
+  return kept, failed
+end
+
+-- Some objects stayed: put every row back (roll back to "rows") and delete
+-- again only the rows whose objects are gone. Returns true or nil, err.
+function restore(ctx, kept)
+  local ok, err = ctx.tx:rollback_to("rows")
+  if not ok then return nil, err end
+  if #kept == 0 then return true end
+  local ids = {}
+  for i, it in ipairs(kept) do ids[i] = it.id end
+  local res
+  res, err = ctx.conn:exec_prepared("resclean_delete", ids)
+  if not res then return nil, err end
+  return true
+end
+
+return M

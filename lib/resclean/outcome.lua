@@ -1,0 +1,46 @@
+-- What happened to a resource whose row the batch deleted (uncommitted),
+-- decided from what storage answered: pure functions, no I/O, so the
+-- table of cases is a unit spec.
+local errors = require("resclean.errors")
+
+local M = {}
+
+-- exists: the object's HEAD result (true, false; nil when not checked, an
+-- error table when the HEAD failed). deleted: its delete result (true, or
+-- an error). Returns outcome, reason:
+--   object_deleted  the object was there and is deleted
+--   record_only     there was no object (the row alone is deleted)
+--   deleted         the object is deleted, whether it was there unknown
+--   failed          the delete failed: row and object stay for the next
+--                   run; reason is the error's code (else its kind)
+function M.decide(exists, deleted)
+  if deleted ~= true then
+    return "failed", type(deleted) == "table" and (deleted.code or deleted.kind) or tostring(deleted)
+  end
+  if exists == nil or type(exists) == "table" then return "deleted" end
+  return exists and "object_deleted" or "record_only"
+end
+
+-- The error that ends the cycle after a batch of decided items (outcome,
+-- and err for the failed ones): when every item failed for one reason that
+-- is not the item's own (storage unreachable, credentials refused), the
+-- first such error; else nil. Stops looking at the first item that did not
+-- fail, so a good batch costs one look.
+function M.batch_stop(items)
+  local n = #items
+  if n == 0 then return nil end
+  local by_class = { config = 0, transient = 0 }
+  local first
+  for _, it in ipairs(items) do
+    if it.outcome ~= "failed" then return nil end
+    local class = errors.classify(it.err)
+    if by_class[class] then
+      by_class[class] = by_class[class] + 1
+      first = first or it.err
+    end
+  end
+  if by_class.config == n or by_class.transient == n then return first end
+  return nil
+end
+
+return M

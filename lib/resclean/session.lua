@@ -1,0 +1,205 @@
+-- A session: the fresh connection a cycle, a cancel or the status report
+-- works on (never the application's pool), set up before anything is
+-- touched: timeouts, the policy's table and columns checked (a typo is a
+-- configuration error, exit 2), the SQL built from the policy and the
+-- statements every batch runs prepared.
+local runs = require("resclean.run")
+
+local M = {}
+
+local build_sql, prepare
+
+-- Run body(conn, sql, run) on a session of its own, closed after. body
+-- returns the exit code and summary fields. Returns exit code, summary
+-- (logged as event), run.
+function M.with(opts, event, body)
+  local run = runs.new(opts)
+  local conn, sql = M.open(opts.pg, opts.conninfo, opts.policy)
+  if not conn then
+    local code, extra = runs.ended_on(sql)
+    extra.exit_code = code
+    return code, run:summary(event, extra), run
+  end
+  run.db_pid = conn:backend_pid()
+  local code, extra = body(conn, sql, run)
+  conn:close()
+  extra = extra or {}
+  extra.exit_code = code
+  return code, run:summary(event, extra), run
+end
+
+-- Open the session: fresh connection, timeouts, schema check, prepared
+-- statements. Returns conn, sql or nil, err.
+function M.open(pg, conninfo, p)
+  local conn, err = pg.connect(conninfo)
+  if not conn then return nil, err end
+  local sql
+  sql, err = prepare(conn, p)
+  if not sql then
+    conn:close()
+    return nil, err
+  end
+  return conn, sql
+end
+
+function prepare(conn, p)
+  local sets = {
+    ("SET statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)),
+    ("SET lock_timeout = %d"):format(math.ceil(p.lock_timeout * 1000)),
+    "SET idle_in_transaction_session_timeout = 0",
+  }
+  for _, s in ipairs(sets) do
+    local ok, err = conn:query(s)
+    if not ok then return nil, err end
+  end
+  local ok, err = M.check_schema(conn, p)
+  if not ok then return nil, err end
+  local sql = build_sql(conn, p)
+  -- Prepared once per session: the claim and the delete run every batch.
+  for name, text in pairs({ resclean_claim_first = sql.claim_first .. " FOR UPDATE SKIP LOCKED",
+                            resclean_claim_next = sql.claim_next .. " FOR UPDATE SKIP LOCKED",
+                            resclean_delete = sql.delete }) do
+    ok, err = conn:prepare(name, text)
+    if not ok then return nil, err end
+  end
+  -- The referenced pre-check is an optimisation: tried once here, outside
+  -- any transaction (a failure inside one would abort it), else left out.
+  local ref = M.referenced_sql(conn, p)
+  if ref and conn:prepare("resclean_referenced", ref) and conn:exec_prepared("resclean_referenced", {}) then
+    sql.referenced = ref
+  end
+  return sql
+end
+
+-- SQL built once per session from the policy; identifiers quoted.
+function build_sql(conn, p)
+  local q = function(s) return conn:quote_ident(s) end
+  local t, id, created = q(p.table), q(p.id_column), q(p.created_column)
+  local cols = { ("%s::text AS id"):format(id), ("%s::text AS _created"):format(created),
+    ("extract(epoch FROM now() - %s)::float8 AS age_s"):format(created) }
+  for _, c in ipairs(p.key_columns) do
+    if c ~= "id" then cols[#cols + 1] = ("%s::text AS %s"):format(q(c), q(c)) end
+  end
+  if p.type_column then cols[#cols + 1] = ("%s::text AS _type"):format(q(p.type_column)) end
+  local select = "SELECT " .. table.concat(cols, ", ") .. " FROM " .. t
+  local stale = ("NOT %s AND %s < now() - make_interval(secs => $1::float8)"):format(q(p.uploaded_column), created)
+  if p.type_column then
+    stale = stale .. (" AND %s::text = ANY($2::text[])"):format(q(p.type_column))
+  else
+    -- $2 is still bound (the same parameters for every statement): give it a type.
+    stale = stale .. " AND $2::text[] IS NOT NULL"
+  end
+  -- Qualified: a bare "id" in ORDER BY would name the id::text output
+  -- column, sorting by text while the keyset below compares uuids.
+  local order = (" ORDER BY %s.%s, %s.%s LIMIT $3::int"):format(t, created, t, id)
+  local after = (" AND (%s.%s, %s.%s) > ($4, $5)"):format(t, created, t, id)
+  local s = {
+    eligible = ("SELECT count(*)::int8 AS n, max(extract(epoch FROM now() - %s))::float8 AS oldest FROM %s WHERE %s")
+      :format(created, t, stale),
+    claim_first = select .. " WHERE " .. stale .. order,
+    claim_next = select .. " WHERE " .. stale .. after .. order,
+    delete = ("DELETE FROM %s WHERE %s = ANY($1) RETURNING %s::text AS id"):format(t, id, id),
+    lock_ids = select .. (" WHERE %s = $1 FOR UPDATE"):format(id),
+    uploaded = ("%s AS _uploaded"):format(q(p.uploaded_column)),
+  }
+  s.lock_one = ("SELECT %s, %s FROM %s WHERE %s = $1 FOR UPDATE"):format(
+    table.concat(cols, ", "), s.uploaded, t, id)
+  return s
+end
+M.build_sql = build_sql
+
+-- Check that the policy's table and columns exist, so a typo is a clear
+-- configuration error (exit 2) before anything is touched.
+function M.check_schema(conn, p)
+  local res, err = conn:query(
+    "SELECT column_name::text AS c, data_type::text AS t FROM information_schema.columns "
+    .. "WHERE table_schema = ANY(current_schemas(false)) AND table_name = $1", p.table)
+  if not res then return nil, err end
+  local function bad(field, msg)
+    return nil, { kind = "policy", field = field,
+                  message = ("policy %s: field '%s': %s"):format(p.source or "(defaults)", field, msg) }
+  end
+  if #res == 0 then return bad("table", ("table %q does not exist"):format(p.table)) end
+  local have = {}
+  for _, r in ipairs(res) do have[r.c] = r.t end
+  local need = { id_column = p.id_column, uploaded_column = p.uploaded_column,
+                 created_column = p.created_column, type_column = p.type_column }
+  for i, c in ipairs(p.key_columns) do need["key_columns[" .. i .. "]"] = c end
+  local fields = {}
+  for field in pairs(need) do fields[#fields + 1] = field end
+  table.sort(fields)
+  for _, field in ipairs(fields) do
+    local col = need[field]
+    if not have[col] then
+      return bad(field, ("column %q does not exist in table %q"):format(col, p.table))
+    end
+  end
+  -- The claim reads NOT uploaded_column and now() - created_column: other types fail there,
+  -- mid-run, as an SQL error that would look like an unreachable database.
+  if have[p.uploaded_column] ~= "boolean" then
+    return bad("uploaded_column", ("column %q is %s, expected boolean"):format(p.uploaded_column,
+      have[p.uploaded_column]))
+  end
+  local t = have[p.created_column]
+  if t ~= "timestamp with time zone" and t ~= "timestamp without time zone" and t ~= "date" then
+    return bad("created_column", ("column %q is %s, expected a timestamp"):format(p.created_column, t))
+  end
+  if p.type_column then
+    local ok, uerr = M.check_upload_types(conn, p, bad)
+    if not ok then return nil, uerr end
+  end
+  return true
+end
+
+-- When the type column is an enum, every upload type must be one of its
+-- labels: a typo ("WORDLIST") would otherwise match nothing, every cycle,
+-- and switch the sweeper off without a word. A label with no rows is fine.
+function M.check_upload_types(conn, p, bad)
+  local res, err = conn:query([[
+    SELECT e.enumlabel::text AS label FROM pg_attribute a JOIN pg_enum e ON e.enumtypid = a.atttypid
+    WHERE a.attrelid = to_regclass($1) AND a.attname = $2 ORDER BY e.enumsortorder]],
+    conn:quote_ident(p.table), p.type_column)
+  if not res then return nil, err end
+  if #res == 0 then return true end -- not an enum: any text may match
+  local known, labels = {}, {}
+  for i, r in ipairs(res) do
+    known[r.label] = true
+    labels[i] = r.label
+  end
+  for i, u in ipairs(p.upload_types) do
+    if not known[u] then
+      return bad(("upload_types[%d]"):format(i), ("%q is not a label of the enum of column %q (known: %s)")
+        :format(u, p.type_column, table.concat(labels, ", ")))
+    end
+  end
+  return true
+end
+
+-- A query for the ids among $1 that a row elsewhere still references, from
+-- the single-column foreign keys onto the policy's id column that block a
+-- delete (NO ACTION, RESTRICT): one hashed scan of each referencing table
+-- per batch instead of a failing DELETE. nil when there are none, or they
+-- cannot be read; keys it does not cover still end in 23503 and are found
+-- there (batch.lua). Our FOR UPDATE lock keeps new references out until we
+-- commit (inserting one needs a KEY SHARE lock on the row).
+function M.referenced_sql(conn, p)
+  local res = conn:query([[
+    SELECT c.conrelid::regclass::text AS tbl, a.attname::text AS col
+    FROM pg_constraint c
+    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+    JOIN pg_attribute r ON r.attrelid = c.confrelid AND r.attnum = c.confkey[1]
+    WHERE c.contype = 'f' AND c.confrelid = to_regclass($1) AND cardinality(c.conkey) = 1
+      AND r.attname = $2 AND c.confdeltype IN ('a', 'r')
+    ORDER BY 1, 2]], conn:quote_ident(p.table), p.id_column)
+  if not res or #res == 0 then return nil end
+  local t, id = conn:quote_ident(p.table), conn:quote_ident(p.id_column)
+  local refs = {}
+  for i, r in ipairs(res) do
+    -- regclass prints the table quoted (and qualified) as needed.
+    refs[i] = ("%s.%s IN (SELECT %s FROM %s)"):format(t, id, conn:quote_ident(r.col), r.tbl)
+  end
+  return ("SELECT %s.%s::text AS id FROM %s WHERE %s.%s = ANY($1) AND (%s)"):format(t, id, t, t, id,
+    table.concat(refs, " OR "))
+end
+
+return M
