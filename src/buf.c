@@ -63,3 +63,12 @@ void buf_free(buf *b) {
     free(b->p);
     *b = (buf){0};
 }
+
+char *buf_dupn(const char *s, size_t n) {
+    char *p = malloc(n + 1);
+    if (p != NULL) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}

@@ -28,6 +28,9 @@ void buf_clear(buf *b);
 char *buf_take(buf *b);
 void buf_free(buf *b);
 
+/* A NUL-terminated copy of s[0..n) (the caller frees), or NULL without memory. */
+char *buf_dupn(const char *s, size_t n);
+
 static inline int buf_failed(const buf *b) {
     return b->oom;
 }

@@ -27,15 +27,6 @@ static double random01(void) {
     return (double)u / 4294967296.0;
 }
 
-static char *dupn(const char *s, size_t n) {
-    char *p = malloc(n + 1);
-    if (p != NULL) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
 /* ---------------------------------------------------------------- a request */
 
 void http_req_reset(http_req *r) {
@@ -96,7 +87,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud) {
 
 static int set_header(char **slot, const char *v, size_t n) {
     free(*slot);
-    *slot = dupn(v, n);
+    *slot = buf_dupn(v, n);
     return *slot == NULL ? -1 : 0;
 }
 
@@ -286,7 +277,7 @@ static int start_attempt(http_client *c, http_batch *b, int s, http_req *r) {
     configure(c, r, b->easy[s], errbuf);
     if (curl_multi_add_handle(c->multi, b->easy[s]) != CURLM_OK) {
         r->cc = CURLE_FAILED_INIT;
-        r->errmsg = dupn("curl refused the request", 24);
+        r->errmsg = buf_dupn("curl refused the request", 24);
         r->state = HTTP_DONE;
         return REFUSED;
     }
@@ -323,7 +314,7 @@ static void finish_attempt(http_client *c, http_req *r, CURLcode cc, const char 
     r->retryable = cc != CURLE_OK ? (!r->too_large && !r->oom && transport_retryable(cc))
                                   : http_status_retryable(r->status);
     if (cc != CURLE_OK && errbuf[0] != '\0')
-        r->errmsg = dupn(errbuf, strlen(errbuf));
+        r->errmsg = buf_dupn(errbuf, strlen(errbuf));
     r->state = HTTP_DONE;
     if (!r->retryable || !r->idempotent || r->attempts >= c->max_attempts)
         return;
@@ -389,7 +380,7 @@ static http_req *next_request(http_batch *b, double now) {
 static void fail_unsent(http_batch *b, http_req *r) {
     static const char msg[] = "not sent: the server did not answer an earlier request of this call";
     free(r->errmsg);
-    r->errmsg = dupn(msg, sizeof msg - 1);
+    r->errmsg = buf_dupn(msg, sizeof msg - 1);
     r->cc = b->down;
     r->retryable = 1;
     r->state = HTTP_DONE;

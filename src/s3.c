@@ -38,15 +38,6 @@
 #define REDACTED "<redacted>"
 #define EMPTY_KEY_MSG "an empty key is refused before any request"
 
-static char *dupn(const char *s, size_t n) {
-    char *p = malloc(n + 1);
-    if (p != NULL) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
 /* ---------------------------------------------------------------- client */
 
 typedef struct s3_client {
@@ -1027,7 +1018,7 @@ static char *opt_dup(lua_State *L, const char *field, int required) {
     const char *s = lua_tolstring(L, -1, &n);
     if (n == 0 && required)
         luaL_error(L, "s3.client: '%s' must not be empty", field);
-    char *p = dupn(s, n);
+    char *p = buf_dupn(s, n);
     lua_pop(L, 1);
     if (p == NULL)
         luaL_error(L, "not enough memory");
@@ -1086,7 +1077,7 @@ static void parse_endpoint(lua_State *L, s3_target *t, const char *ep) {
     if ((t->https && n > 4 && strncmp(a + n - 4, ":443", 4) == 0) ||
         (!t->https && n > 3 && strncmp(a + n - 3, ":80", 3) == 0 && a[n - 4] != ':'))
         n -= t->https ? 4 : 3;
-    if ((t->authority = dupn(a, n)) == NULL)
+    if ((t->authority = buf_dupn(a, n)) == NULL)
         luaL_error(L, "not enough memory");
     for (char *p = t->authority; *p; p++)
         if (*p >= 'A' && *p <= 'Z')
@@ -1118,7 +1109,7 @@ static void read_target(lua_State *L, s3_target *t) {
     parse_endpoint(L, t, lua_tostring(L, -1));
     lua_pop(L, 1);
     t->region = opt_dup(L, "region", 0);
-    if (t->region == NULL && (t->region = dupn("us-east-1", 9)) == NULL)
+    if (t->region == NULL && (t->region = buf_dupn("us-east-1", 9)) == NULL)
         luaL_error(L, "not enough memory");
     t->access_key = opt_dup(L, "access_key", 1);
     t->secret_key = opt_dup(L, "secret_key", 1);

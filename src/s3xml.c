@@ -123,15 +123,6 @@ static void copy_trunc(char *dst, size_t cap, const char *s, size_t n) {
     dst[n] = '\0';
 }
 
-static char *dupn(const char *s, size_t n) {
-    char *p = malloc(n + 1);
-    if (p != NULL) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
 /* ---------------------------------------------------------------- <Error> */
 
 static void err_end(xw *w, const char *name, const char *text, size_t len) {
@@ -389,7 +380,7 @@ static int push_prefix(s3xml_list *l) {
 /* *slot = a copy of text; the walk fails without memory. */
 static void set_text(xw *w, char **slot, const char *text, size_t len) {
     free(*slot);
-    if ((*slot = dupn(text, len)) == NULL)
+    if ((*slot = buf_dupn(text, len)) == NULL)
         xw_fail(w);
 }
 

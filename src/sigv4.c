@@ -62,12 +62,6 @@ static void hex_encode(const unsigned char *in, size_t n, char *out) {
     out[2 * n] = '\0';
 }
 
-static char *str_dup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    return d ? memcpy(d, s, n) : NULL;
-}
-
 /* ---------------------------------------------------------------- hashing */
 
 void sigv4_sha256_hex(const void *data, size_t len, char out[65]) {
@@ -197,8 +191,8 @@ static int credential_scope(signing *s) {
         return -1;
     memcpy(s->date8, out->amz_date, 8);
     s->date8[8] = '\0';
-    out->payload_hash_ = str_dup(s->payload);
-    out->session_token_ = s->token ? str_dup(s->token) : NULL;
+    out->payload_hash_ = buf_dupn(s->payload, strlen(s->payload));
+    out->session_token_ = s->token ? buf_dupn(s->token, strlen(s->token)) : NULL;
     if (out->payload_hash_ == NULL || (s->token && out->session_token_ == NULL))
         return -1;
     buf b = {0};
@@ -278,7 +272,7 @@ static int qent_cmp(const void *a, const void *b) {
 
 static int add_query(signing *s, const char *k, const char *v, int encode_name) {
     qent *e = &s->q[s->nq++];
-    e->k = encode_name ? sigv4_uri_encode(k, strlen(k), 0) : str_dup(k);
+    e->k = encode_name ? sigv4_uri_encode(k, strlen(k), 0) : buf_dupn(k, strlen(k));
     e->v = sigv4_uri_encode(v, strlen(v), 0);
     return e->k == NULL || e->v == NULL ? -1 : 0;
 }

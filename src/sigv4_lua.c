@@ -221,46 +221,39 @@ static sigv4_kv *check_kvs(lua_State *L, const char *field, int anchor, int *nan
     return kv;
 }
 
-/* sigv4.sign{method, path, query, headers, payload_hash | body, access_key, secret_key,
- *            session_token, region, service, time, s3, normalize, path_encoded, sign_body,
- *            omit_session_token, expires} -> {canonical_request, string_to_sign, signature,
- *            authorization, query, amz_date, path, signed_headers, credential_scope, add_headers} */
-static int l_sign(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    sigv4_request req = {0};
+/* The scalar fields of sign's table (strings anchored by the table itself). */
+static void check_fields(lua_State *L, sigv4_request *req) {
     size_t len;
-    char body_hash[65];
-
-    lua_newtable(L); /* anchor for converted strings */
-    int anchor = lua_gettop(L), nanchor = 0;
-
-    req.method = req_string(L, "method");
-    for (const char *m = req.method; *m; m++)
+    req->method = req_string(L, "method");
+    for (const char *m = req->method; *m; m++)
         if (*m < 'A' || *m > 'Z')
             field_error(L, "method", "upper-case HTTP method expected");
-    req.path = opt_string(L, "path", &len);
-    if (req.path == NULL)
-        req.path = "/";
-    else if (req.path[0] != '/' || strlen(req.path) != len)
+    req->path = opt_string(L, "path", &len);
+    if (req->path == NULL)
+        req->path = "/";
+    else if (req->path[0] != '/' || strlen(req->path) != len)
         field_error(L, "path", "absolute path (starting with '/') expected");
-    req.access_key = req_string(L, "access_key");
-    req.secret_key = req_string(L, "secret_key");
-    req.session_token = opt_string(L, "session_token", &len);
-    if (req.session_token && strlen(req.session_token) != len)
+    req->access_key = req_string(L, "access_key");
+    req->secret_key = req_string(L, "secret_key");
+    req->session_token = opt_string(L, "session_token", &len);
+    if (req->session_token && strlen(req->session_token) != len)
         field_error(L, "session_token", "embedded zero byte");
-    req.region = req_string(L, "region");
-    req.service = req_string(L, "service");
-    req.now = check_time(L, "time");
-    req.s3 = opt_bool(L, "s3", 0);
-    req.no_normalize = !opt_bool(L, "normalize", !req.s3);
-    if (req.s3 && !req.no_normalize)
+    req->region = req_string(L, "region");
+    req->service = req_string(L, "service");
+    req->now = check_time(L, "time");
+    req->s3 = opt_bool(L, "s3", 0);
+    req->no_normalize = !opt_bool(L, "normalize", !req->s3);
+    if (req->s3 && !req->no_normalize)
         field_error(L, "normalize", "S3 paths are never normalised");
-    req.path_encoded = opt_bool(L, "path_encoded", 0);
-    req.sign_body = opt_bool(L, "sign_body", 0);
-    req.omit_session_token = opt_bool(L, "omit_session_token", 0);
+    req->path_encoded = opt_bool(L, "path_encoded", 0);
+    req->sign_body = opt_bool(L, "sign_body", 0);
+    req->omit_session_token = opt_bool(L, "omit_session_token", 0);
+}
 
+/* payload_hash as given, or the hash of body (written to body_hash); NULL: neither. */
+static const char *check_payload(lua_State *L, char body_hash[65]) {
+    size_t len, blen;
     const char *payload = opt_string(L, "payload_hash", &len);
-    size_t blen;
     const char *body = opt_string(L, "body", &blen);
     if (payload && body)
         field_error(L, "body", "give either body or payload_hash, not both");
@@ -270,28 +263,26 @@ static int l_sign(lua_State *L) {
         sigv4_sha256_hex(body, blen, body_hash);
         payload = body_hash;
     }
-    req.payload_hash = payload;
+    return payload;
+}
 
+/* expires: 0 (header signing) or seconds of a presigned URL. */
+static long check_expires(lua_State *L) {
+    long expires = 0;
     int t = lua_getfield(L, 1, "expires");
     if (t != LUA_TNIL) {
         int isint;
         lua_Integer e = lua_tointegerx(L, -1, &isint);
         if (t != LUA_TNUMBER || !isint || e < 1 || e > SIGV4_MAX_EXPIRES)
             field_error(L, "expires", "integer seconds in 1..604800 expected");
-        req.expires = (long)e;
+        expires = (long)e;
     }
     lua_pop(L, 1);
+    return expires;
+}
 
-    req.query = check_kvs(L, "query", anchor, &nanchor, &req.nquery, 0);
-    req.headers = check_kvs(L, "headers", anchor, &nanchor, &req.nheaders, 1);
-    if (!sigv4_has_header(&req, "host"))
-        field_error(L, "headers", "a host header is required");
-
-    sigv4_result *res = sigv4_lua_newresult(L); /* ... box */
-    if (sigv4_sign(&req, res) < 0)
-        return luaL_error(L, "sigv4.sign: not enough memory");
-
-    lua_createtable(L, 0, 12); /* box out */
+static void push_result(lua_State *L, const sigv4_result *res) {
+    lua_createtable(L, 0, 12);
     luax_setstr(L, "canonical_request", res->canonical_request);
     luax_setstr(L, "string_to_sign", res->string_to_sign);
     luax_setstr(L, "signature", res->signature);
@@ -301,7 +292,7 @@ static int l_sign(lua_State *L) {
     luax_setstr(L, "path", res->encoded_path);
     luax_setstr(L, "signed_headers", res->signed_headers);
     luax_setstr(L, "credential_scope", res->credential_scope);
-    lua_createtable(L, (int)res->nadd_headers, 0); /* box out add */
+    lua_createtable(L, (int)res->nadd_headers, 0); /* out add */
     for (size_t i = 0; i < res->nadd_headers; i++) {
         lua_createtable(L, 2, 0);
         lua_pushstring(L, res->add_headers[i].name);
@@ -311,6 +302,29 @@ static int l_sign(lua_State *L) {
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_setfield(L, -2, "add_headers");
+}
+
+/* sigv4.sign{method, path, query, headers, payload_hash | body, access_key, secret_key,
+ *            session_token, region, service, time, s3, normalize, path_encoded, sign_body,
+ *            omit_session_token, expires} -> {canonical_request, string_to_sign, signature,
+ *            authorization, query, amz_date, path, signed_headers, credential_scope, add_headers} */
+static int l_sign(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    sigv4_request req = {0};
+    char body_hash[65];
+    lua_newtable(L); /* anchor for converted strings */
+    int anchor = lua_gettop(L), nanchor = 0;
+    check_fields(L, &req);
+    req.payload_hash = check_payload(L, body_hash);
+    req.expires = check_expires(L);
+    req.query = check_kvs(L, "query", anchor, &nanchor, &req.nquery, 0);
+    req.headers = check_kvs(L, "headers", anchor, &nanchor, &req.nheaders, 1);
+    if (!sigv4_has_header(&req, "host"))
+        field_error(L, "headers", "a host header is required");
+    sigv4_result *res = sigv4_lua_newresult(L); /* ... box */
+    if (sigv4_sign(&req, res) < 0)
+        return luaL_error(L, "sigv4.sign: not enough memory");
+    push_result(L, res);    /* box out */
     sigv4_result_free(res); /* the box's __gc is then a no-op */
     return 1;
 }
