@@ -21,7 +21,8 @@ function M.parser(name, description, epilog)
   p:help_max_width(100)
   p:flag("-h --help", "Show this help and exit.")
   p:option("--policy", "Policy file (else RESCLEAN_POLICY, else the built-in defaults)."):argname("FILE")
-  p:option("--log-level", "Log level (else RESCLEAN_LOG_LEVEL, else info)."):argname("LEVEL")
+  p:option("--log-level", "Log level (else the policy's log_level, else RESCLEAN_LOG_LEVEL, else info).")
+    :argname("LEVEL")
     :choices(M.LEVELS)
   p._resclean_name = name
   return p
