@@ -9,8 +9,11 @@
 -- Notifications sent while no listener is connected are lost (PostgreSQL
 -- does not queue them for absent listeners): the hourly sweep removes such
 -- rows once they pass max_age.
+local cancel = require("resclean.cancel")
 local log = require("resclean.log")
 local policy_mod = require("resclean.policy")
+local runs = require("resclean.run")
+local session = require("resclean.session")
 local sys = require("resclean.sys")
 
 local M = {}
@@ -191,34 +194,78 @@ function Listener:wait(seconds)
   end
 end
 
+-- The session notified cancels run on: opened on first use and kept (a
+-- cancel within a second should not pay for a connection, the schema check
+-- and the prepared statements each time), reopened when the policy changed
+-- or after an error. Returns the session or nil, exit code, message.
+function Listener:cancel_session(opts, p)
+  local s = self.session
+  if s and s.policy == p then return s end
+  self:close_session()
+  local store, code, msg = opts.open_store(p)
+  if not store then return nil, code, msg end
+  local conn, sql = session.open(opts.pg, opts.conninfo, p)
+  if not conn then
+    store:close()
+    local errors = require("resclean.errors")
+    return nil, errors.exit_code(sql), "database: " .. errors.message(sql)
+  end
+  self.session = { conn = conn, sql = sql, store = store, policy = p }
+  return self.session
+end
+
+function Listener:close_session()
+  if self.session then
+    self.session.conn:close()
+    self.session.store:close()
+    self.session = nil
+  end
+end
+
+-- One cancel of ids on the kept session, exactly as cancel.ids does it
+-- for `resclean run cancel`. Returns exit code, summary.
+local function cancel_on(s, ids)
+  local run = runs.new({ policy = s.policy })
+  run.eligible = #ids
+  run.db_pid = s.conn:backend_pid()
+  local code, extra = cancel.ids(s.conn, s.sql, s.store, run, ids)
+  extra = extra or {}
+  extra.exit_code = code
+  return code, run:summary("cancel", extra)
+end
+
 -- Cancel what the queue holds, batch_size ids at a time, each batch through
 -- exactly the path of `resclean run cancel` (same locks, outcomes, lines),
 -- its lines marked via = "notify". opts: pg, conninfo, policy (a function
 -- returning the current policy), open_store(p) -> store or nil, code, msg,
 -- on_result(code, summary) (optional). Returns the number of ids handled.
 function Listener:cancel_queued(opts)
-  local sweep = require("resclean.sweep")
   local done = 0
   while self.queue:size() > 0 and not sys.stopping() do
     local p = opts.policy()
     local ids = self.queue:take(p.batch_size)
-    local store, code, msg = opts.open_store(p)
-    if not store then
-      self.emit("error", "notify_failed", { ids = #ids, exit_code = code, message = msg,
-        detail = "these ids stay pending; the sweep removes them once they pass max_age" })
-    else
-      local saved = log.get_base()
-      local base = {}
-      for k, v in pairs(saved) do base[k] = v end
-      base.via = "notify"
-      log.set_base(base)
+    local saved = log.get_base()
+    local base = {}
+    for k, v in pairs(saved) do base[k] = v end
+    base.via = "notify"
+    log.set_base(base)
+    -- A kept session may have died since its last use: one more try on a
+    -- fresh one (the failed try rolled back).
+    for attempt = 1, 2 do
+      local reused = self.session ~= nil
+      local s, code, msg = self:cancel_session(opts, p)
+      if not s then
+        self.emit("error", "notify_failed", { ids = #ids, exit_code = code, message = msg,
+          detail = "these ids stay pending; the sweep removes them once they pass max_age" })
+        break
+      end
       local summary
-      code, summary = sweep.cancel({ pg = opts.pg, store = store, policy = p, conninfo = opts.conninfo,
-                                     ids = ids })
-      log.set_base(saved)
-      store:close()
+      code, summary = cancel_on(s, ids)
+      if code == runs.EXIT.usage or code == runs.EXIT.unreachable then self:close_session() end
       if opts.on_result then opts.on_result(code, summary) end
+      if not (reused and code == runs.EXIT.unreachable and attempt == 1) then break end
     end
+    log.set_base(saved)
     done = done + #ids
   end
   return done
@@ -250,6 +297,7 @@ function Listener:between_batches(opts)
 end
 
 function Listener:close()
+  self:close_session()
   if self.conn then
     self.conn:close()
     self.conn = nil

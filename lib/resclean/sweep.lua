@@ -25,8 +25,8 @@ M.OUTCOMES = runs.OUTCOMES
 local batches
 
 -- One sweep cycle. opts: pg (module), store (storage adapter), policy,
--- conninfo, dry_run, run_id, check_plan (hook), emit. Returns exit code,
--- summary fields.
+-- conninfo, dry_run, run_id, check_plan (hook), between_batches (hook),
+-- emit. Returns exit code, summary fields.
 function M.cycle(opts)
   local code, summary = session.with(opts, "sweep", function(conn, sql, run)
     return M.sweep_batches(conn, sql, opts.store, run, opts)
@@ -87,6 +87,9 @@ function batches(conn, sql, store, run, opts)
     last = items[#items]
     if limit_left then limit_left = limit_left - #items end
     run:progress()
+    -- Cancels notified meanwhile go now, so a cycle delays them by at most
+    -- one batch (their own session: this one is between transactions).
+    if opts.between_batches then opts.between_batches() end
   end
 end
 
