@@ -5,7 +5,9 @@
 #                   throwaway PostgreSQL + Ceph RGW, stop them
 #   make asan test  the same with an AddressSanitizer + UBSan build
 #   make demo       sweep a realistic mix on a throwaway stack
-#   make bench      measure the sweep against the storage floor
+#   make bench      measure the sweep against the storage floor (on loopback, and remote:
+#                   through delay proxies, S3 +10 ms and PostgreSQL +1 ms a round trip)
+#   make soak       the long-running sweep for 1,000 cycles: RSS, fds, sessions (~20 min)
 #   make install    PREFIX=/usr/local (DESTDIR= for packaging); make uninstall the same
 
 PREFIX  ?= /usr/local
@@ -58,7 +60,7 @@ DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
             groff-base man-db systemd
 DEB_BENCH = hyperfine clang libclang-rt-14-dev clang-format universal-ctags
 
-.PHONY: all asan deps test lint specs demo bench install uninstall clean fuzz format format-check
+.PHONY: all asan deps test lint specs demo bench soak install uninstall clean fuzz format format-check
 all: $(BIN) $(NET_SO)
 
 asan: $(BIN) $(NET_SO)
@@ -111,6 +113,9 @@ demo: deps $(BIN) $(NET_SO)
 bench: deps $(BIN) $(NET_SO)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/bench.lua $(BENCH_ARGS)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/notify_bench.lua $(NOTIFY_BENCH_ARGS)
+
+soak: deps $(BIN) $(NET_SO)
+	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/soak.lua $(SOAK_ARGS)
 
 # Installed: the binary, resclean_net.so, the Lua library, the operator scripts (scripts/ holds
 # only sweep, cancel, status and reconcile), the examples and two manuals, whose paths follow
