@@ -19,15 +19,19 @@ A reply: {"status": 200, "headers": {}, "body": "...", "repeat": N (body sent N 
           "chunked": true (no Content-Length), "length": N (a HEAD's Content-Length),
           "delay": seconds, "drop": true (close without answering),
           "short": N (announce the body's length, send N bytes, close),
-          "delete_result": {"omit": [keys], "errors": {key: code}, "nokey": false}
-                           (a DeleteResult built from the request's keys),
+          "delete_result": {"omit": [keys], "errors": {key: code}, "nokey": false,
+                            "times": N}
+                           (a DeleteResult built from the request's keys; with "times",
+                           a key in "errors" fails only the first N DeleteObjects requests
+                           that carry it, then is deleted),
           "echo": true (the same as "delete_result": {})}
 
 Control (JSON over HTTP on the same port):
     PUT /__config    {"<kind>": reply, ...}: replies by kind, the defaults for the kinds not
                      given; ends a script
     PUT /__script    a list of replies: the script (an empty list: [{"status": 200}])
-    GET /__log       what was received: [{method, path, kind, headers, body_len, md5_ok, keys}]
+    GET /__log       what was received: [{method, path, kind, headers, body_len, md5_ok, keys, t}]
+                     (t: seconds on the server's monotonic clock when the request came)
     DELETE /__log    forget it
 """
 import base64
@@ -57,6 +61,7 @@ DEFAULTS = {
 }
 CONFIG = dict(DEFAULTS)
 SCRIPT = None  # a list of replies while a script runs
+SEEN = {}  # key -> how many DeleteObjects requests carried it (for "times")
 
 
 def kind_of(method, path):
@@ -83,10 +88,14 @@ def request_keys(body):
 
 def delete_result(spec, keys):
     parts = ['<?xml version="1.0" encoding="UTF-8"?><DeleteResult>']
+    times = spec.get("times")
     for k in keys:
+        with LOCK:
+            SEEN[k] = SEEN.get(k, 0) + 1
+            seen = SEEN[k]
         if k in spec.get("omit", []):
             continue
-        if k in spec.get("errors", {}):
+        if k in spec.get("errors", {}) and (times is None or seen <= times):
             parts.append("<Error><Key>%s</Key><Code>%s</Code><Message>no</Message></Error>"
                          % (escape(k), spec["errors"][k]))
         elif spec.get("nokey"):
@@ -119,6 +128,7 @@ class Handler(BaseHTTPRequestHandler):
                 "body_len": len(body),
                 "md5_ok": self.headers.get("Content-MD5") == md5,
                 "keys": keys,
+                "t": time.monotonic(),
             })
             if SCRIPT is None:
                 reply = CONFIG.get(kind) or DEFAULTS[kind]
@@ -181,6 +191,7 @@ class Handler(BaseHTTPRequestHandler):
                 out = json.dumps(LOG).encode()
             elif self.path == "/__log" and self.command == "DELETE":
                 LOG.clear()
+                SEEN.clear()
             else:
                 status = 404
         self.send_response(status)

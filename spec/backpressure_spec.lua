@@ -1,0 +1,166 @@
+-- Back-pressure from S3, against the scripted fake server (spec/support/fake_s3.py): a
+-- real server throttles only under real overload. Per-key InternalError and SlowDown in a
+-- DeleteObjects reply are retried within the call for those keys only, with backoff and
+-- jitter; a key that still fails is failed and its row kept (the sweep runs on the real
+-- PostgreSQL).
+local fs = require("support.faults_support")
+local fx = require("support.fixtures")
+local s3h = require("support.s3_helpers")
+local storage = require("resclean.storage")
+
+local fake
+
+local function store(extra)
+  local o = { endpoint = fake.endpoint, region = "us-east-1", access_key = "AKFAKE",
+              secret_key = "fake-secret-value", bucket = "fake", retry_base_seconds = 0.01, timeout = 5 }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return assert(storage.new(o))
+end
+
+-- The DeleteObjects requests the fake received: list of {keys = set, n = count, t = time}.
+local function delete_requests()
+  local out = {}
+  for _, r in ipairs(fake.log()) do
+    if r.kind == "delete_objects" then
+      local set = {}
+      for _, k in ipairs(r.keys or {}) do set[k] = true end
+      out[#out + 1] = { keys = set, n = #(r.keys or {}), t = r.t }
+    end
+  end
+  return out
+end
+
+-- How many DeleteObjects requests carried key.
+local function carried(reqs, key)
+  local n = 0
+  for _, r in ipairs(reqs) do if r.keys[key] then n = n + 1 end end
+  return n
+end
+
+describe("back-pressure", function()
+  local saved = {}
+  setup(function()
+    fake = s3h.fake_server()
+    for _, k in ipairs({ "KEY_BACKOFF", "KEY_RETRIES" }) do saved[k] = storage[k] end
+  end)
+  teardown(function()
+    if fake then fake.stop() end
+  end)
+  before_each(function()
+    for k, v in pairs(saved) do storage[k] = v end
+    storage.KEY_BACKOFF = 0.05
+    fake.config({})
+    fake.clear()
+  end)
+
+  describe("per key in a DeleteObjects reply", function()
+    local keys = { "k1", "k2", "k3", "k4", "k5", "k6" }
+
+    it("retries only the keys refused with InternalError or SlowDown, with a growing backoff, in the same call",
+      function()
+        fake.config({ delete_objects = { status = 200,
+          delete_result = { errors = { k2 = "InternalError", k5 = "SlowDown" }, times = 2 } } })
+        local st = store()
+        local res = st:delete_many(keys, 4)
+        st:close()
+        for i, k in ipairs(keys) do assert.are.equal(true, res[i], k .. ": " .. tostring(res[i])) end
+        local reqs = delete_requests()
+        assert.are.equal(3, #reqs)
+        assert.are.equal(6, reqs[1].n)
+        for i = 2, 3 do
+          assert.are.equal(2, reqs[i].n, "retry " .. (i - 1) .. " sent other keys")
+          assert.is_true(reqs[i].keys.k2 and reqs[i].keys.k5)
+        end
+        -- Equal jitter: each wait is between half and all of 0.05 s, then of 0.1 s.
+        assert.is_true(reqs[2].t - reqs[1].t >= 0.025, "first retry after " .. (reqs[2].t - reqs[1].t))
+        assert.is_true(reqs[3].t - reqs[2].t >= 0.05, "second retry after " .. (reqs[3].t - reqs[2].t))
+      end)
+
+    it("gives a key that keeps failing its last error after KEY_RETRIES more attempts, the others deleted once",
+      function()
+        storage.KEY_RETRIES = 3
+        fake.config({ delete_objects = { status = 200, delete_result = { errors = { k3 = "SlowDown" } } } })
+        local st = store()
+        local res = st:delete_many(keys, 4)
+        st:close()
+        assert.is_table(res[3])
+        assert.are.equal("SlowDown", res[3].code)
+        assert.are.equal("item", require("resclean.errors").classify(res[3]))
+        local reqs = delete_requests()
+        assert.are.equal(1 + 3, carried(reqs, "k3"))
+        for i, k in ipairs(keys) do
+          if k ~= "k3" then
+            assert.are.equal(true, res[i], k)
+            assert.are.equal(1, carried(reqs, k), k .. " was sent again")
+          end
+        end
+      end)
+
+    it("does not retry a key refused for its own reason (AccessDenied, NoSuchBucket per key)", function()
+      fake.config({ delete_objects = { status = 200,
+        delete_result = { errors = { k1 = "AccessDenied", k2 = "NoSuchBucket" } } } })
+      local st = store()
+      local res = st:delete_many(keys, 4)
+      st:close()
+      assert.are.equal("AccessDenied", res[1].code)
+      assert.are.equal("NoSuchBucket", res[2].code)
+      assert.are.equal(1, #delete_requests())
+    end)
+
+    it("leaves a refused request (503 for all of it) to the transport's retries, not once more per key", function()
+      fake.config({ delete_objects = { status = 503,
+        body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>" } })
+      local st = store({ max_attempts = 2 })
+      local res = st:delete_many(keys, 4)
+      st:close()
+      for i = 1, #keys do
+        assert.are.equal("SlowDown", res[i].code)
+        assert.are.equal("transient", require("resclean.errors").classify(res[i]))
+      end
+      assert.are.equal(2, #delete_requests())
+    end)
+  end)
+
+  describe("in a sweep (real PostgreSQL, the fake S3)", function()
+    local conn
+    setup(function() conn = fx.connect() end)
+    teardown(function() if conn then conn:close() end end)
+
+    local function sweep()
+      return fs.run({ "scripts/sweep.lua", "--once" }, fs.env("fake-bucket", { AWS_ENDPOINT_URL_S3 = fake.endpoint }))
+    end
+
+    it("keeps the row of a key that is still refused after the retries and deletes the rest (exit 1)", function()
+      fx.reset(conn)
+      local ids = fx.rows(conn, 5)
+      fake.config({ delete_objects = { status = 200, delete_result = { errors = { [ids[3]] = "SlowDown" } } } })
+      local r = sweep()
+      assert.are.equal(1, r.code, r.stderr)
+      assert.are.equal("failed", r.outcomes[ids[3]].outcome)
+      assert.are.equal("SlowDown", r.outcomes[ids[3]].reason)
+      local rows = fx.existing_rows(conn, ids)
+      assert.is_true(rows[ids[3]], "the row of the refused key is gone")
+      for i, id in ipairs(ids) do
+        if i ~= 3 then
+          assert.are.equal("record_only", r.outcomes[id].outcome)
+          assert.is_nil(rows[id], "row " .. id .. " is still there")
+        end
+      end
+      assert.are.equal(1 + storage.KEY_RETRIES, carried(delete_requests(), ids[3]))
+    end)
+
+    it("ends with every row deleted and exit 0 when the refused keys go through on a retry", function()
+      fx.reset(conn)
+      local ids = fx.rows(conn, 5)
+      fake.config({ delete_objects = { status = 200,
+        delete_result = { errors = { [ids[1]] = "InternalError", [ids[4]] = "SlowDown" }, times = 1 } } })
+      local r = sweep()
+      assert.are.equal(0, r.code, r.stderr)
+      for _, id in ipairs(ids) do assert.are.equal("record_only", r.outcomes[id].outcome) end
+      assert.are.equal(0, fx.count(conn))
+      local reqs = delete_requests()
+      assert.are.equal(2, #reqs)
+      assert.are.equal(2, reqs[2].n)
+    end)
+  end)
+end)
