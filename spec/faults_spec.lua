@@ -13,9 +13,7 @@ local conn
 local seed = tonumber(os.getenv("RESCLEAN_SEED") or "") or os.time()
 math.randomseed(seed)
 
-local function proc_result(p, code)
-  return h.decode_run({ code = code, stdout = fs.output(p), stderr = fs.output(p, "err") })
-end
+local proc_result = fs.proc_result
 
 describe("under faults, the sweep", function()
   setup(function() conn = fx.connect() end)

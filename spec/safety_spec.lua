@@ -16,9 +16,7 @@ local function lines_of(text)
   return out
 end
 
-local function proc_result(p, code)
-  return h.decode_run({ code = code, stdout = fs.output(p), stderr = fs.output(p, "err") })
-end
+local proc_result = fs.proc_result
 
 describe("operator safety", function()
   setup(function() conn = fx.connect() end)
@@ -111,17 +109,21 @@ describe("operator safety", function()
       fs.assert_final_run_cleans(w, "after SIGHUP")
     end)
 
-  it("deletes nothing without its audit trail: stdout closed exits 2 before the first claim", function()
-    local w = fs.world(conn, { stale = 6, with_objects = 3, tag = "no-stdout" })
-    local env = fs.env(w.bucket)
+  -- A sweep --once with stdout redirected by the shell (">&-", ">/dev/full"): exit code, stderr.
+  local function sweep_with_stdout(bucket, redirect)
     local parts = {}
-    for k, v in pairs(env) do parts[#parts + 1] = v == false and ("-u " .. k) or (k .. "=" .. h.q(v)) end
+    for k, v in pairs(fs.env(bucket)) do parts[#parts + 1] = v == false and ("-u " .. k) or (k .. "=" .. h.q(v)) end
     table.sort(parts)
     local dir = h.tmpdir()
-    local cmd = ("env %s %s run scripts/sweep.lua --once </dev/null >&- 2>%s"):format(table.concat(parts, " "),
-      h.q(h.bin()), h.q(dir .. "/err"))
+    local cmd = ("env %s %s run scripts/sweep.lua --once </dev/null %s 2>%s"):format(table.concat(parts, " "),
+      h.q(h.bin()), redirect, h.q(dir .. "/err"))
     local _, _, code = os.execute(cmd)
-    local err = h.readall(dir .. "/err")
+    return code, h.readall(dir .. "/err")
+  end
+
+  it("deletes nothing without its audit trail: stdout closed exits 2 before the first claim", function()
+    local w = fs.world(conn, { stale = 6, with_objects = 3, tag = "no-stdout" })
+    local code, err = sweep_with_stdout(w.bucket, ">&-")
     assert.are.equal(2, code, err)
     assert.matches("log", err, 1, true)
     assert.matches("standard output is closed", err, 1, true)
@@ -131,15 +133,7 @@ describe("operator safety", function()
 
   it("deletes nothing when the log cannot be written (stdout on a full disk, /dev/full): exit 2", function()
     local w = fs.world(conn, { stale = 4, with_objects = 2, tag = "full-stdout" })
-    local env = fs.env(w.bucket)
-    local parts = {}
-    for k, v in pairs(env) do parts[#parts + 1] = v == false and ("-u " .. k) or (k .. "=" .. h.q(v)) end
-    table.sort(parts)
-    local dir = h.tmpdir()
-    local cmd = ("env %s %s run scripts/sweep.lua --once </dev/null >/dev/full 2>%s"):format(
-      table.concat(parts, " "), h.q(h.bin()), h.q(dir .. "/err"))
-    local _, _, code = os.execute(cmd)
-    local err = h.readall(dir .. "/err")
+    local code, err = sweep_with_stdout(w.bucket, ">/dev/full")
     assert.are.equal(2, code, err)
     assert.matches("the log cannot be written", err, 1, true)
     assert.are.equal(4, (fs.stale_left(w)))

@@ -79,63 +79,56 @@ static int sys_monotime(lua_State *L) {
     return 1;
 }
 
-/* sleep(seconds) -> true, or false when a stop signal arrived. Signals are
- * blocked between the flag check and pselect, which unblocks them
+/* Wait until fd (-1: none) is readable, `secs` have passed or a stop signal
+ * arrived: 1 when fd is readable, else 0 (stop_signal tells which). Signals
+ * are blocked between the flag check and pselect, which unblocks them
  * atomically, so a signal can never slip in unseen. */
-static int sys_sleep(lua_State *L) {
-    double secs = luaL_checknumber(L, 1);
+static int wait_fd(int fd, double secs) {
     sigset_t block, orig;
-    luaL_argcheck(L, secs >= 0 && secs < 1e9, 1, "expected seconds >= 0");
+    int ready = 0;
     double deadline = clock_seconds(CLOCK_MONOTONIC) + secs;
     sigemptyset(&block);
     for (size_t i = 0; i < N_STOP_SIGNALS; i++) sigaddset(&block, stop_signals[i]);
     sigprocmask(SIG_BLOCK, &block, &orig);
     for (;;) {
         double left = deadline - clock_seconds(CLOCK_MONOTONIC);
-        if (stop_signal || left <= 0) break;
+        if (stop_signal || (left <= 0 && fd < 0)) break;
+        if (left < 0) left = 0;
+        fd_set rd;
+        FD_ZERO(&rd);
+        if (fd >= 0) FD_SET(fd, &rd);
         struct timespec ts;
         ts.tv_sec = (time_t)left;
         ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
-        pselect(0, NULL, NULL, NULL, &ts, &orig);
+        int n = pselect(fd + 1, fd >= 0 ? &rd : NULL, NULL, NULL, &ts, &orig);
+        if (n > 0) {
+            ready = 1;
+            break;
+        }
+        if (fd >= 0 && (n == 0 || errno != EINTR)) break; /* time is up, or a real error */
     }
     sigprocmask(SIG_SETMASK, &orig, NULL);
+    return ready;
+}
+
+/* sleep(seconds) -> true, or false when a stop signal arrived. */
+static int sys_sleep(lua_State *L) {
+    double secs = luaL_checknumber(L, 1);
+    luaL_argcheck(L, secs >= 0 && secs < 1e9, 1, "expected seconds >= 0");
+    wait_fd(-1, secs);
     lua_pushboolean(L, !stop_signal);
     return 1;
 }
 
 /* wait_readable(fd, seconds) -> true when fd is readable, false when the
- * time ran out, nil when a stop signal arrived (also before the call). One
- * wait on a socket (a LISTEN connection), the timer and the stop signals
- * together: signals are blocked until pselect unblocks them atomically. */
+ * time ran out, nil when a stop signal arrived (also before the call): one
+ * wait on a socket (a LISTEN connection), the timer and the stop signals. */
 static int sys_wait_readable(lua_State *L) {
     int fd = (int)luaL_checkinteger(L, 1);
     double secs = luaL_checknumber(L, 2);
-    sigset_t block, orig;
-    int ready = 0;
     luaL_argcheck(L, fd >= 0 && fd < FD_SETSIZE, 1, "expected a descriptor below FD_SETSIZE");
     luaL_argcheck(L, secs >= 0 && secs < 1e9, 2, "expected seconds >= 0");
-    double deadline = clock_seconds(CLOCK_MONOTONIC) + secs;
-    sigemptyset(&block);
-    for (size_t i = 0; i < N_STOP_SIGNALS; i++) sigaddset(&block, stop_signals[i]);
-    sigprocmask(SIG_BLOCK, &block, &orig);
-    for (;;) {
-        double left = deadline - clock_seconds(CLOCK_MONOTONIC);
-        if (stop_signal) break;
-        if (left < 0) left = 0;
-        fd_set rd;
-        FD_ZERO(&rd);
-        FD_SET(fd, &rd);
-        struct timespec ts;
-        ts.tv_sec = (time_t)left;
-        ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
-        int n = pselect(fd + 1, &rd, NULL, NULL, &ts, &orig);
-        if (n > 0) {
-            ready = 1;
-            break;
-        }
-        if (n == 0 || (n < 0 && errno != EINTR)) break;
-    }
-    sigprocmask(SIG_SETMASK, &orig, NULL);
+    int ready = wait_fd(fd, secs);
     if (stop_signal) lua_pushnil(L);
     else lua_pushboolean(L, ready);
     return 1;

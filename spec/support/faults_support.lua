@@ -225,6 +225,11 @@ function M.output(proc, which)
   return s
 end
 
+-- A spawned process that ended with code, its log decoded (helpers.decode_run).
+function M.proc_result(proc, code)
+  return h.decode_run({ code = code, stdout = M.output(proc), stderr = M.output(proc, "err") })
+end
+
 -- The resource lines logged so far by a spawned process.
 function M.logged(proc)
   local n = 0
