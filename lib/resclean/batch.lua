@@ -35,7 +35,8 @@ function M.sweep(conn, sql, store, run, last, n)
   local ok
   ok, err = conn:query("SET CONSTRAINTS ALL IMMEDIATE")
   if not ok then return nil, err end
-  local ctx = { conn = conn, tx = tx, sql = sql, store = store, run = run }
+  -- stale: every row is older than max_age (cancel's are not)
+  local ctx = { conn = conn, tx = tx, sql = sql, store = store, run = run, stale = true }
   local items
   items, err = claim(ctx, last, n)
   if not items then return nil, err end
@@ -258,7 +259,13 @@ function storage(ctx, items)
   local exists
   local t0 = sys.monotime()
   if p.verify and #keys > 0 then
-    exists = store:head_many(keys, p.concurrency)
+    -- A small bucket may be listed instead (storage.lua): only for stale
+    -- keys, whose upload URLs expired, so no object can appear meanwhile.
+    local opts
+    if ctx.stale and p.max_age >= (p.url_lifetime or math.huge) then
+      opts = { expected = math.max((run.eligible or 0) - (run.claimed or 0) + #keys, #keys) }
+    end
+    exists = store:head_many(keys, p.concurrency, opts)
   end
   local t1 = sys.monotime()
   local results

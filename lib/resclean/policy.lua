@@ -35,7 +35,7 @@ function M.defaults()
     jitter = 60,                           -- up to this many seconds added to interval
     batch_size = 1000,                     -- rows claimed (and locked) per transaction
     verify = true,                         -- HEAD objects first for honest outcomes
-    concurrency = 16,                      -- parallel HEAD requests
+    concurrency = 64,                      -- most S3 requests at once (HEADs adapt from 16 up to this)
     max_deletes_per_run = 0,               -- 0: no limit
     lock_timeout = 5,                      -- seconds; cancel waits this long on a locked row
     statement_timeout = 60,                -- seconds per SQL statement

@@ -1,9 +1,13 @@
 -- The sweep's view of object storage: a thin adapter over resclean.s3 that
 -- answers per key, in the order of the keys given:
---   head_many(keys, n)   -> { true | false | err, ... }  (exists? n at once)
---   delete_many(keys, n) -> { true | err, ... }          (up to n requests at once)
---   check()              -> true | nil, err   (bucket reachable with these credentials)
+--   head_many(keys, n[, opts]) -> { true | false | err, ... }  (exists? at most n at once)
+--   delete_many(keys, n)       -> { true | err, ... }          (up to n requests at once)
+--   check()                    -> true | nil, err   (bucket reachable with these credentials)
 -- Anything else (fakes in unit specs) with the same three methods will do.
+--
+-- Across a network the HEADs of a batch are bound by latency, not by the
+-- server: how many go at once adapts (see Store:head_many), and a bucket
+-- small next to the keys to check is listed instead (opts.expected).
 local log = require("resclean.log")
 local s3 = require("resclean.s3")
 local sys = require("resclean.sys")
@@ -25,8 +29,117 @@ function Store:check()
   return true
 end
 
-function Store:head_many(keys, concurrency)
-  local res = self.client:head_many(keys, { concurrency = concurrency })
+-- HEADs in flight adapt between 1 and the caller's `concurrency` (the
+-- policy's: the most the operator lets it send at once), starting at
+-- START_CONCURRENCY. Slow start: while doubling raised the HEAD rate by
+-- GAIN or more, the calls were latency-bound: double again. When it did
+-- not, the server is the limit: go back to the last level that helped and
+-- hold it. Push-back (a call whose requests the transport had to retry:
+-- 5xx, 429, SlowDown, a connection lost) halves it; it then grows by STEP
+-- a call, up to the level that helped (additive increase, multiplicative
+-- decrease). Calls of fewer than 2 x the level tell nothing and change
+-- nothing.
+M.START_CONCURRENCY = 16
+M.GAIN = 1.15
+M.STEP = 4
+
+function Store:head_level(max)
+  local a = self.adapt
+  if not a or a.max ~= max then
+    a = { max = max, cur = math.min(max, M.START_CONCURRENCY), probing = true }
+    self.adapt = a
+  end
+  return a.cur
+end
+
+-- After n HEADs took secs at level a.cur, with `pushed` retries among them.
+function Store:head_adapt(n, secs, pushed)
+  local a = self.adapt
+  local before = a.cur
+  if pushed > 0 then
+    a.cur = math.max(1, a.cur // 2)
+    a.probing = false
+  elseif n >= 2 * a.cur and secs > 0 then
+    local rate = n / secs
+    if a.probing then
+      if not a.best or rate >= a.best.rate * M.GAIN then
+        a.best = { rate = rate, level = a.cur }
+        if a.cur < a.max then a.cur = math.min(a.max, a.cur * 2) else a.probing = false end
+      else
+        a.cur, a.probing = a.best.level, false
+      end
+    else
+      a.cur = math.min(a.best and a.best.level or a.max, a.cur + M.STEP)
+    end
+  end
+  if a.cur ~= before then
+    log.debug("head_concurrency", { from = before, to = a.cur, keys = n, ms = math.floor(secs * 1000 + 0.5),
+                                    retries = pushed })
+  end
+end
+
+-- A bucket small next to the keys still to check is cheaper to list than
+-- to HEAD key by key: one ListObjectsV2 page answers for up to 1,000 keys.
+-- With opts.expected (keys this cycle still has to check, these included),
+-- head_many lists the bucket when it takes at most one page per
+-- LIST_KEYS_PER_PAGE expected keys (and at most LIST_MAX_KEYS keys held);
+-- else it gives up listing for this store's life and HEADs. The listing
+-- answers for LIST_MAX_AGE seconds. A listing is as honest as HEADs for a
+-- stale key: its upload URL expired long before (policy url_lifetime <
+-- max_age), so no object can appear for it in between; one deleted
+-- meanwhile by someone else is reported object_deleted instead of
+-- record_only, as a HEAD just before that delete would. Only the sweep asks
+-- for it; a HEAD that must be fresh (reconcile's re-check) never lists.
+M.LIST_MIN_KEYS = 500
+M.LIST_KEYS_PER_PAGE = 250
+M.LIST_MAX_KEYS = 100000
+M.LIST_MAX_AGE = 60
+
+-- The set of every key in the bucket (listed at most LIST_MAX_AGE ago), or
+-- nil when the bucket is too large for `expected` keys or the listing failed.
+function Store:listing(expected)
+  local l = self.listed
+  if l and sys.monotime() - l.at <= M.LIST_MAX_AGE then return l.set end
+  self.listed = nil
+  if self.list_too_big or expected < M.LIST_MIN_KEYS then return nil end
+  local budget = math.min(expected // M.LIST_KEYS_PER_PAGE, M.LIST_MAX_KEYS // 1000)
+  local set, token, pages, n = {}, nil, 0, 0
+  local t0 = sys.monotime()
+  repeat
+    if pages >= budget then
+      self.list_too_big = true
+      log.debug("verify_by_head", { pages = pages, keys = n, expected = expected })
+      return nil
+    end
+    local page = self.client:list({ continuation = token })
+    if not page then return nil end -- the HEADs will say what is wrong, key by key
+    pages = pages + 1
+    for _, e in ipairs(page.keys) do
+      set[e.key] = true
+      n = n + 1
+    end
+    token = page.next_continuation
+  until not (page.truncated and token)
+  self.listed = { set = set, at = t0 }
+  log.debug("verify_by_list", { pages = pages, keys = n, expected = expected,
+                                ms = math.floor((sys.monotime() - t0) * 1000 + 0.5) })
+  return set
+end
+
+function Store:head_many(keys, concurrency, opts)
+  if opts and opts.expected and #keys > 0 then
+    local set = self:listing(math.max(opts.expected, #keys))
+    if set then
+      local out = {}
+      for i, k in ipairs(keys) do out[i] = set[k] == true end
+      return out
+    end
+  end
+  local level = self:head_level(concurrency or M.START_CONCURRENCY)
+  local r0 = self.client:stats().retries
+  local t0 = sys.monotime()
+  local res = self.client:head_many(keys, { concurrency = level })
+  self:head_adapt(#keys, sys.monotime() - t0, self.client:stats().retries - r0)
   local out = {}
   for i = 1, #keys do
     local r = res[i]
@@ -46,6 +159,10 @@ end
 -- MIN_PER_REQUEST keys, at most S3's 1,000), never more than `concurrency`
 -- so that a stalled server costs one round of timeouts. On the test RGW,
 -- 1,000 keys as 8 x 125 in parallel went 10-15% faster than as one request.
+-- Push-back (keys refused with SlowDown and the like, or requests the
+-- transport had to retry) halves the number of parts for the next rounds;
+-- each round without it that could use one more part adds one back, up to
+-- DELETE_REQUESTS.
 local DELETE_REQUESTS = 8
 local MIN_PER_REQUEST = 100
 
@@ -71,9 +188,11 @@ end
 
 -- One DeleteObjects round for keys: a result per key (true or an error).
 function Store:delete_round(keys, concurrency)
-  local parts = math.min(DELETE_REQUESTS, concurrency or DELETE_REQUESTS)
+  local parts = math.min(self.delete_parts or DELETE_REQUESTS, concurrency or DELETE_REQUESTS)
   local per = math.min(1000, math.max(MIN_PER_REQUEST, -(-#keys // parts)))
+  local r0 = self.client:stats().retries
   local res, err = self.client:delete_many(keys, { batch = per, concurrency = concurrency })
+  local pushed = self.client:stats().retries - r0
   local out = {}
   for i = 1, #keys do
     if not res then
@@ -88,6 +207,16 @@ function Store:delete_round(keys, concurrency)
         out[i] = { kind = "s3", code = "no_result", message = "key missing from the DeleteObjects reply" }
       end
     end
+    if pushed == 0 and retry_key(out[i]) then pushed = 1 end
+  end
+  local before = self.delete_parts or DELETE_REQUESTS
+  if pushed > 0 then
+    self.delete_parts = math.max(1, before // 2)
+  elseif #keys >= (before + 1) * MIN_PER_REQUEST then -- a round that could use one more part
+    self.delete_parts = math.min(DELETE_REQUESTS, before + 1)
+  end
+  if self.delete_parts ~= before then
+    log.debug("delete_parts", { from = before, to = self.delete_parts, keys = #keys, retries = pushed })
   end
   return out
 end
@@ -116,6 +245,11 @@ function Store:delete_many(keys, concurrency)
     local res = self:delete_round(again, concurrency)
     for j, i in ipairs(at) do out[i] = res[j] end
     wait = wait * 2
+  end
+  if self.listed then -- what is gone is no longer in the bucket
+    for i, k in ipairs(keys) do
+      if out[i] == true then self.listed.set[k] = nil end
+    end
   end
   return out
 end

@@ -342,7 +342,13 @@ local function phases(path)
   for _, c in ipairs(cols) do
     if #acc[c] > 0 then parts[#parts + 1] = ("%s %.0f"):format((c:gsub("_ms$", "")), median(acc[c])) end
   end
-  return ("%d batches, median ms: %s"):format(#acc.duration_ms, table.concat(parts, ", "))
+  -- Every batch's storage phases, in order (the first one pays for what is learnt).
+  local each = {}
+  for i = 1, math.min(#acc.duration_ms, 12) do
+    each[i] = ("%s/%s"):format(tostring(acc.head_ms[i] or "-"), tostring(acc.delete_ms[i] or "-"))
+  end
+  return ("%d batches, median ms: %s\n         head/delete ms by batch: %s"):format(#acc.duration_ms,
+    table.concat(parts, ", "), table.concat(each, " "))
 end
 
 local function run_sweep(w, dir, overrides, n, debug, net)

@@ -18,6 +18,8 @@ A reply: {"status": 200, "headers": {}, "body": "...", "repeat": N (body sent N 
           "body_file": path (the body, bytes as they are in the file),
           "chunked": true (no Content-Length), "length": N (a HEAD's Content-Length),
           "delay": seconds, "drop": true (close without answering),
+          "serial": seconds (like delay, but one request at a time: a server that is the
+                    bottleneck, where more requests in flight only queue),
           "short": N (announce the body's length, send N bytes, close),
           "delete_result": {"omit": [keys], "errors": {key: code}, "nokey": false,
                             "times": N}
@@ -47,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
 LOCK = threading.Lock()
+SERIAL = threading.Lock()
 LOG = []
 LIST_EMPTY = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult '
               'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><KeyCount>0</KeyCount>'
@@ -136,6 +139,9 @@ class Handler(BaseHTTPRequestHandler):
                 reply = SCRIPT[0] if len(SCRIPT) == 1 else SCRIPT.pop(0)
         if reply.get("delay"):
             time.sleep(reply["delay"])
+        if reply.get("serial"):
+            with SERIAL:
+                time.sleep(reply["serial"])
         if reply.get("drop"):
             self.close_connection = True
             return
@@ -204,6 +210,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     d = sys.argv[1]
+    ThreadingHTTPServer.request_queue_size = 256  # many connections at once (socketserver's is 5)
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.daemon_threads = True
     if len(sys.argv) > 3:
