@@ -32,6 +32,9 @@ describe("the error classification", function()
       pg("57P03"), pg("53300"), pg("57014"), pg("40001"),
       s3("connection"), s3("timeout"), s3("dns"), s3("InternalError", 500), s3("SlowDown", 503),
       s3("HTTP502", 502), s3("TooManyRequests", 429),
+      -- by its code, whatever the status: S3 sends RequestTimeout as a 400
+      s3("RequestTimeout", 400), s3("SlowDown"), s3("OperationAborted", 409), s3("ServiceUnavailable"),
+      { kind = "s3", code = "SomethingNew", retryable = true },
     }) do
       assert.are.equal(3, errors.exit_code(e), tostring(e.code) .. " " .. tostring(e.message))
     end
@@ -41,6 +44,10 @@ describe("the error classification", function()
     for _, e in ipairs({
       pg("55P03"), s3("ReplyTooLarge"), s3("MalformedReply", 200), s3("NotInReply", 200),
       s3("AccessDenied", 200), s3("InternalError", 200), s3("no_result"),
+      -- a per-key SlowDown in a DeleteObjects reply that succeeded is the key's
+      s3("SlowDown", 200),
+      -- an unknown code with no status and not retryable: not "unreachable" for lack of a status
+      s3("SomethingNew"), s3("InvalidArgument", 400),
     }) do
       assert.are.equal("item", errors.classify(e), tostring(e.code))
       assert.are.equal(1, errors.exit_code(e))

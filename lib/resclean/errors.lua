@@ -79,6 +79,13 @@ local S3_CONFIG = {
 }
 local S3_ITEM = { ReplyTooLarge = true, MalformedReply = true, NotInReply = true, no_result = true,
                   OutOfMemory = true, EmptyKey = true, NoSuchKey = true }
+-- Codes S3 documents as worth retrying (a fault, overload, throttling, a
+-- request the server gave up on), whatever the status that carried them;
+-- with the transport's own: no answer at all.
+local S3_TRANSIENT = { InternalError = true, ServiceUnavailable = true, SlowDown = true, RequestTimeout = true,
+                       OperationAborted = true, Throttling = true, ThrottlingException = true,
+                       RequestLimitExceeded = true, TooManyRequests = true, connection = true, timeout = true,
+                       dns = true }
 local S3_TRANSIENT_HINT = "is the S3 endpoint up and reachable? check AWS_ENDPOINT_URL_S3"
 local PG_TRANSIENT_HINT = "is PostgreSQL up and reachable? check the host and port in DATABASE_URL"
 
@@ -112,12 +119,15 @@ local function classify_s3(err)
   if st and st >= 200 and st < 300 then return "item" end
   if S3_CONFIG[code] then return "config", S3_CONFIG[code] end
   if S3_ITEM[code] then return "item" end
-  if code == "connection" or code == "timeout" or code == "dns" then return "transient", S3_TRANSIENT_HINT end
-  local status = tonumber(err.status)
-  if status == nil or status == 0 or status >= 500 or status == 429 or err.retryable then
-    return "transient", S3_TRANSIENT_HINT
+  if S3_TRANSIENT[code] then return "transient", S3_TRANSIENT_HINT end
+  -- A code we do not know: by the status that carried it, when there was
+  -- one; a missing status alone does not make an error transient.
+  if st and st > 0 then
+    if st >= 500 or st == 429 then return "transient", S3_TRANSIENT_HINT end
+    if st == 401 or st == 403 then return "config", S3_CONFIG.AccessDenied end
+    return "item"
   end
-  if status == 401 or status == 403 then return "config", S3_CONFIG.AccessDenied end
+  if err.retryable then return "transient", S3_TRANSIENT_HINT end
   return "item"
 end
 
