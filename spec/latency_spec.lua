@@ -194,5 +194,20 @@ describe("latency hiding", function()
         fs.assert_invariants(w, "after the sweep")
         w.client:close()
       end)
+
+    it("HEADs key by key with verify_list = false, with the same outcomes", function()
+      local w = fs.world(conn, { stale = 600, with_objects = 150, tag = "nolisting" })
+      local pol = fs.policy("return { batch_size = 200, verify_list = false }")
+      local r = fs.run({ "scripts/sweep.lua", "--once", "--policy", pol, "--log-level", "debug" }, fs.env(w.bucket))
+      assert.are.equal(0, r.code, r.stderr)
+      assert.is_nil(r.by.verify_by_list)
+      local with = {}
+      for _, id in ipairs(w.with_objects) do with[id] = true end
+      for _, id in ipairs(w.stale) do
+        assert.are.equal(with[id] and "object_deleted" or "record_only", r.outcomes[id].outcome, id)
+      end
+      fs.assert_invariants(w, "after the sweep")
+      w.client:close()
+    end)
   end)
 end)

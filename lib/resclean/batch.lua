@@ -262,7 +262,7 @@ function storage(ctx, items)
     -- A small bucket may be listed instead (storage.lua): only for stale
     -- keys, whose upload URLs expired, so no object can appear meanwhile.
     local opts
-    if ctx.stale and p.max_age >= (p.url_lifetime or math.huge) then
+    if ctx.stale and p.verify_list ~= false and p.max_age >= (p.url_lifetime or math.huge) then
       opts = { expected = math.max((run.eligible or 0) - (run.claimed or 0) + #keys, #keys) }
     end
     exists = store:head_many(keys, p.concurrency, opts)

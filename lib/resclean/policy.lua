@@ -35,6 +35,7 @@ function M.defaults()
     jitter = 60,                           -- up to this many seconds added to interval
     batch_size = 1000,                     -- rows claimed (and locked) per transaction
     verify = true,                         -- HEAD objects first for honest outcomes
+    verify_list = true,                    -- verify by listing a bucket small next to the backlog
     concurrency = 64,                      -- most S3 requests at once (HEADs adapt from 16 up to this)
     max_deletes_per_run = 0,               -- 0: no limit
     lock_timeout = 5,                      -- seconds; cancel waits this long on a locked row
@@ -139,6 +140,7 @@ local FIELDS = {
   jitter = { dur_range(0, 86400), "a duration from 0 to 1 day" },
   batch_size = { int_range(1, 10000), "an integer from 1 to 10000" },
   verify = { is_bool, "true or false" },
+  verify_list = { is_bool, "true or false" },
   concurrency = { int_range(1, 256), "an integer from 1 to 256" },
   max_deletes_per_run = { int_range(0, math.maxinteger), "an integer >= 0 (0: no limit)" },
   lock_timeout = { dur_range(0.001, 3600), "a duration from 1 ms to 1 h" },

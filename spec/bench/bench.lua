@@ -20,6 +20,8 @@
 --      transaction (lock one row SKIP LOCKED, HEAD, DELETE, commit)
 --   d  the floor: one DELETE ... RETURNING of the eligible rows, then
 --      DeleteObjects of their keys in 1,000s; no locks, checks or logging
+--   e  as a, with verify_list = false: HEAD by HEAD, as with a bucket far
+--      larger than the backlog (where a lists this small bucket instead)
 -- runs as its own resclean process under /usr/bin/time (wall, CPU, peak RSS),
 -- and afterwards exactly the stale rows and objects must be gone and every
 -- control must remain: a fast wrong run is an error, not a result.
@@ -50,7 +52,8 @@ usage: resclean run spec/bench/bench.lua [--n N] [--objects F] [--only a,b,c,d] 
        resclean run spec/bench/bench.lua --scale [--scale-n N] [--claim-rows N]
   --n N          stale pending rows per run (default 20000)
   --objects F    fraction of them with an object (default 0.8)
-  --only LIST    which of a (sweep, verify on), b (verify off), c (per row), d (floor)
+  --only LIST    which of a (sweep, verify on), b (verify off), c (per row), d (floor),
+                 e (verify on by HEADs, no listing)
   --repeat R     measure every mode R times, interleaved; report median and range
   --set LIST     policy overrides for a and b, e.g. --set batch_size=2000,concurrency=32
   --no-startup   skip the hyperfine start-up measurement
@@ -323,6 +326,7 @@ local MODES = {
   b = { title = "sweep, verify off" },
   c = { title = "per row (upstream)" },
   d = { title = "floor (bulk, no checks)" },
+  e = { title = "sweep, verify by HEADs (no listing)" },
 }
 
 -- Median milliseconds per phase of the sweep's batches (debug "batch" lines).
@@ -397,10 +401,10 @@ local function run_mode(conn, letter, opts, dir)
   local done = opts.n
   if letter == "a" then
     r = run_sweep(w, dir, opts.overrides, opts.n, opts.phases, opts.net)
-  elseif letter == "b" then
+  elseif letter == "b" or letter == "e" then
     local o = {}
     for k, v in pairs(opts.overrides) do o[k] = v end
-    o.verify = false
+    if letter == "b" then o.verify = false else o.verify_list = false end
     r = run_sweep(w, dir, o, opts.n, opts.phases, opts.net)
   elseif letter == "c" then
     -- The per-row pattern is slow (its claim scans the table every row):
@@ -546,7 +550,7 @@ local function bench(conn, opts)
   local dir = h.tmpdir()
   local letters = {}
   for l in opts.only:gmatch("[^,%s]+") do
-    if not MODES[l] then fail("--only: unknown mode %q (a, b, c or d)", l) end
+    if not MODES[l] then fail("--only: unknown mode %q (a, b, c, d or e)", l) end
     letters[#letters + 1] = l
   end
   local policy = require("resclean.policy").build(opts.overrides, "--set")
@@ -612,6 +616,7 @@ local function bench(conn, opts)
   ratio("b", "d", t.bd)
   ratio("a", "c", t.ac)
   ratio("b", "c", t.bc)
+  ratio("e", "d")
   if #ratios > 0 then say("ratios (medians): %s", table.concat(ratios, "   ")) end
   if #ratios > 0 and opts.rep > 1 then say("ratios per round: %s", table.concat(per_round, "   ")) end
   if results.a and t.cpu then
@@ -856,7 +861,7 @@ local function main(...)
   local o = {
     n = int(opts.n or 20000),
     objects = tonumber(opts.objects or 0.8),
-    only = opts.only or "a,b,c,d",
+    only = opts.only or "a,b,c,d,e",
     rep = math.tointeger(tonumber(opts["repeat"] or 1)),
     overrides = parse_set(opts.set),
     controls = 200,
