@@ -33,6 +33,14 @@ local check = fx.check
 
 local USAGE = "usage: resclean run spec/bench/soak.lua [--cycles 1000] [--every 100] [--rows 4] [--objects 0.75]\n"
 
+-- Stale pending rows with the given ids (two days old).
+local INSERT = [[
+  INSERT INTO attack_resource_files (id, file_name, download_url, checksum, guid, resource_type,
+    line_format, line_encoding, used_for_modes, source, line_count, byte_size, is_uploaded, created_at, updated_at)
+  SELECT id, 'soak.txt', '', '', gen_random_uuid(), 'WORD_LIST', 'freeform', 'utf-8', '[0]'::json, 'upload', 0, 0,
+    false, now() - interval '2 days', now()
+  FROM unnest($1::uuid[]) AS id]]
+
 local function say(fmt, ...)
   io.stdout:write(fmt:format(...), "\n")
   io.stdout:flush()
@@ -117,22 +125,29 @@ local function main(...)
   local sample_at -- monotonic time of the next sample (half a second after a sampled cycle)
   local next_insert = t0
   local bad = {}
+  local has_obj, dishonest = {}, 0
   local ok, err = pcall(function()
     while n_cycle < cycles or sample_at do
       if not sweeper.alive() then error(("the sweeper exited early: %s"):format(sweeper.stderr():sub(1, 600)), 0) end
       local now = sys.monotime()
-      -- The writer: rows keep arriving.
+      -- The writer: rows keep arriving, each object before its row (as the
+      -- application's upload would be, long before the row turns stale):
+      -- a row the sweep can see already has its object.
       if now >= next_insert and per_s > 0 then
         next_insert = next_insert + 1
-        local ids = fx.rows(conn, per_s)
+        local ids = {}
+        for i, r in ipairs(check(conn:query("SELECT gen_random_uuid()::text AS id FROM generate_series(1, $1::int)",
+            per_s))) do ids[i] = r.id end
         for _, id in ipairs(ids) do
           acc = acc + frac
           if acc >= 1 then
             acc = acc - 1
             check(client:put(id, "soak"))
             with_obj = with_obj + 1
+            has_obj[id] = true
           end
         end
+        check(conn:query(INSERT, ids))
         inserted = inserted + #ids
       end
       for _, line in ipairs(lines()) do
@@ -144,6 +159,14 @@ local function main(...)
           end
           if (tonumber(s.failed) or 0) > 0 and #bad < 5 then bad[#bad + 1] = "cycle " .. n_cycle .. ": " .. line end
           if n_cycle % every == 0 and n_cycle <= cycles then sample_at = sys.monotime() + 0.5 end
+        elseif line:find('"event":"resource"', 1, true) then
+          -- Honest outcomes: object_deleted exactly for the rows that had an object.
+          local r = cjson.decode(line)
+          local want = has_obj[r.resource_id] and "object_deleted" or "record_only"
+          if r.outcome ~= want then
+            dishonest = dishonest + 1
+            if #bad < 5 then bad[#bad + 1] = ("expected %s: %s"):format(want, line) end
+          end
         elseif line:find('"level":"error"', 1, true) and #bad < 5 then
           bad[#bad + 1] = line
         end
@@ -200,6 +223,7 @@ local function main(...)
   verdict(smin == smax, "database sessions %s", smin == smax and ("constant at " .. smin)
     or ("between %d and %d"):format(smin, smax))
   verdict(orphans == 0, "objects whose row is gone: %d", orphans)
+  verdict(dishonest == 0, "outcomes other than the object's existence says: %d", dishonest)
   verdict((counts.failed or 0) == 0 and #bad == 0, "failed resources and error lines: %d", #bad)
   verdict(code == 0, "exit code on SIGTERM %s", tostring(code))
   for _, v in ipairs(verdicts) do say("  %s", v) end
