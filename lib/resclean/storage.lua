@@ -119,7 +119,8 @@ function Store:listing(expected)
       n = n + 1
     end
     token = page.next_continuation
-  until not (page.truncated and token)
+    if page.truncated and not token then return nil end -- cannot go on: not a complete listing
+  until not page.truncated
   self.listed = { set = set, at = t0 }
   log.debug("verify_by_list", { pages = pages, keys = n, expected = expected,
                                 ms = math.floor((sys.monotime() - t0) * 1000 + 0.5) })
