@@ -97,8 +97,12 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "deps: all installed"; fi
 
+# luacheck on the Lua; clang-format on the C (src/.clang-format), skipped with the reason where
+# clang-format is missing (make deps installs it).
 lint:
 	@luacheck -q lib scripts spec examples
+	@if command -v clang-format >/dev/null; then clang-format --dry-run --Werror src/*.[ch] && echo "lint: src/ follows src/.clang-format"; \
+	else echo "lint: clang-format not installed: C style check skipped (make deps installs it)"; fi
 
 # The stack is started and stopped by with-stack.sh, also on failure.
 specs: $(BIN) $(NET_SO)

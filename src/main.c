@@ -62,11 +62,10 @@ static const char usage_text[] =
     "\n"
     "manuals: resclean(1); the Lua API for your own scripts: resclean-lua(7)\n";
 
-static const luaL_Reg preloads[] = {
-    {"cjson", luaopen_cjson},
-    {"cjson.safe", luaopen_cjson_safe},
-    {"resclean.sys", luaopen_resclean_sys},
-    {NULL, NULL}};
+static const luaL_Reg preloads[] = {{"cjson", luaopen_cjson},
+                                    {"cjson.safe", luaopen_cjson_safe},
+                                    {"resclean.sys", luaopen_resclean_sys},
+                                    {NULL, NULL}};
 
 static const char *const net_modules[][2] = {{"resclean.pg", "luaopen_resclean_pg"},
                                              {"resclean.s3", "luaopen_resclean_s3"},
@@ -83,10 +82,8 @@ static int msghandler(lua_State *L) {
             lua_getfield(L, 1, "message");
             lua_getfield(L, 1, "kind");
             lua_getfield(L, 1, "code");
-            msg = lua_pushfstring(L, "%s error%s%s: %s",
-                                  luaL_optstring(L, -2, "unknown"),
-                                  lua_isnil(L, -1) ? "" : " ",
-                                  luaL_optstring(L, -1, ""),
+            msg = lua_pushfstring(L, "%s error%s%s: %s", luaL_optstring(L, -2, "unknown"),
+                                  lua_isnil(L, -1) ? "" : " ", luaL_optstring(L, -1, ""),
                                   luaL_optstring(L, -3, "(no message)"));
         } else {
             msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
@@ -216,11 +213,10 @@ static int net_loader(lua_State *L) {
 
 /* package.path: LUA_PATH (";;" = the defaults), the script's folder,
  * resclean's lib/, then Lua's system paths. Same for cpath. */
-static void set_path(lua_State *L, const char *field, const char *envname,
-                     const char *own) {
+static void set_path(lua_State *L, const char *field, const char *envname, const char *own) {
     const char *env = getenv(envname);
     lua_getglobal(L, "package");
-    lua_getfield(L, -1, field); /* package syspath */
+    lua_getfield(L, -1, field);                           /* package syspath */
     lua_pushfstring(L, "%s%s", own, lua_tostring(L, -1)); /* package syspath defaults */
     if (env != NULL) {
         const char *defaults = lua_tostring(L, -1);
@@ -241,10 +237,12 @@ static void set_path(lua_State *L, const char *field, const char *envname,
  * script ("sweep", "sweep.lua") resolves to the installed scripts/. */
 static const char *resolve_script(lua_State *L, const char *script, const char *scripts) {
     struct stat st;
-    if (stat(script, &st) == 0 || strchr(script, '/') != NULL) return script;
+    if (stat(script, &st) == 0 || strchr(script, '/') != NULL)
+        return script;
     const char *ext = strstr(script, ".lua") ? "" : ".lua";
     const char *cand = lua_pushfstring(L, "%s/%s%s", scripts, script, ext);
-    if (stat(cand, &st) == 0) return cand;
+    if (stat(cand, &st) == 0)
+        return cand;
     lua_pop(L, 1);
     return script;
 }
@@ -260,10 +258,8 @@ static int run_script(lua_State *L, int argc, char **argv) {
     const char *script = resolve_script(L, argv[2], scripts);
     dirname_of(script, sdir, sizeof sdir);
 
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;",
-                    sdir, sdir, lib, lib);
-    set_path(L, "path", getenv("LUA_PATH_5_4") ? "LUA_PATH_5_4" : "LUA_PATH",
-             lua_tostring(L, -1));
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;", sdir, sdir, lib, lib);
+    set_path(L, "path", getenv("LUA_PATH_5_4") ? "LUA_PATH_5_4" : "LUA_PATH", lua_tostring(L, -1));
     lua_pop(L, 1);
     set_path(L, "cpath", getenv("LUA_CPATH_5_4") ? "LUA_CPATH_5_4" : "LUA_CPATH", "");
 
@@ -284,7 +280,8 @@ static int run_script(lua_State *L, int argc, char **argv) {
         fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
         return EXIT_USAGE;
     }
-    for (int i = 3; i < argc; i++) lua_pushstring(L, argv[i]);
+    for (int i = 3; i < argc; i++)
+        lua_pushstring(L, argv[i]);
     int base = lua_gettop(L) - (argc - 3);
     lua_pushcfunction(L, msghandler);
     lua_insert(L, base);
@@ -294,8 +291,10 @@ static int run_script(lua_State *L, int argc, char **argv) {
         fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
         return EXIT_FAILURE;
     }
-    if (lua_isinteger(L, -1)) return (int)(lua_tointeger(L, -1) & 0xff);
-    if (lua_isboolean(L, -1)) return lua_toboolean(L, -1) ? EXIT_SUCCESS : EXIT_FAILURE;
+    if (lua_isinteger(L, -1))
+        return (int)(lua_tointeger(L, -1) & 0xff);
+    if (lua_isboolean(L, -1))
+        return lua_toboolean(L, -1) ? EXIT_SUCCESS : EXIT_FAILURE;
     return EXIT_SUCCESS;
 }
 
@@ -340,8 +339,7 @@ static int pmain(lua_State *L) {
         code = run_script(L, argc, argv);
     } else if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         code = print_version();
-    } else if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 ||
-               strcmp(cmd, "-h") == 0) {
+    } else if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         fputs(usage_text, stdout);
         code = EXIT_SUCCESS;
     } else {

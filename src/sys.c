@@ -41,7 +41,8 @@ static void install_handlers(void) {
     sa.sa_handler = on_stop;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESETHAND;
-    for (size_t i = 0; i < N_STOP_SIGNALS; i++) sigaction(stop_signals[i], &sa, NULL);
+    for (size_t i = 0; i < N_STOP_SIGNALS; i++)
+        sigaction(stop_signals[i], &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -88,15 +89,19 @@ static int wait_fd(int fd, double secs) {
     int ready = 0;
     double deadline = clock_seconds(CLOCK_MONOTONIC) + secs;
     sigemptyset(&block);
-    for (size_t i = 0; i < N_STOP_SIGNALS; i++) sigaddset(&block, stop_signals[i]);
+    for (size_t i = 0; i < N_STOP_SIGNALS; i++)
+        sigaddset(&block, stop_signals[i]);
     sigprocmask(SIG_BLOCK, &block, &orig);
     for (;;) {
         double left = deadline - clock_seconds(CLOCK_MONOTONIC);
-        if (stop_signal || (left <= 0 && fd < 0)) break;
-        if (left < 0) left = 0;
+        if (stop_signal || (left <= 0 && fd < 0))
+            break;
+        if (left < 0)
+            left = 0;
         fd_set rd;
         FD_ZERO(&rd);
-        if (fd >= 0) FD_SET(fd, &rd);
+        if (fd >= 0)
+            FD_SET(fd, &rd);
         struct timespec ts;
         ts.tv_sec = (time_t)left;
         ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
@@ -105,7 +110,8 @@ static int wait_fd(int fd, double secs) {
             ready = 1;
             break;
         }
-        if (fd >= 0 && (n == 0 || errno != EINTR)) break; /* time is up, or a real error */
+        if (fd >= 0 && (n == 0 || errno != EINTR))
+            break; /* time is up, or a real error */
     }
     sigprocmask(SIG_SETMASK, &orig, NULL);
     return ready;
@@ -129,16 +135,20 @@ static int sys_wait_readable(lua_State *L) {
     luaL_argcheck(L, fd >= 0 && fd < FD_SETSIZE, 1, "expected a descriptor below FD_SETSIZE");
     luaL_argcheck(L, secs >= 0 && secs < 1e9, 2, "expected seconds >= 0");
     int ready = wait_fd(fd, secs);
-    if (stop_signal) lua_pushnil(L);
-    else lua_pushboolean(L, ready);
+    if (stop_signal)
+        lua_pushnil(L);
+    else
+        lua_pushboolean(L, ready);
     return 1;
 }
 
 /* stopping() -> false, or the signal's name */
 static int sys_stopping(lua_State *L) {
     int sig = stop_signal;
-    if (sig == 0) lua_pushboolean(L, 0);
-    else lua_pushstring(L, sig == SIGINT ? "SIGINT" : sig == SIGHUP ? "SIGHUP" : "SIGTERM");
+    if (sig == 0)
+        lua_pushboolean(L, 0);
+    else
+        lua_pushstring(L, sig == SIGINT ? "SIGINT" : sig == SIGHUP ? "SIGHUP" : "SIGTERM");
     return 1;
 }
 
@@ -158,7 +168,8 @@ static int sys_getenv(lua_State *L) {
 
 static int sys_hostname(lua_State *L) {
     char name[256];
-    if (gethostname(name, sizeof name) != 0) return luaL_fileresult(L, 0, NULL);
+    if (gethostname(name, sizeof name) != 0)
+        return luaL_fileresult(L, 0, NULL);
     name[sizeof name - 1] = '\0';
     lua_pushstring(L, name);
     return 1;
@@ -172,7 +183,8 @@ static int sys_pid(lua_State *L) {
 /* rusage() -> {utime, stime, maxrss_kb} of this process */
 static int sys_rusage(lua_State *L) {
     struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0) return luaL_fileresult(L, 0, NULL);
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return luaL_fileresult(L, 0, NULL);
     lua_createtable(L, 0, 3);
     lua_pushnumber(L, (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6);
     lua_setfield(L, -2, "utime");
@@ -267,15 +279,19 @@ static int sys_write_file(lua_State *L) {
     if (lstat(path, &st) == 0) {
         if (S_ISLNK(st.st_mode)) {
             luaL_pushfail(L);
-            lua_pushfstring(L, "%s: is a symbolic link; it is neither followed nor replaced "
-                               "(give the link's target as the file, or remove the link)", path);
+            lua_pushfstring(L,
+                            "%s: is a symbolic link; it is neither followed nor replaced "
+                            "(give the link's target as the file, or remove the link)",
+                            path);
             lua_pushinteger(L, ELOOP);
             return 3;
         }
         if (!S_ISREG(st.st_mode)) {
             luaL_pushfail(L);
-            lua_pushfstring(L, "%s: is not a regular file (a directory or a device?): "
-                               "give the path of a file to replace", path);
+            lua_pushfstring(L,
+                            "%s: is not a regular file (a directory or a device?): "
+                            "give the path of a file to replace",
+                            path);
             lua_pushinteger(L, EINVAL);
             return 3;
         }
@@ -289,7 +305,8 @@ static int sys_write_file(lua_State *L) {
     char *tmp = lua_newuserdatauv(L, tlen + 1, 0); /* tpl tmp */
     memcpy(tmp, tpl, tlen + 1);
     int fd = mkstemp(tmp);
-    if (fd < 0) return write_file_fail(L, path, "cannot create a temporary file in its folder", errno);
+    if (fd < 0)
+        return write_file_fail(L, path, "cannot create a temporary file in its folder", errno);
     /* From here to close() no Lua call: nothing may raise while we hold fd. */
     const char *what = NULL;
     int en = 0;
@@ -300,15 +317,21 @@ static int sys_write_file(lua_State *L) {
         lua_pushboolean(L, 1);
         return 1;
     }
-    if (fchmod(fd, (mode_t)mode) != 0) what = "cannot set the temporary file's mode", en = errno;
+    if (fchmod(fd, (mode_t)mode) != 0)
+        what = "cannot set the temporary file's mode", en = errno;
     for (size_t off = 0; what == NULL && off < len;) {
         ssize_t n = write(fd, data + off, len - off);
-        if (n >= 0) off += (size_t)n;
-        else if (errno != EINTR) what = "cannot write the temporary file", en = errno;
+        if (n >= 0)
+            off += (size_t)n;
+        else if (errno != EINTR)
+            what = "cannot write the temporary file", en = errno;
     }
-    if (what == NULL && fsync(fd) != 0) what = "cannot sync the temporary file", en = errno;
-    if (close(fd) != 0 && what == NULL) what = "cannot close the temporary file", en = errno;
-    if (what == NULL && rename(tmp, path) != 0) what = "cannot rename the temporary file over it", en = errno;
+    if (what == NULL && fsync(fd) != 0)
+        what = "cannot sync the temporary file", en = errno;
+    if (close(fd) != 0 && what == NULL)
+        what = "cannot close the temporary file", en = errno;
+    if (what == NULL && rename(tmp, path) != 0)
+        what = "cannot rename the temporary file over it", en = errno;
     if (what != NULL) {
         unlink(tmp);
         return write_file_fail(L, path, what, en);
@@ -316,8 +339,10 @@ static int sys_write_file(lua_State *L) {
     /* The rename itself reaches the disk with the folder; a failure here
      * (some file systems refuse fsync on a folder) loses nothing written. */
     char *slash = strrchr(tmp, '/');
-    if (slash == tmp) slash[1] = '\0';
-    else if (slash != NULL) *slash = '\0';
+    if (slash == tmp)
+        slash[1] = '\0';
+    else if (slash != NULL)
+        *slash = '\0';
     int dfd = open(slash != NULL ? tmp : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         (void)fsync(dfd);
@@ -333,22 +358,14 @@ static int sys_version(lua_State *L) {
 }
 
 static const luaL_Reg sys_funcs[] = {
-    {"file_kind", sys_file_kind},
-    {"getenv", sys_getenv},
-    {"hostname", sys_hostname},
-    {"is_journal", sys_is_journal},
-    {"monotime", sys_monotime},
-    {"pid", sys_pid},
-    {"reset_stop", sys_reset_stop},
-    {"rusage", sys_rusage},
-    {"sleep", sys_sleep},
-    {"stdio_closed", sys_stdio_closed},
-    {"stopping", sys_stopping},
-    {"time", sys_time},
-    {"version", sys_version},
-    {"wait_readable", sys_wait_readable},
-    {"write_file", sys_write_file},
-    {NULL, NULL}};
+    {"file_kind", sys_file_kind},   {"getenv", sys_getenv},
+    {"hostname", sys_hostname},     {"is_journal", sys_is_journal},
+    {"monotime", sys_monotime},     {"pid", sys_pid},
+    {"reset_stop", sys_reset_stop}, {"rusage", sys_rusage},
+    {"sleep", sys_sleep},           {"stdio_closed", sys_stdio_closed},
+    {"stopping", sys_stopping},     {"time", sys_time},
+    {"version", sys_version},       {"wait_readable", sys_wait_readable},
+    {"write_file", sys_write_file}, {NULL, NULL}};
 
 int luaopen_resclean_sys(lua_State *L) {
     install_handlers();
