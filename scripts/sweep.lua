@@ -57,7 +57,10 @@ local function main(...)
   local cancel_opts = {
     pg = pg, conninfo = config.conninfo(), policy = function() return p end,
     open_store = function(cp) return app.open_store(cp, false) end,
-    on_result = function(_, summary) app.report(summary) end,
+    on_result = function(_, summary)
+      app.report(summary)
+      if metrics then metrics:record_resources(summary) end
+    end,
   }
 
   local function cycle()

@@ -8,7 +8,7 @@ local sys = require("resclean.sys")
 local CHANNEL = "resclean_cancel"
 
 describe("cancel on notification", function()
-  local conn, bucket, client, p
+  local conn, bucket, client, p, metrics_file
 
   -- The resource lines (and other events) a spawned sweeper wrote so far.
   local function events(proc, event)
@@ -41,8 +41,9 @@ describe("cancel on notification", function()
     conn = fx.connect()
     bucket, client = fx.fresh_bucket(conn, "notify")
     -- Nothing is stale for the hour: every cancel below comes from a notification.
-    p = h.spawn({ "run", "scripts/sweep.lua", "--policy", fs.policy("return { interval = 3600, jitter = 0 }") },
-      fs.env(bucket))
+    metrics_file = h.tmpdir() .. "/resclean.prom"
+    p = h.spawn({ "run", "scripts/sweep.lua", "--policy", fs.policy("return { interval = 3600, jitter = 0 }"),
+      "--metrics-file", metrics_file }, fs.env(bucket))
     h.wait_for(function() return #events(p, "listening") > 0 and #events(p, "sweep") > 0 end, 30,
       "the sweeper to listen and finish its first cycle")
   end)
@@ -64,6 +65,12 @@ describe("cancel on notification", function()
     assert.are.equal("notify", l.via)
     assert.is_nil(fx.existing_rows(conn, { id })[id])
     assert.is_nil(fx.existing_objects(client, { id })[id])
+    -- Counted in the metrics like a cycle's resources.
+    local text = h.wait_for(function()
+      local t = h.readall(metrics_file)
+      return t:find('resclean_resources_total{outcome="object_deleted"} 1', 1, true) and t
+    end, 5, "the cancel in the metrics file")
+    assert.matches('resclean_sweep_cycles_total{exit_code="0"} 1', text, 1, true)
   end)
 
   it("does nothing for a NOTIFY inside a transaction that rolls back", function()

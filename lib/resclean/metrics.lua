@@ -203,6 +203,17 @@ function Metrics:record(summary, code, p)
   return self:flush()
 end
 
+-- Resources handled outside a cycle (cancels an application notified):
+-- counted in resclean_resources_total by outcome like a cycle's; the cycle
+-- gauges are left as the last cycle set them.
+function Metrics:record_resources(summary)
+  for _, o in ipairs(M.OUTCOMES) do
+    local n = summary and summary[o]
+    if math.type(n) == "integer" and n > 0 then self.resources[o] = self.resources[o] + n end
+  end
+  return self:flush()
+end
+
 -- A cycle that failed before sweeping: code 3 (storage or database
 -- unreachable, the default) or 2 (configuration the operator must fix). It is
 -- counted as a cycle; the last success and the backlog figures stay as they were.
