@@ -121,6 +121,70 @@ describe("back-pressure", function()
     end)
   end)
 
+  describe("Retry-After", function()
+    local s3 = require("resclean.s3")
+    local function client(extra)
+      local o = { endpoint = fake.endpoint, region = "us-east-1", access_key = "AKFAKE",
+                  secret_key = "fake-secret-value", bucket = "fake", retry_base_seconds = 0.01, timeout = 5 }
+      for k, v in pairs(extra or {}) do o[k] = v end
+      return assert(s3.client(o))
+    end
+    -- Seconds between the first two requests the fake received.
+    local function gap()
+      local log = fake.log()
+      assert.is_true(#log >= 2, "no retry was sent")
+      return log[2].t - log[1].t
+    end
+
+    for _, status in ipairs({ 503, 429 }) do
+      it("is honoured on a " .. status .. ": the retry waits the seconds the server asked for", function()
+        fake.script({ { status = status, headers = { ["Retry-After"] = "1" },
+                        body = "<Error><Code>SlowDown</Code></Error>" }, { status = 404 } })
+        local c = client()
+        local res = assert(c:head("k"))
+        c:close()
+        assert.is_false(res.exists)
+        local g = gap()
+        -- Without it the backoff would be 5-10 ms (retry_base_seconds 0.01).
+        assert.is_true(g >= 0.95, ("retried after %.3f s"):format(g))
+        assert.is_true(g < 3, ("retried after %.3f s"):format(g))
+      end)
+    end
+
+    it("is honoured as an HTTP date too", function()
+      local when = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 2)
+      fake.script({ { status = 503, headers = { ["Retry-After"] = when } }, { status = 404 } })
+      local c = client()
+      assert(c:head("k"))
+      c:close()
+      assert.is_true(gap() >= 0.9, ("retried after %.3f s"):format(gap()))
+    end)
+
+    it("gives up at once, transient, when the wait asked for is beyond retry_max_seconds", function()
+      fake.script({ { status = 503, headers = { ["Retry-After"] = "120" } }, { status = 404 } })
+      local c = client({ retry_max_seconds = 2 })
+      local t0 = require("resclean.sys").monotime()
+      local res, err = c:head("k")
+      local took = require("resclean.sys").monotime() - t0
+      c:close()
+      assert.is_nil(res)
+      assert.are.equal(503, err.status)
+      assert.are.equal("transient", require("resclean.errors").classify(err))
+      assert.are.equal(1, #fake.log())
+      assert.is_true(took < 1.5, ("took %.3f s"):format(took))
+    end)
+
+    it("applies to a DeleteObjects refused with 503 SlowDown as a whole", function()
+      fake.script({ { status = 503, headers = { ["Retry-After"] = "1" },
+                      body = "<Error><Code>SlowDown</Code></Error>" }, { status = 200, echo = true } })
+      local st = store()
+      local res = st:delete_many({ "a", "b" }, 4)
+      st:close()
+      assert.are.same({ true, true }, res)
+      assert.is_true(gap() >= 0.95, ("retried after %.3f s"):format(gap()))
+    end)
+  end)
+
   describe("in a sweep (real PostgreSQL, the fake S3)", function()
     local conn
     setup(function() conn = fx.connect() end)

@@ -44,6 +44,7 @@ void http_req_reset(http_req *r) {
     r->h_len = 0;
     r->has_len = r->too_large = r->oom = 0;
     r->status = 0;
+    r->retry_after = 0;
     r->cc = CURLE_OK;
 }
 
@@ -308,7 +309,20 @@ int http_status_retryable(long status) {
     return status >= 500 || status == 429;
 }
 
-/* After an attempt ended: DONE, or WAITING for a retry with backoff and jitter. */
+/* Seconds before the next attempt: exponential backoff from retry_base_seconds (at most 10 s)
+ * with equal jitter, but never less than what a 503 or 429 asked for (Retry-After). */
+static double retry_delay(const http_client *c, const http_req *r) {
+    double d = c->retry_base_seconds * (double)(1u << (r->attempts - 1 < 16 ? r->attempts - 1 : 16));
+    if (d > 10.0)
+        d = 10.0;
+    d = d / 2 + random01() * d / 2; /* equal jitter: spread, but never hammer */
+    if ((r->status == 503 || r->status == 429) && r->retry_after > d)
+        d = r->retry_after + random01() * c->retry_base_seconds; /* honoured, a little spread */
+    return d;
+}
+
+/* After an attempt ended: DONE, or WAITING for a retry with backoff and jitter. A wait that
+ * would end past retry_max_seconds (a Retry-After of minutes) gives up now instead. */
 static void finish_attempt(http_client *c, http_req *r, CURLcode cc, const char *errbuf) {
     r->cc = cc;
     r->retryable = cc != CURLE_OK ? (!r->too_large && !r->oom && transport_retryable(cc))
@@ -318,10 +332,7 @@ static void finish_attempt(http_client *c, http_req *r, CURLcode cc, const char 
     r->state = HTTP_DONE;
     if (!r->retryable || !r->idempotent || r->attempts >= c->max_attempts)
         return;
-    double d = c->retry_base_seconds * (double)(1u << (r->attempts - 1 < 16 ? r->attempts - 1 : 16));
-    if (d > 10.0)
-        d = 10.0;
-    d = d / 2 + random01() * d / 2; /* equal jitter: spread, but never hammer */
+    double d = retry_delay(c, r);
     double now = http_monotime();
     if (now + d - r->first_start > c->retry_max_seconds)
         return;
@@ -485,6 +496,9 @@ static void harvest(http_client *c, http_batch *b) {
         http_req *r = b->slot_req[s];
         long nconn = 0;
         curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+        curl_off_t after = 0; /* Retry-After, seconds or an HTTP date, as curl read it */
+        if (curl_easy_getinfo(e, CURLINFO_RETRY_AFTER, &after) == CURLE_OK && after > 0)
+            r->retry_after = (double)after;
         if (curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn) == CURLE_OK)
             c->n_connects += nconn;
         c->n_requests++;

@@ -1,9 +1,10 @@
 /*
  * HTTP/1.1 requests over libcurl's multi interface: one connection pool per client, a
  * batch of requests run to completion with bounded concurrency, retries with backoff and
- * jitter for idempotent requests (5xx, 429, connection failures), a fast failure when the
- * server stops answering. No Lua and no S3: what to send for each attempt (URL, headers,
- * signature) comes from the caller's start hook; spec/fuzz links this file alone.
+ * jitter for idempotent requests (5xx, 429, connection failures; at least as long as a
+ * 503's or 429's Retry-After asks), a fast failure when the server stops answering. No Lua
+ * and no S3: what to send for each attempt (URL, headers, signature) comes from the caller's
+ * start hook; spec/fuzz links this file alone.
  *
  * The loop (http_run) is curl's docs/examples/multi-event.c in named steps: fill the free
  * slots, wait on the sockets curl watches (or its timer), harvest finished transfers,
@@ -38,6 +39,7 @@ typedef struct http_req {
     long long h_len;
     int has_len, too_large, oom;
     long status;
+    double retry_after; /* seconds a 503 or 429 asked to wait (Retry-After); 0: none */
     CURLcode cc;
     char *errmsg;
     /* the request over all its attempts */
