@@ -165,9 +165,12 @@ describe("latency hiding", function()
                     head = { status = 200 } })
       local st = store({ max_attempts = 1 })
       local res = st:head_many(keys(2), 16, { expected = 1000 })
-      st:close()
       assert.are.same({ true, true }, res)
       assert.are.equal(2, fake.count("head"))
+      -- and does not try again in this cycle
+      st:head_many(keys(2), 16, { expected = 998 })
+      st:close()
+      assert.are.equal(1, fake.count("list"))
     end)
   end)
 

@@ -83,7 +83,8 @@ end
 -- With opts.expected (keys this cycle still has to check, these included),
 -- head_many lists the bucket when it takes at most one page per
 -- LIST_KEYS_PER_PAGE expected keys (and at most LIST_MAX_KEYS keys held);
--- else it gives up listing for this store's life and HEADs. The listing
+-- else (or when a listing fails) it gives up listing for this store's
+-- life (one cycle) and HEADs. The listing
 -- answers for LIST_MAX_AGE seconds. A listing is as honest as HEADs for a
 -- stale key: its upload URL expired long before (policy url_lifetime <
 -- max_age), so no object can appear for it in between; one deleted
@@ -101,25 +102,30 @@ function Store:listing(expected)
   local l = self.listed
   if l and sys.monotime() - l.at <= M.LIST_MAX_AGE then return l.set end
   self.listed = nil
-  if self.list_too_big or expected < M.LIST_MIN_KEYS then return nil end
+  if self.no_listing or expected < M.LIST_MIN_KEYS then return nil end
   local budget = math.min(expected // M.LIST_KEYS_PER_PAGE, M.LIST_MAX_KEYS // 1000)
   local set, token, pages, n = {}, nil, 0, 0
   local t0 = sys.monotime()
   repeat
+    local page, why
     if pages >= budget then
-      self.list_too_big = true
-      log.debug("verify_by_head", { pages = pages, keys = n, expected = expected })
+      why = "the bucket is large next to the keys to check"
+    else
+      page = self.client:list({ continuation = token })
+      why = not page and "the listing failed" -- the HEADs will say what is wrong, key by key
+      if page and page.truncated and not page.next_continuation then why = "a truncated listing ends" end
+    end
+    if why then
+      self.no_listing = true
+      log.debug("verify_by_head", { pages = pages, keys = n, expected = expected, detail = why })
       return nil
     end
-    local page = self.client:list({ continuation = token })
-    if not page then return nil end -- the HEADs will say what is wrong, key by key
     pages = pages + 1
     for _, e in ipairs(page.keys) do
       set[e.key] = true
       n = n + 1
     end
     token = page.next_continuation
-    if page.truncated and not token then return nil end -- cannot go on: not a complete listing
   until not page.truncated
   self.listed = { set = set, at = t0 }
   log.debug("verify_by_list", { pages = pages, keys = n, expected = expected,
