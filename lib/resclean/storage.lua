@@ -93,7 +93,7 @@ end
 -- for it; a HEAD that must be fresh (reconcile's re-check) never lists.
 M.LIST_MIN_KEYS = 500
 M.LIST_KEYS_PER_PAGE = 250
-M.LIST_MAX_KEYS = 100000
+M.LIST_MAX_KEYS = 50000 -- about 8 MiB of keys held (measured ~165 bytes a key)
 M.LIST_MAX_AGE = 60
 
 -- The set of every key in the bucket (listed at most LIST_MAX_AGE ago), or
