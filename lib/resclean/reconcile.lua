@@ -176,17 +176,9 @@ local BASE_TYPE = [[
      JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
     WHERE a.attrelid = to_regclass($1) AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped)]]
 
--- The SELECT list the sweep gives key(row) (sweep.build_sql), FROM t.
+-- The SELECT list the sweep gives key(row) (session.row_columns), FROM t.
 function M.row_select(conn, p)
-  local q = function(s) return conn:quote_ident(s) end
-  local t, id, created = q(p.table), q(p.id_column), q(p.created_column)
-  local cols = { ("%s::text AS id"):format(id), ("%s::text AS _created"):format(created),
-    ("extract(epoch FROM now() - %s)::float8 AS age_s"):format(created) }
-  for _, c in ipairs(p.key_columns) do
-    if c ~= "id" then cols[#cols + 1] = ("%s::text AS %s"):format(q(c), q(c)) end
-  end
-  if p.type_column then cols[#cols + 1] = ("%s::text AS _type"):format(q(p.type_column)) end
-  return "SELECT " .. table.concat(cols, ", ") .. " FROM " .. t
+  return ("SELECT %s FROM %s"):format(require("resclean.session").row_columns(conn, p), conn:quote_ident(p.table))
 end
 
 local function policy_error(p, field, message)

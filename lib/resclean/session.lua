@@ -71,17 +71,26 @@ function prepare(conn, p)
   return sql
 end
 
--- SQL built once per session from the policy; identifiers quoted.
-function build_sql(conn, p)
+-- The columns a claimed row comes with (the shape key(row) sees, which
+-- reconcile gives it too): id, _created, age_s, the key columns, _type.
+function M.row_columns(conn, p)
   local q = function(s) return conn:quote_ident(s) end
-  local t, id, created = q(p.table), q(p.id_column), q(p.created_column)
+  local id, created = q(p.id_column), q(p.created_column)
   local cols = { ("%s::text AS id"):format(id), ("%s::text AS _created"):format(created),
     ("extract(epoch FROM now() - %s)::float8 AS age_s"):format(created) }
   for _, c in ipairs(p.key_columns) do
     if c ~= "id" then cols[#cols + 1] = ("%s::text AS %s"):format(q(c), q(c)) end
   end
   if p.type_column then cols[#cols + 1] = ("%s::text AS _type"):format(q(p.type_column)) end
-  local select = "SELECT " .. table.concat(cols, ", ") .. " FROM " .. t
+  return table.concat(cols, ", ")
+end
+
+-- SQL built once per session from the policy; identifiers quoted.
+function build_sql(conn, p)
+  local q = function(s) return conn:quote_ident(s) end
+  local t, id, created = q(p.table), q(p.id_column), q(p.created_column)
+  local cols = M.row_columns(conn, p)
+  local select = "SELECT " .. cols .. " FROM " .. t
   local stale = ("NOT %s AND %s < now() - make_interval(secs => $1::float8)"):format(q(p.uploaded_column), created)
   if p.type_column then
     stale = stale .. (" AND %s::text = ANY($2::text[])"):format(q(p.type_column))
@@ -102,8 +111,7 @@ function build_sql(conn, p)
     lock_ids = select .. (" WHERE %s = $1 FOR UPDATE"):format(id),
     uploaded = ("%s AS _uploaded"):format(q(p.uploaded_column)),
   }
-  s.lock_one = ("SELECT %s, %s FROM %s WHERE %s = $1 FOR UPDATE"):format(
-    table.concat(cols, ", "), s.uploaded, t, id)
+  s.lock_one = ("SELECT %s, %s FROM %s WHERE %s = $1 FOR UPDATE"):format(cols, s.uploaded, t, id)
   return s
 end
 M.build_sql = build_sql
