@@ -12,16 +12,9 @@ local TESTS = "spec/alerts/resclean-alerts.test.yml"
 -- Labels Prometheus adds at scrape time, not resclean.
 local TARGET_LABELS = { instance = true, job = true }
 
--- exit code and output of a shell command
-local function sh(cmd)
-  local out = h.tmpdir() .. "/out"
-  local _, _, code = os.execute(("%s >%s 2>&1"):format(cmd, h.q(out)))
-  return code, h.readall(out)
-end
-
 -- Without promtool the test is reported pending, with the reason (pending() ends it).
 local function need_promtool()
-  if os.execute("command -v promtool >/dev/null 2>&1") then return end
+  if h.have("promtool") then return end
   pending("promtool is not installed (Debian package prometheus, in the Makefile's DEB_TEST): "
     .. "the alert rules are not checked")
 end
@@ -72,13 +65,13 @@ end
 describe("the example alert rules", function()
   it("pass promtool check rules", function()
     need_promtool()
-    local code, out = sh("promtool check rules " .. h.q(RULES))
+    local out, code = h.sh("promtool check rules " .. h.q(RULES))
     assert(code == 0, "promtool check rules " .. RULES .. " failed:\n" .. out)
   end)
 
   it("fire, and stay quiet, as the promtool unit tests expect", function()
     need_promtool()
-    local code, out = sh("promtool test rules " .. h.q(TESTS))
+    local out, code = h.sh("promtool test rules " .. h.q(TESTS))
     assert(code == 0, "promtool test rules " .. TESTS .. " failed:\n" .. out)
     assert.matches("SUCCESS", out)
   end)

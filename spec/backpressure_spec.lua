@@ -10,12 +10,7 @@ local storage = require("resclean.storage")
 
 local fake
 
-local function store(extra)
-  local o = { endpoint = fake.endpoint, region = "us-east-1", access_key = "AKFAKE",
-              secret_key = "fake-secret-value", bucket = "fake", retry_base_seconds = 0.01, timeout = 5 }
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return assert(storage.new(o))
-end
+local function store(extra) return assert(fake.store(extra)) end
 
 -- The DeleteObjects requests the fake received: list of {keys = set, n = count, t = time}.
 local function delete_requests()
@@ -122,13 +117,7 @@ describe("back-pressure", function()
   end)
 
   describe("Retry-After", function()
-    local s3 = require("resclean.s3")
-    local function client(extra)
-      local o = { endpoint = fake.endpoint, region = "us-east-1", access_key = "AKFAKE",
-                  secret_key = "fake-secret-value", bucket = "fake", retry_base_seconds = 0.01, timeout = 5 }
-      for k, v in pairs(extra or {}) do o[k] = v end
-      return assert(s3.client(o))
-    end
+    local function client(extra) return assert(fake.client(extra)) end
     -- Seconds between the first two requests the fake received.
     local function gap()
       local log = fake.log()

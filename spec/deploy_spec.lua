@@ -8,15 +8,7 @@ local h = require("support.helpers")
 
 local ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/[^/]*$") or ".")
 
-local function sh(cmd)
-  local out = h.tmpdir() .. "/out"
-  local ok, _, code = os.execute(("%s >%s 2>&1"):format(cmd, h.q(out)))
-  return h.readall(out), ok and 0 or code
-end
-
-local function have(tool)
-  return (select(2, sh("command -v " .. h.q(tool)))) == 0
-end
+local sh, have = h.sh, h.have
 
 local function ls(dir)
   local names = {}

@@ -14,15 +14,7 @@ local KUBE_API = ROOT .. "/spec/support/fake_kube_api.py"
 -- Characters no reader treats specially: no quotes, $, `, \, spaces, ~, #, &, ;, | or <>.
 local SAFE_VALUE = "^[%w_%./:@%%%?=,%+%-]*$"
 
-local function sh(cmd)
-  local out = h.tmpdir() .. "/out"
-  local ok, _, code = os.execute(("%s >%s 2>&1"):format(cmd, h.q(out)))
-  return h.readall(out), ok and 0 or code
-end
-
-local function have(tool)
-  return (select(2, sh("command -v " .. h.q(tool)))) == 0
-end
+local sh, have = h.sh, h.have
 
 -- The assignments as written: ordered {name, value} and a name -> value map.
 local function env_file_lines()

@@ -12,12 +12,7 @@ local storage = require("resclean.storage")
 
 local fake
 
-local function store(extra)
-  local o = { endpoint = fake.endpoint, region = "us-east-1", access_key = "AKFAKE",
-              secret_key = "fake-secret-value", bucket = "fake", retry_base_seconds = 0.01, timeout = 5 }
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return assert(storage.new(o))
-end
+local function store(extra) return assert(fake.store(extra)) end
 
 local function keys(n, prefix)
   local t = {}

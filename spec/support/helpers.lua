@@ -79,6 +79,18 @@ function M.run(argv, env, opts)
   return { code = code, stdout = readall(dir .. "/out"), stderr = readall(dir .. "/err"), dir = dir }
 end
 
+-- Run a shell command: its output (stdout and stderr together) and exit code.
+function M.sh(cmd)
+  local out = M.tmpdir() .. "/out"
+  local _, _, code = os.execute(("%s >%s 2>&1"):format(cmd, M.q(out)))
+  return readall(out), code
+end
+
+-- Is tool on the PATH?
+function M.have(tool)
+  return select(2, M.sh("command -v " .. M.q(tool))) == 0
+end
+
 -- Environment for a resclean script on bucket: no policy or log level inherited, then each
 -- table of overrides in turn (a value false unsets).
 function M.script_env(bucket, ...)

@@ -182,14 +182,18 @@ function M.fake_server(opts)
     for _, r in ipairs(f.log()) do if r.kind == kind then n = n + 1 end end
     return n
   end
-  function f.client(extra)
+  -- Client options for this server (fast retries), extra fields on top.
+  function f.options(extra)
     local o = {
       endpoint = f.endpoint, region = "us-east-1", access_key = "AKFAKE", secret_key = "fake-secret-value",
       bucket = "fake", retry_base_seconds = 0.01, timeout = 5,
     }
     for k, v in pairs(extra or {}) do o[k] = v end
-    return s3.client(o)
+    return o
   end
+  function f.client(extra) return s3.client(f.options(extra)) end
+  -- The sweep's storage adapter (resclean.storage) on this server.
+  function f.store(extra) return require("resclean.storage").new(f.options(extra)) end
   return f
 end
 
