@@ -835,6 +835,16 @@ static int conn_info(lua_State *L) {
 
 /* ---------------------------------------------------------------- transactions */
 
+/* A boolean transaction mode from begin's options (index 2): adds yes or no to b when the field is
+   set. The field is popped before b grows, as luaL_Buffer needs. */
+static void add_mode(lua_State *L, luaL_Buffer *b, const char *field, const char *yes, const char *no) {
+    int set = lua_getfield(L, 2, field) != LUA_TNIL;
+    int on = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (set)
+        luaL_addstring(b, on ? yes : no);
+}
+
 static int conn_begin(lua_State *L) {
     static const char *const levels[] = {"read committed", "repeatable read", "serializable",
                                          "read uncommitted", NULL};
@@ -857,20 +867,8 @@ static int conn_begin(lua_State *L) {
         } else {
             lua_pop(L, 1);
         }
-        if (lua_getfield(L, 2, "read_only") != LUA_TNIL) {
-            int ro = lua_toboolean(L, -1);
-            lua_pop(L, 1);
-            luaL_addstring(&b, ro ? " READ ONLY" : " READ WRITE");
-        } else {
-            lua_pop(L, 1);
-        }
-        if (lua_getfield(L, 2, "deferrable") != LUA_TNIL) {
-            int d = lua_toboolean(L, -1);
-            lua_pop(L, 1);
-            luaL_addstring(&b, d ? " DEFERRABLE" : " NOT DEFERRABLE");
-        } else {
-            lua_pop(L, 1);
-        }
+        add_mode(L, &b, "read_only", " READ ONLY", " READ WRITE");
+        add_mode(L, &b, "deferrable", " DEFERRABLE", " NOT DEFERRABLE");
     }
     luaL_pushresult(&b);
     t = (Tx *)lua_newuserdatauv(L, sizeof *t, 1); /* finished until BEGIN succeeds */
