@@ -19,6 +19,18 @@ policy's lock_timeout, then reported skipped (reason "locked"). Exit codes: 0 do
 (confirmed, not an upload type), skipped or failed, 2 configuration to fix,
 3 database or storage unreachable.]]
 
+-- The payloads for ids, one pg_notify each, in one transaction (rolled back
+-- by its scope when one fails). Returns true or nil, err.
+local function send_notifications(conn, channel, ids)
+  local tx <close>, err = conn:begin()
+  if not tx then return nil, err end
+  for _, payload in ipairs(require("resclean.notify").payloads(ids)) do
+    local ok, qerr = conn:query("SELECT pg_notify($1, $2)", channel, payload)
+    if not ok then return nil, qerr end
+  end
+  return tx:commit()
+end
+
 -- --notify: one transaction of pg_notify calls (PostgreSQL delivers them at
 -- commit); the sweepers listening on the channel cancel the ids.
 local function notify_sweepers(p, ids)
@@ -30,14 +42,8 @@ local function notify_sweepers(p, ids)
   if not ok_log then return sweep.log_failed(why) end
   local conn <close>, err = pg.connect(config.conninfo())
   if not conn then return app.fail_on(err, "database: ") end
-  local ok
-  ok, err = conn:query("BEGIN")
-  for _, payload in ipairs(ok and require("resclean.notify").payloads(ids) or {}) do
-    ok, err = conn:query("SELECT pg_notify($1, $2)", p.cancel_channel, payload)
-    if not ok then break end
-  end
-  if ok then ok, err = conn:query("COMMIT") end
-  if not ok then return app.fail_on(err, "database: ") end
+  local ok, tx_err = send_notifications(conn, p.cancel_channel, ids)
+  if not ok then return app.fail_on(tx_err, "database: ") end
   log.info("notify_sent", { channel = p.cancel_channel, ids = #ids,
     message = "sent to the sweepers listening on the channel; each cancel shows in their log (via: notify)" })
   return app.EXIT.ok

@@ -20,7 +20,6 @@ local notify = require("resclean.notify")
 local pg = require("resclean.pg")
 local schedule = require("resclean.schedule")
 local sweep = require("resclean.sweep")
-local sys = require("resclean.sys")
 
 local EPILOG = [[
 Without --once it runs a cycle at once, then one every interval (policy) until
@@ -100,7 +99,6 @@ local function main(...)
       log.error("stopping", { exit_code = code,
         message = "configuration error before the first good cycle: fix it and start again" })
     end,
-    stopping = sys.stopping,
     sleep = listener and listener:sleeper(cancel_opts) or nil,
   })
 end

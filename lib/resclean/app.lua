@@ -5,6 +5,7 @@ local config = require("resclean.config")
 local errors = require("resclean.errors")
 local log = require("resclean.log")
 local policy = require("resclean.policy")
+local sys = require("resclean.sys")
 
 local M = {}
 
@@ -41,7 +42,6 @@ end
 -- AWS_CA_BUNDLE must be a regular, readable file of PEM certificates (a
 -- key file or a folder given by mistake fails every request, forever).
 function M.check_ca_bundle(path)
-  local sys = require("resclean.sys")
   local kind, kerr = sys.file_kind(path)
   if not kind then return nil, ("AWS_CA_BUNDLE %s cannot be read: %s"):format(path, tostring(kerr)) end
   if kind ~= "file" then
@@ -93,7 +93,6 @@ end
 -- The run id goes on every line of the process (a cycle's own lines carry
 -- the cycle's id: with --once, the same one); M.run_id keeps it.
 function M.start_line(script, p, fields)
-  local sys = require("resclean.sys")
   M.run_id = require("resclean.sweep").run_id()
   log.set_base({ run_id = M.run_id })
   local f = { script = script, pid = sys.pid(), host = sys.hostname(), policy = p.source,
@@ -105,8 +104,7 @@ end
 
 -- resclean's version, as `resclean version` prints it first.
 function M.version()
-  local sys = require("resclean.sys")
-  return sys.version and sys.version() or nil
+  return sys.version()
 end
 
 -- The cycle's error on stderr (policy errors already name the file).

@@ -141,8 +141,6 @@ function M.classify(err)
   return "config" -- policy, config, usage, schema
 end
 
-function M.is_config(err) return M.classify(err) == "config" end
-function M.is_transient(err) return M.classify(err) == "transient" end
 
 -- Exit code of a run that ends on err: 2 for config, 3 for transient.
 -- An item error that ends a run (every item failed the same way) is 1.

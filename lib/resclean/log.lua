@@ -67,11 +67,10 @@ end
 -- inherits the variable but not the stream.
 local function is_journal()
   if journal == nil then
-    journal = out_fd ~= nil and sys.is_journal ~= nil and sys.is_journal(out_fd) or false
+    journal = out_fd ~= nil and sys.is_journal(out_fd)
   end
   return journal
 end
-M.is_journal = is_journal
 
 local ts_secs, ts_prefix -- os.date once a second, not once a line
 function M.timestamp(t)
@@ -177,7 +176,6 @@ local function encode_value(v)
   end
   return unslash(cjson.encode(v))
 end
-M.encode_value = encode_value
 
 local function by_rank(a, b)
   local ra, rb = RANK[a], RANK[b]
@@ -213,13 +211,13 @@ local function record_failure(err)
   if not failure then failure = tostring(err or "write failed") end
 end
 
+-- Was stdout closed when the process started (the host put /dev/null there)?
+local stdout_closed = sys.stdio_closed(1)
+
 -- True while every line so far reached the output; else false and the error.
 function M.healthy()
+  if not failure and out == io.stdout and stdout_closed then record_failure("standard output is closed") end
   if failure then return false, failure end
-  if out == io.stdout and sys.stdio_closed and sys.stdio_closed(1) then
-    failure = "standard output is closed"
-    return false, failure
-  end
   return true
 end
 
@@ -232,7 +230,7 @@ end
 
 function M.emit(level, event, fields)
   if LEVELS[level] < threshold then return end
-  if out == io.stdout and sys.stdio_closed and sys.stdio_closed(1) then
+  if out == io.stdout and stdout_closed then
     record_failure("standard output is closed")
     return
   end

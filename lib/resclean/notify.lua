@@ -10,6 +10,7 @@
 -- does not queue them for absent listeners): the hourly sweep removes such
 -- rows once they pass max_age.
 local cancel = require("resclean.cancel")
+local errors = require("resclean.errors")
 local log = require("resclean.log")
 local policy_mod = require("resclean.policy")
 local runs = require("resclean.run")
@@ -139,7 +140,7 @@ function Listener:ensure()
   self.retry_at = now + wait
   self.emit("warn", "listen_failed", { channel = self.channel, attempt = self.failures,
     retry_in_s = math.floor(wait * 10 + 0.5) / 10,
-    message = require("resclean.errors").message(err) })
+    message = errors.message(err) })
   return false
 end
 
@@ -151,7 +152,7 @@ function Listener:drain()
   local notes, err = self.conn:notifications()
   if not notes then
     self.emit("warn", "listen_lost", { channel = self.channel,
-      message = require("resclean.errors").message(err) })
+      message = errors.message(err) })
     self.conn:close()
     self.conn = nil
     self.failures = 1
@@ -207,7 +208,6 @@ function Listener:cancel_session(opts, p)
   local conn, sql = session.open(opts.pg, opts.conninfo, p)
   if not conn then
     store:close()
-    local errors = require("resclean.errors")
     return nil, errors.exit_code(sql), "database: " .. errors.message(sql)
   end
   self.session = { conn = conn, sql = sql, store = store, policy = p }
