@@ -163,18 +163,9 @@ describe("reconcile's safety", function()
     c.old = "old/" .. c.owned[1]
     bucket("kept", concat(c.owned, { c.old }))
     cases.kept = c
-    -- wait, by the database clock, until every object is older than OLD
-    local newest = 0
-    for _, b in pairs(B) do
-      for _, e in ipairs(fx.check(b.client:list({})).keys) do
-        local t = fx.check(conn:query("SELECT extract(epoch FROM $1::timestamptz)::float8 AS t",
-          e.last_modified))[1].t
-        newest = math.max(newest, t)
-      end
-    end
-    h.wait_for(function()
-      return fx.check(conn:query("SELECT extract(epoch FROM now())::float8 AS n"))[1].n > newest + OLD + 0.5
-    end, OLD + 30, "the objects to be older than " .. OLD .. " s")
+    local clients = {}
+    for _, b in pairs(B) do clients[#clients + 1] = b.client end
+    fx.wait_objects_older(conn, clients, OLD)
   end)
 
   teardown(function()

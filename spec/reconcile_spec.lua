@@ -119,15 +119,7 @@ describe("reconcile", function()
     -- keys that are not resource keys (key_pattern: lower-case UUID)
     foreign = { "notes/readme.txt", "backup.tar", orphans[1]:upper() }
     fx.objects(client, foreign)
-    -- wait, by the database clock, until all of them are older than OLD
-    local newest = 0
-    for _, e in ipairs(fx.check(client:list({})).keys) do
-      local t = fx.check(conn:query("SELECT extract(epoch FROM $1::timestamptz)::float8 AS t", e.last_modified))[1].t
-      newest = math.max(newest, t)
-    end
-    h.wait_for(function()
-      return fx.check(conn:query("SELECT extract(epoch FROM now())::float8 AS n"))[1].n > newest + OLD + 0.5
-    end, OLD + 30, "the objects to be older than " .. OLD .. " s")
+    fx.wait_objects_older(conn, { client }, OLD)
   end)
 
   teardown(function()

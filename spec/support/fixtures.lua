@@ -118,6 +118,21 @@ function M.rows(conn, n, opts)
   return ids
 end
 
+-- Wait, by the database clock, until every object in the buckets of clients
+-- (a list) is older than `age` seconds: reconcile only considers old objects.
+function M.wait_objects_older(conn, clients, age)
+  local newest = 0
+  for _, client in ipairs(clients) do
+    for _, e in ipairs(check(client:list({})).keys) do
+      local t = check(conn:query("SELECT extract(epoch FROM $1::timestamptz)::float8 AS t", e.last_modified))[1].t
+      newest = math.max(newest, t)
+    end
+  end
+  require("support.helpers").wait_for(function()
+    return check(conn:query("SELECT extract(epoch FROM now())::float8 AS n"))[1].n > newest + age + 0.5
+  end, age + 30, "the objects to be older than " .. age .. " s")
+end
+
 -- Put a small object for every id.
 function M.objects(client, ids, body)
   for _, id in ipairs(ids) do check(client:put(id, body or ("data of " .. id))) end
