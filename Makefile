@@ -114,7 +114,14 @@ test: deps
 demo: deps $(BIN) $(NET_SO)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/demo/demo.lua
 
-bench: deps $(BIN) $(NET_SO)
+# The bench's remote profile puts this between resclean and the servers.
+DELAY_PROXY = build/delay_proxy
+$(DELAY_PROXY): spec/support/delay_proxy.c Makefile
+	@mkdir -p $(dir $@)
+	@echo "  CC  $<"
+	@$(CC) $(WARN) -O2 -o $@ $<
+
+bench: deps $(BIN) $(NET_SO) $(DELAY_PROXY)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/bench.lua $(BENCH_ARGS)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/notify_bench.lua $(NOTIFY_BENCH_ARGS)
 

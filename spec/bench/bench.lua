@@ -28,7 +28,7 @@
 --
 -- Two profiles, both by default: local (the servers on loopback) and remote
 -- (3,000 rows, median of 3 rounds, the measured process talking to
--- PostgreSQL and RGW through spec/support/delay_proxy.py: +10 ms a round trip
+-- PostgreSQL and RGW through spec/support/delay_proxy.c: +10 ms a round trip
 -- to S3, +1 ms to PostgreSQL, as in production across a network).
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = here .. "/../?.lua;" .. package.path
@@ -274,6 +274,41 @@ local function machine_busy()
   return busy / 100
 end
 
+-- CPU seconds so far of every process but ours, by command name: own time
+-- and that of reaped children (PostgreSQL's backends end with their
+-- connection; the postmaster's cutime keeps what they used).
+local function procs_cpu()
+  local by = {}
+  local p = io.popen("cat /proc/[0-9]*/stat 2>/dev/null")
+  if not p then return by end
+  for line in p:lines() do
+    local comm, rest = line:match("^%d+ %((.*)%) (.*)$")
+    if comm and comm ~= "resclean" and comm ~= "cat" then
+      local f, i = {}, 0
+      for v in rest:gmatch("%S+") do
+        i = i + 1
+        f[i] = v
+        if i >= 15 then break end
+      end
+      -- fields after "(comm)": state is 1, utime 12, stime 13, cutime 14, cstime 15
+      local t = (tonumber(f[12]) or 0) + (tonumber(f[13]) or 0) + (tonumber(f[14]) or 0) + (tonumber(f[15]) or 0)
+      comm = comm:match("^postgres") and "postgres" or comm:match("^python") and "proxy" or comm
+      by[comm] = (by[comm] or 0) + t / 100
+    end
+  end
+  p:close()
+  return by
+end
+
+local function cpu_diff(a, b)
+  local d = {}
+  for k, v in pairs(b) do
+    local x = v - (a[k] or 0)
+    if x > 0.005 then d[k] = x end
+  end
+  return d
+end
+
 -- Run argv (after the binary) under /usr/bin/time, stdout to out. Returns
 -- {code, wall, cpu, utime, stime, rss_kb, stderr}.
 local function measured(argv, env, dir, net)
@@ -289,14 +324,16 @@ local function measured(argv, env, dir, net)
     q(bin()) }
   for _, a in ipairs(argv) do cmd[#cmd + 1] = q(a) end
   local line = ("%s </dev/null >%s 2>%s"):format(table.concat(cmd, " "), q(dir .. "/out"), q(dir .. "/err"))
+  local c0 = procs_cpu()
   local t0, m0 = sys.monotime(), machine_busy()
   local _, _, code = os.execute(line)
   local wall, m1 = sys.monotime() - t0, machine_busy()
+  local others = cpu_diff(c0, procs_cpu())
   local times = h.readall(dir .. "/time")
   local _, u, s, m = times:match("([%d.]+) ([%d.]+) ([%d.]+) (%d+)%s*$")
   if not u then fail("cannot read /usr/bin/time's output: %s", times) end
   return { code = code, wall = wall, utime = tonumber(u), stime = tonumber(s), cpu = tonumber(u) + tonumber(s),
-           machine = m0 and m1 and m1 - m0,
+           machine = m0 and m1 and m1 - m0, others = others,
            rss_kb = tonumber(m), stderr = h.readall(dir .. "/err"), out = dir .. "/out" }
 end
 
@@ -573,6 +610,13 @@ local function bench(conn, opts)
         rep, l, r.rate, r.wall, r.cpu_per_k, r.machine_per_k or 0 / 0, r.rss_kb / 1024, r.n_objects, r.seed_objs_s,
         r.n_objects / math.max(r.seed_objs_s, 1e-9))
       if r.phases then say("         %s", r.phases) end
+      if opts.phases and r.others then
+        local parts, names = {}, {}
+        for k in pairs(r.others) do names[#names + 1] = k end
+        table.sort(names, function(x, y) return r.others[x] > r.others[y] end)
+        for _, k in ipairs(names) do parts[#parts + 1] = ("%s %.0f"):format(k, r.others[k] / r.done * 1e6) end
+        say("         other processes' CPU ms / 1000 res: resclean %.0f, %s", r.cpu_per_k, table.concat(parts, ", "))
+      end
       if r.note then say("         %s", r.note) end
     end
   end
@@ -633,10 +677,13 @@ end
 
 -- ---------------------------------------------------------------- the remote profile
 
--- A delay proxy (spec/support/delay_proxy.py) in front of host:port, one_way_ms
--- each direction. Returns {port, stop() -> its stats line}.
+-- A delay proxy (spec/support/delay_proxy.c, built by `make bench` as
+-- build/delay_proxy) in front of host:port, one_way_ms each direction.
+-- Returns {port, stop() -> its stats line}.
 local function delay_proxy(host, port, one_way_ms)
-  local server = h.start_server(here .. "/../support/delay_proxy.py", { host, tostring(port), tostring(one_way_ms) })
+  local prog = here .. "/../../build/delay_proxy"
+  if not sys.file_kind(prog) then fail("%s is missing: `make build/delay_proxy` (make bench builds it)", prog) end
+  local server = h.start_server(prog, { host, tostring(port), tostring(one_way_ms) })
   function server.stop()
     os.execute(("kill -TERM %d 2>/dev/null"):format(server.pid))
     local ok, line = pcall(h.wait_for, function()

@@ -180,7 +180,7 @@ end
 -- goes to DIR/log. Returns {dir, pid, port}.
 function M.start_server(script, args)
   local dir = M.tmpdir()
-  local line = { M.python(), M.q(script), M.q(dir) }
+  local line = script:match("%.py$") and { M.python(), M.q(script), M.q(dir) } or { M.q(script), M.q(dir) }
   for _, a in ipairs(args or {}) do line[#line + 1] = M.q(a) end
   assert(os.execute(("%s >%s 2>&1 & echo $! >%s"):format(table.concat(line, " "), M.q(dir .. "/log"),
     M.q(dir .. "/pid"))))
