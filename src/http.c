@@ -534,18 +534,40 @@ static void release_slots(http_client *c, http_batch *b) {
     }
 }
 
-int http_run(http_client *c, http_batch *b) {
+int http_begin(http_client *c, http_batch *b) {
     int rc = open_slots(c, b);
-    while (rc == HTTP_OK && b->done < b->n) {
-        rc = fill_slots(c, b);
-        if (rc != HTTP_OK || b->done >= b->n)
-            break;
-        rc = wait_and_act(c, wait_budget(b));
-        if (rc == HTTP_OK)
-            harvest(c, b);
-    }
+    return rc == HTTP_OK ? http_step(c, b, 0) : rc;
+}
+
+int http_step(http_client *c, http_batch *b, long max_wait_ms) {
+    if (b->done >= b->n)
+        return HTTP_OK;
+    int rc = fill_slots(c, b);
+    if (rc != HTTP_OK || b->done >= b->n)
+        return rc;
+    long wait_ms = wait_budget(b);
+    if (max_wait_ms >= 0 && max_wait_ms < wait_ms)
+        wait_ms = max_wait_ms;
+    rc = wait_and_act(c, wait_ms);
+    if (rc == HTTP_OK)
+        harvest(c, b);
+    return rc;
+}
+
+int http_finished(const http_batch *b) {
+    return b->done >= b->n;
+}
+
+void http_end(http_client *c, http_batch *b) {
     if (b->easy != NULL && b->slot_req != NULL)
         release_slots(c, b);
+}
+
+int http_run(http_client *c, http_batch *b) {
+    int rc = http_begin(c, b);
+    while (rc == HTTP_OK && !http_finished(b))
+        rc = http_step(c, b, -1);
+    http_end(c, b);
     return rc;
 }
 

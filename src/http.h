@@ -103,6 +103,16 @@ void http_client_free(http_client *c); /* idempotent */
 int http_run(http_client *c, http_batch *b);
 void http_batch_free(http_batch *b); /* its slots; idempotent */
 
+/* http_run in steps, for a caller that does other work while the requests are in flight
+ * (the server works on them meanwhile; answers wait in the socket until the next step):
+ * http_begin starts what the slots take, each http_step moves the batch on, waiting up to
+ * max_wait_ms (-1: as long as the batch needs), http_end detaches what still runs. Return
+ * codes as http_run's; after an error, only http_end. */
+int http_begin(http_client *c, http_batch *b);
+int http_step(http_client *c, http_batch *b, long max_wait_ms);
+int http_finished(const http_batch *b);
+void http_end(http_client *c, http_batch *b); /* idempotent */
+
 /* Append "name: value" (or a raw line: "Expect:" removes a header curl would add) to
  * r->hdrs. 0, or -1 out of memory. */
 int http_add_header(http_req *r, const char *name, const char *value);

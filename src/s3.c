@@ -58,7 +58,8 @@ static s3_client *check_client(lua_State *L) {
     if (c->closed)
         luaL_error(L, "attempt to use a closed s3 client");
     if (c->busy)
-        luaL_error(L, "s3 client is busy (called from its own trace hook?)");
+        luaL_error(L,
+                   "s3 client is busy (a delete_start not finished, or called from its own trace hook)");
     return c;
 }
 
@@ -736,24 +737,27 @@ static int push_key_result(lua_State *L, const s3_batch *b, const s3xml_key *k, 
     return ok;
 }
 
-/* client:delete_many(keys, {concurrency=N, quiet=false, batch=1000}) -> results, nfailed;
- * results[i] is {key, deleted=true} or {key, deleted=false, err} */
-static int s3_delete_many(lua_State *L) {
-    s3_client *c = check_client(L);
+/* The batch of a delete_many(keys at 2, options at 3), planned, pushed; *nchunks and *quiet
+ * for its replies; *conc how many requests at once. */
+static s3_batch *delete_batch(lua_State *L, s3_client *c, size_t *nchunks, int *quiet, int *conc) {
     size_t total, nxml, nsingle, n = check_keys(L, 2, &total);
-    int conc = opt_concurrency(L, 3, c);
+    *conc = opt_concurrency(L, 3, c);
     lua_Integer per;
-    int quiet = delete_options(L, 3, &per);
+    *quiet = delete_options(L, 3, &per);
     count_keys(L, 2, n, &nxml, &nsingle);
-    size_t nchunks = (nxml + (size_t)per - 1) / (size_t)per;
-    s3_batch *b = batch_new(L, nchunks + nsingle);
+    *nchunks = (nxml + (size_t)per - 1) / (size_t)per;
+    s3_batch *b = batch_new(L, *nchunks + nsingle);
     copy_keys(L, 2, b, n, total);
-    plan_deletes(L, b, nxml, nchunks, (size_t)per, quiet);
-    run_batch(L, c, b, conc);
+    plan_deletes(L, b, nxml, *nchunks, (size_t)per, *quiet);
+    return b;
+}
+
+/* After the batch ran: push results, nfailed; the batch is freed. */
+static int delete_results(lua_State *L, s3_batch *b, size_t nchunks, int quiet) {
     apply_delete_replies(b, nchunks, quiet);
     lua_Integer failed = 0;
-    lua_createtable(L, (int)n, 0);
-    for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, (int)b->nkeys, 0);
+    for (size_t i = 0; i < b->nkeys; i++) {
         if (!push_key_result(L, b, &b->keys[i], nchunks))
             failed++;
         lua_rawseti(L, -2, (lua_Integer)(i + 1));
@@ -761,6 +765,128 @@ static int s3_delete_many(lua_State *L) {
     lua_pushinteger(L, failed);
     batch_release(b);
     return 2;
+}
+
+/* client:delete_many(keys, {concurrency=N, quiet=false, batch=1000}) -> results, nfailed;
+ * results[i] is {key, deleted=true} or {key, deleted=false, err} */
+static int s3_delete_many(lua_State *L) {
+    s3_client *c = check_client(L);
+    size_t nchunks;
+    int quiet, conc;
+    s3_batch *b = delete_batch(L, c, &nchunks, &quiet, &conc);
+    run_batch(L, c, b, conc);
+    return delete_results(L, b, nchunks, quiet);
+}
+
+/* ---------------------------------------------------------------- delete_start */
+
+/* A delete_many in flight: client:delete_start(keys, opts) sends it and returns at once;
+ * pending:pump() moves it on without waiting; pending:finish() waits for the rest and
+ * returns what delete_many would. Meanwhile the server works on the requests, and the
+ * caller on something else (the next batch's database work). The client is busy until
+ * finish (or __gc/__close, which detach what still runs): one call in flight per client. */
+typedef struct s3_pending {
+    s3_client *c; /* anchored: user value 1 */
+    s3_batch *b;  /* anchored: user value 2 */
+    size_t nchunks;
+    int quiet, open; /* open: the transport holds the batch (http_begin .. http_end) */
+    s3_call k;
+} s3_pending;
+
+#define PENDING_MT "resclean.s3.pending"
+
+/* Detach from the transport and free the client for other calls; idempotent. */
+static void pending_end(s3_pending *p) {
+    if (p->open) {
+        http_end(&p->c->http, &p->b->run);
+        p->c->busy = 0;
+        p->open = 0;
+    }
+}
+
+static int pending_close(lua_State *L) {
+    pending_end(luaL_checkudata(L, 1, PENDING_MT));
+    return 0;
+}
+
+/* One step (wait_ms as http_step's), the client's trace hook in place; raises, after
+ * ending the call, when the transport failed. */
+static void pending_step(lua_State *L, s3_pending *p, long wait_ms, int begin) {
+    luaL_checkstack(L, 4, NULL);
+    lua_getiuservalue(L, 1, 1);  /* client */
+    lua_getiuservalue(L, -1, 1); /* client trace */
+    p->k.L = L;
+    p->k.trace = lua_isfunction(L, -1) ? lua_gettop(L) : 0;
+    int rc = begin ? http_begin(&p->c->http, &p->b->run) : http_step(&p->c->http, &p->b->run, wait_ms);
+    if (rc != HTTP_OK) {
+        pending_end(p);
+        if (rc == HTTP_HOOK_ERROR)
+            lua_error(L);
+        luaL_error(L, rc == HTTP_NOMEM ? "not enough memory" : "s3: libcurl's multi interface failed");
+    }
+    p->k.trace = 0;
+    lua_pop(L, 2);
+}
+
+static s3_pending *check_pending(lua_State *L) {
+    s3_pending *p = luaL_checkudata(L, 1, PENDING_MT);
+    if (!p->open)
+        luaL_error(L, "this delete_start was already finished");
+    return p;
+}
+
+/* client:delete_start(keys, opts) -> pending (options as delete_many's) */
+static int s3_delete_start(lua_State *L) {
+    s3_client *c = check_client(L);
+    lua_settop(L, 3);
+    size_t nchunks;
+    int quiet, conc;
+    s3_batch *b = delete_batch(L, c, &nchunks, &quiet, &conc); /* client keys opts batch */
+    /* Made after the batch, so finalised before it: a pending collected unfinished detaches
+     * its requests while the batch's memory is still there. */
+    s3_pending *p = lua_newuserdatauv(L, sizeof *p, 2); /* client keys opts batch pending */
+    memset(p, 0, sizeof *p);
+    luaL_setmetatable(L, PENDING_MT);
+    lua_insert(L, 4); /* client keys opts pending batch */
+    lua_setiuservalue(L, 4, 2);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, 4, 1);
+    p->c = c;
+    p->b = b;
+    p->nchunks = nchunks;
+    p->quiet = quiet;
+    p->k.c = c;
+    b->run.reqs = b->hreqs;
+    b->run.n = b->nreq;
+    b->run.conc = conc;
+    b->run.start = start_hook;
+    b->run.ud = &p->k;
+    c->busy = 1;
+    p->open = 1;
+    lua_settop(L, 4);
+    lua_replace(L, 1); /* pending at 1, as its methods see it */
+    lua_settop(L, 1);
+    pending_step(L, p, 0, 1);
+    return 1;
+}
+
+/* pending:pump() -> whether every request is answered; never waits. */
+static int pending_pump(lua_State *L) {
+    s3_pending *p = check_pending(L);
+    lua_settop(L, 1);
+    pending_step(L, p, 0, 0);
+    lua_pushboolean(L, http_finished(&p->b->run));
+    return 1;
+}
+
+/* pending:finish() -> results, nfailed (as delete_many's) */
+static int pending_finish(lua_State *L) {
+    s3_pending *p = check_pending(L);
+    lua_settop(L, 1);
+    while (!http_finished(&p->b->run))
+        pending_step(L, p, -1, 0);
+    pending_end(p);
+    return delete_results(L, p->b, p->nchunks, p->quiet);
 }
 
 /* ---------------------------------------------------------------- list */
@@ -1159,6 +1285,7 @@ static const luaL_Reg client_methods[] = {{"close", client_close},
                                           {"delete_bucket", s3_delete_bucket},
                                           {"delete_bucket_policy", s3_delete_bucket_policy},
                                           {"delete_many", s3_delete_many},
+                                          {"delete_start", s3_delete_start},
                                           {"get", s3_get},
                                           {"head", s3_head},
                                           {"head_bucket", s3_head_bucket},
@@ -1179,6 +1306,17 @@ int luaopen_resclean_s3(lua_State *L) {
     if (luaL_newmetatable(L, CLIENT_MT)) {
         luaL_setfuncs(L, client_meta, 0);
         luaL_newlib(L, client_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, PENDING_MT)) {
+        static const luaL_Reg pending_methods[] = {
+            {"finish", pending_finish}, {"pump", pending_pump}, {NULL, NULL}};
+        lua_pushcfunction(L, pending_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, pending_close);
+        lua_setfield(L, -2, "__close");
+        luaL_newlib(L, pending_methods);
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
