@@ -145,7 +145,8 @@ describe("under faults, the sweep", function()
   end)
 
   it("keeps the invariants when resclean is SIGKILLed at 20 random moments, and a final run cleans up", function()
-    local w = fs.world(conn, { stale = 2000, with_objects = 300, tag = "kill9" })
+    -- A backlog that outlasts the 1.2 s the kills are spread over.
+    local w = fs.world(conn, { stale = 6000, with_objects = 300, tag = "kill9" })
     local pol = fs.policy("return { batch_size = 10 }")
     local live, progress, before = 0, 0, #w.stale
     for i = 1, 20 do

@@ -31,150 +31,183 @@ local function fake_db(n, opts)
                     _type = "WORD_LIST", _uploaded = false }
   end
 
-  local tx -- the open transaction: { gone = {id = true}, stack = {{name, gone}}, aborted }
-  local function present(id) return db.rows[id] and not (tx and tx.gone[id]) end
+  -- Every connection has its own transaction: { gone = {id = true}, locked
+  -- = {id = true}, stack = {{name, gone}}, aborted }. Rows another open
+  -- transaction locked or deleted are skipped (FOR UPDATE SKIP LOCKED).
+  db.open = {}
   local function copy(t)
     local c = {}
     for k, v in pairs(t) do c[k] = v end
     return c
   end
-  local function aborted()
-    if tx and tx.aborted then
-      return nil, pgerr("25P02", "current transaction is aborted, commands ignored until end of transaction block")
-    end
-  end
-  local function fail(err)
-    if tx then tx.aborted = true end
-    return nil, err
-  end
-
-  local function delete(ids)
-    db.deletes = db.deletes + 1
-    if db.fail_delete then return fail(db.fail_delete) end
-    for _, id in ipairs(ids) do
-      if present(id) and db.referenced[id] then
-        return fail(pgerr("23503", 'update or delete on table "attack_resource_files" violates foreign key'
-          .. ' constraint on table "attacks"', opts.detail and opts.detail(id)))
+  local function new_conn()
+    local tx
+    local function present(id) return db.rows[id] and not (tx and tx.gone[id]) end
+    local function taken(id)
+      for other in pairs(db.open) do
+        if other ~= tx and (other.locked[id] or other.gone[id]) then return true end
       end
+      return false
     end
-    local out = {}
-    for _, id in ipairs(ids) do
-      if present(id) then
-        tx.gone[id] = true
-        out[#out + 1] = { id = id }
-      end
-    end
-    return out
-  end
-
-  local function claim(limit, after_created, after_id)
-    local list = {}
-    for id, r in pairs(db.rows) do
-      if present(id) and (not after_created or r._created > after_created
-          or (r._created == after_created and id > after_id)) then
-        list[#list + 1] = r
-      end
-    end
-    table.sort(list, function(a, b) return a._created < b._created end)
-    local out = {}
-    for i = 1, math.min(limit, #list) do out[i] = copy(list[i]) end
-    return out
-  end
-
-  local Tx = {}
-  Tx.__index = Tx
-  Tx.__close = function() tx = nil end
-  function Tx:savepoint(name)
-    local bad, e = aborted()
-    if e then return bad, e end
-    db.savepoints[#db.savepoints + 1] = name
-    tx.stack[#tx.stack + 1] = { name = name, gone = copy(tx.gone) }
-    return true
-  end
-  function Tx:rollback_to(name)
-    for i = #tx.stack, 1, -1 do
-      if tx.stack[i].name == name then
-        for j = #tx.stack, i + 1, -1 do tx.stack[j] = nil end
-        tx.gone, tx.aborted = copy(tx.stack[i].gone), false
-        return true
-      end
-    end
-    error("no savepoint " .. name)
-  end
-  function Tx:release(name)
-    local bad, e = aborted()
-    if e then return bad, e end
-    for i = #tx.stack, 1, -1 do
-      if tx.stack[i].name == name then
-        for j = #tx.stack, i, -1 do tx.stack[j] = nil end
-        return true
-      end
-    end
-    error("no savepoint " .. name)
-  end
-  function Tx:commit()
-    if db.fail_commit then
+    local function ends()
+      if tx then db.open[tx] = nil end
       tx = nil
-      return nil, db.fail_commit
     end
-    assert(not tx.aborted, "commit of an aborted transaction")
-    for id in pairs(tx.gone) do db.rows[id] = nil end
-    tx = nil
-    return true
-  end
-  function Tx:rollback() tx = nil return true end
+    local function aborted()
+      if tx and tx.aborted then
+        return nil, pgerr("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+      end
+    end
+    local function fail(err)
+      if tx then tx.aborted = true end
+      return nil, err
+    end
 
-  local conn = {}
-  function conn:begin()
-    assert(not tx, "a transaction is already open")
-    tx = { gone = {}, stack = {} }
-    return setmetatable({}, Tx)
-  end
-  function conn:quote_ident(s) return '"' .. s .. '"' end
-  function conn:backend_pid() return 4242 end
-  function conn:close() db.closed = true end
-  function conn:prepare() return true end
-  function conn:query(sql, ...)
-    local bad, e = aborted()
-    if e then return bad, e end
-    if sql:find("^SET ") then return {} end
-    if sql:find("information_schema.columns", 1, true) then
-      return { { c = "id", t = "uuid" }, { c = "is_uploaded", t = "boolean" },
-               { c = "created_at", t = "timestamp with time zone" }, { c = "resource_type", t = "USER-DEFINED" } }
-    end
-    if sql:find("pg_enum", 1, true) then return {} end
-    if sql:find("pg_constraint", 1, true) then
-      return opts.precheck and { { tbl = "attacks", col = "word_list_id" } } or {}
-    end
-    if sql:find("^SELECT count%(%*%)") then
-      local n_left = 0
-      for id in pairs(db.rows) do if present(id) then n_left = n_left + 1 end end
-      return { { n = n_left, oldest = 90000 + n } }
-    end
-    if sql:find("AS _uploaded", 1, true) then -- cancel's lock of one row
-      local id = ...
-      return { present(id) and copy(db.rows[id]) or nil }
-    end
-    error("fake database: unexpected query " .. sql)
-  end
-  function conn:exec_prepared(name, a, _, c, d, e)
-    local bad, err = aborted()
-    if err then return bad, err end
-    if name == "resclean_claim_first" then return claim(c) end
-    if name == "resclean_claim_next" then return claim(c, d, e) end
-    if name == "resclean_delete" then return delete(a) end
-    if name == "resclean_referenced" then
-      if #a > 0 then db.prechecks = (db.prechecks or 0) + 1 end -- open() tries it with none
+    local function delete(ids)
+      db.deletes = db.deletes + 1
+      if db.fail_delete and (not opts.fail_delete_at or opts.fail_delete_at == db.deletes) then
+        return fail(db.fail_delete)
+      end
+      for _, id in ipairs(ids) do
+        if present(id) and db.referenced[id] then
+          return fail(pgerr("23503", 'update or delete on table "attack_resource_files" violates foreign key'
+            .. ' constraint on table "attacks"', opts.detail and opts.detail(id)))
+        end
+      end
       local out = {}
-      for _, id in ipairs(a) do
-        if db.referenced[id] then out[#out + 1] = { id = id } end
+      for _, id in ipairs(ids) do
+        if present(id) then
+          tx.gone[id] = true
+          out[#out + 1] = { id = id }
+        end
       end
       return out
     end
-    error("fake database: unexpected statement " .. name)
+
+    local function claim(limit, after_created, after_id)
+      local list = {}
+      for id, r in pairs(db.rows) do
+        if present(id) and not taken(id) and (not after_created or r._created > after_created
+            or (r._created == after_created and id > after_id)) then
+          list[#list + 1] = r
+        end
+      end
+      table.sort(list, function(a, b) return a._created < b._created end)
+      local out = {}
+      for i = 1, math.min(limit, #list) do
+        out[i] = copy(list[i])
+        tx.locked[list[i].id] = true
+      end
+      return out
+    end
+
+    local Tx = {}
+    Tx.__index = Tx
+    Tx.__close = function() ends() end
+    function Tx:savepoint(name)
+      local bad, e = aborted()
+      if e then return bad, e end
+      db.savepoints[#db.savepoints + 1] = name
+      tx.stack[#tx.stack + 1] = { name = name, gone = copy(tx.gone) }
+      return true
+    end
+    function Tx:rollback_to(name)
+      for i = #tx.stack, 1, -1 do
+        if tx.stack[i].name == name then
+          for j = #tx.stack, i + 1, -1 do tx.stack[j] = nil end
+          tx.gone, tx.aborted = copy(tx.stack[i].gone), false
+          return true
+        end
+      end
+      error("no savepoint " .. name)
+    end
+    function Tx:release(name)
+      local bad, e = aborted()
+      if e then return bad, e end
+      for i = #tx.stack, 1, -1 do
+        if tx.stack[i].name == name then
+          for j = #tx.stack, i, -1 do tx.stack[j] = nil end
+          return true
+        end
+      end
+      error("no savepoint " .. name)
+    end
+    function Tx:commit()
+      if db.fail_commit then
+        ends()
+        return nil, db.fail_commit
+      end
+      assert(not tx.aborted, "commit of an aborted transaction")
+      for id in pairs(tx.gone) do db.rows[id] = nil end
+      db.commits[#db.commits + 1] = tx.gone
+      if opts.trace then
+        local count = 0
+        for _ in pairs(tx.gone) do count = count + 1 end
+        opts.trace[#opts.trace + 1] = "commit " .. count
+      end
+      ends()
+      return true
+    end
+    function Tx:rollback() ends() return true end
+
+    local conn = {}
+    function conn:begin()
+      assert(not tx, "a transaction is already open")
+      tx = { gone = {}, locked = {}, stack = {} }
+      db.open[tx] = true
+      return setmetatable({}, Tx)
+    end
+    function conn:quote_ident(s) return '"' .. s .. '"' end
+    function conn:backend_pid() return 4242 end
+    function conn:close() db.closes = db.closes + 1 end
+    function conn:prepare() return true end
+    function conn:query(sql, ...)
+      local bad, e = aborted()
+      if e then return bad, e end
+      if sql:find("^SET ") then return {} end
+      if sql:find("information_schema.columns", 1, true) then
+        return { { c = "id", t = "uuid" }, { c = "is_uploaded", t = "boolean" },
+                 { c = "created_at", t = "timestamp with time zone" }, { c = "resource_type", t = "USER-DEFINED" } }
+      end
+      if sql:find("pg_enum", 1, true) then return {} end
+      if sql:find("pg_constraint", 1, true) then
+        return opts.precheck and { { tbl = "attacks", col = "word_list_id" } } or {}
+      end
+      if sql:find("^SELECT count%(%*%)") then
+        local n_left = 0
+        for id in pairs(db.rows) do if present(id) then n_left = n_left + 1 end end
+        return { { n = n_left, oldest = 90000 + n } }
+      end
+      if sql:find("AS _uploaded", 1, true) then -- cancel's lock of one row
+        local id = ...
+        return { present(id) and copy(db.rows[id]) or nil }
+      end
+      error("fake database: unexpected query " .. sql)
+    end
+    function conn:exec_prepared(name, a, _, c, d, e)
+      local bad, err = aborted()
+      if err then return bad, err end
+      if name == "resclean_claim_first" then return claim(c) end
+      if name == "resclean_claim_next" then return claim(c, d, e) end
+      if name == "resclean_delete" then return delete(a) end
+      if name == "resclean_referenced" then
+        if #a > 0 then db.prechecks = (db.prechecks or 0) + 1 end -- open() tries it with none
+        local out = {}
+        for _, id in ipairs(a) do
+          if db.referenced[id] then out[#out + 1] = { id = id } end
+        end
+        return out
+      end
+      error("fake database: unexpected statement " .. name)
+    end
+    return conn
   end
 
-  db.pg = { connect = function() return conn end }
+  db.connects, db.closes, db.commits = 0, 0, {}
+  db.pg = { connect = function()
+    db.connects = db.connects + 1
+    return new_conn()
+  end }
   db.left = function()
     local ids = {}
     for id in pairs(db.rows) do ids[#ids + 1] = id end
@@ -185,10 +218,11 @@ local function fake_db(n, opts)
 end
 
 -- A fake store holding an object for each id given. opts.fail[key]: that
--- key's delete error; opts.fail_all: every key's.
+-- key's delete error; opts.fail_all: every key's. opts.trace (a list): the
+-- store has delete_start, and notes "start N" and "finish N" there.
 local function fake_store(ids, opts)
   opts = opts or {}
-  local s = { objects = {}, fail = opts.fail or {}, fail_all = opts.fail_all, deleted = {} }
+  local s = { objects = {}, fail = opts.fail or {}, fail_all = opts.fail_all, deleted = {}, starts = 0 }
   for _, id in ipairs(ids) do s.objects[id] = true end
   function s:head_many(keys)
     local out = {}
@@ -208,6 +242,18 @@ local function fake_store(ids, opts)
       end
     end
     return out
+  end
+  if opts.trace then
+    function s:delete_start(keys)
+      self.starts = self.starts + 1
+      local n, store = self.starts, self
+      opts.trace[#opts.trace + 1] = "start " .. n
+      return { pump = function() end,
+               finish = function()
+                 opts.trace[#opts.trace + 1] = "finish " .. n
+                 return store:delete_many(keys)
+               end }
+    end
   end
   return s
 end
@@ -417,6 +463,61 @@ describe("sweep (in-process): database failures", function()
     assert.matches("server closed the connection", summary.error)
     assert.are.same(rep("failed/commit", 2), outcomes_of(by_id, ids(1, 2)))
     assert.are.same(ids(1, 2), db.left())
+  end)
+end)
+
+describe("sweep (in-process): two batches in flight", function()
+  it("claims the next batch on a second session while the deletes of one are out, and commits each after them",
+    function()
+    local trace = {}
+    local db = fake_db(10, { trace = trace })
+    local store = fake_store(ids(1, 10), { trace = trace })
+    local code, summary = cycle(db, store, { batch_size = 3, verify = false })
+    assert.are.equal(0, code, summary.error)
+    assert.are.same({}, db.left())
+    assert.are.equal(10, #store.deleted)
+    assert.are.same({ 10, 0 }, { summary.deleted, summary.failed })
+    -- 3 + 3 + 3 + 1 rows: the next batch starts before the one in flight
+    -- ends; the last claim finds nothing (its empty transaction commits).
+    assert.are.same({ "start 1", "start 2", "finish 1", "commit 3", "start 3", "finish 2", "commit 3",
+                      "start 4", "finish 3", "commit 3", "finish 4", "commit 1", "commit 0" }, trace)
+    assert.are.same({ 2, 2 }, { db.connects, db.closes })
+  end)
+
+  it("keeps one session when the first batch is not full", function()
+    local trace = {}
+    local db = fake_db(2, { trace = trace })
+    local code = cycle(db, fake_store(ids(1, 2), { trace = trace }), { batch_size = 3 })
+    assert.are.equal(0, code)
+    assert.are.same({ "start 1", "finish 1", "commit 2", "commit 0" }, trace)
+    assert.are.same({ 1, 1 }, { db.connects, db.closes })
+  end)
+
+  it("finishes and commits the batch in flight when the next one's DELETE fails, then ends (exit 3)", function()
+    local trace = {}
+    local db = fake_db(6, { trace = trace, fail_delete = pgerr("57014", "canceling statement due to statement timeout"),
+                            fail_delete_at = 2 })
+    local store = fake_store(ids(1, 6), { trace = trace })
+    local code, summary, by_id = cycle(db, store, { batch_size = 3 })
+    assert.are.equal(3, code)
+    assert.matches("statement timeout", summary.error)
+    assert.are.same(ids(4, 6), db.left())
+    assert.are.same(rep("object_deleted/nil", 3), outcomes_of(by_id, ids(1, 3)))
+    assert.are.same(rep("failed/database", 3), outcomes_of(by_id, ids(4, 6)))
+    assert.are.same({ "start 1", "finish 1", "commit 3" }, trace)
+    assert.is_true(store.objects[uuid(4)] and store.objects[uuid(6)])
+  end)
+
+  it("finishes the batch in flight too when storage is unreachable for one (exit 3, every row kept)", function()
+    local trace = {}
+    local db = fake_db(6, { trace = trace })
+    local err = { kind = "s3", code = "connection", message = "Connection refused" }
+    local code, summary, by_id = cycle(db, fake_store(ids(1, 6), { trace = trace, fail_all = err }), { batch_size = 3 })
+    assert.are.equal(3, code)
+    assert.are.equal(1, summary.error:find("storage unreachable: ", 1, true), summary.error)
+    assert.are.same(ids(1, 6), db.left())
+    assert.are.same(rep("failed/connection", 6), outcomes_of(by_id, ids(1, 6)))
+    assert.are.same({ "start 1", "start 2", "finish 1", "commit 0", "finish 2", "commit 0" }, trace)
   end)
 end)
 

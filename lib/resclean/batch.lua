@@ -20,46 +20,80 @@ local sys = require("resclean.sys")
 
 local M = {}
 
-local claim, process, delete_rows, delete_part, named_item, storage, restore
+local claim, keys_of, delete_rows, delete_part, named_item, storage_start, decide, restore
 
 local function to_ms(seconds) return math.floor(seconds * 1000 + 0.5) end
+
+-- A transaction's end without commit (rolls back; never raises).
+local function close_tx(tx)
+  local mt = getmetatable(tx)
+  if mt and mt.__close then mt.__close(tx) end
+end
 
 -- Claim up to n rows after `last` (nil: from the oldest) and settle them.
 -- Returns the claimed items (empty: nothing left), or nil, err when the
 -- cycle must end (the batch's items are logged).
 function M.sweep(conn, sql, store, run, last, n)
+  local b, err = M.start(conn, sql, store, run, last, n)
+  if not b then return nil, err end
+  return M.finish(b)
+end
+
+-- The first half of a batch: claim up to n rows after `last`, delete their
+-- rows (uncommitted, under savepoint "rows"), HEAD their keys (verify) and
+-- send their objects' deletes, without waiting for them. pump (optional)
+-- is called between the steps: it moves another batch's deletes on.
+-- Returns the started batch b (b.items: the claimed items; none when
+-- nothing was left, then already committed), to be ended by M.finish(b);
+-- or nil, err (rolled back, its items logged).
+function M.start(conn, sql, store, run, last, n, pump)
   local t0 = sys.monotime()
-  run.phase = {}
-  local tx <close>, err = conn:begin()
+  local tx, err = conn:begin()
   if not tx then return nil, err end
+  -- stale: every row is older than max_age (cancel's are not)
+  local b = { conn = conn, tx = tx, sql = sql, store = store, run = run, stale = true, phase = {}, t0 = t0,
+              pump = pump or function() end }
   local ok
   ok, err = conn:query("SET CONSTRAINTS ALL IMMEDIATE")
-  if not ok then return nil, err end
-  -- stale: every row is older than max_age (cancel's are not)
-  local ctx = { conn = conn, tx = tx, sql = sql, store = store, run = run, stale = true }
   local items
-  items, err = claim(ctx, last, n)
-  if not items then return nil, err end
-  local t1 = sys.monotime()
-  if #items == 0 then
-    tx:commit()
-    return items
+  if ok then items, err = claim(b, last, n) end
+  if not items then
+    close_tx(tx)
+    return nil, err
   end
-  local done
-  done, err = M.settle(ctx, items)
+  b.items = items
+  b.phase.claim_s = sys.monotime() - t0
+  b.pump()
+  if #items == 0 then
+    ok, err = tx:commit()
+    if not ok then return nil, err end
+    return b
+  end
+  ok, err = M.begin_settle(b, items)
+  if not ok then return nil, err end
+  return b
+end
+
+-- The second half: wait for the objects' deletes, decide each outcome, put
+-- back the rows of objects that stayed, commit, log. Returns b.items, or
+-- nil, err when the cycle must end (the items are logged).
+function M.finish(b)
+  local run = b.run
+  if #b.items == 0 then return b.items end
+  local done, err = M.end_settle(b)
   if not done then return nil, err end
   local t3 = sys.monotime()
   run:log_decided(done)
   -- Where a batch's time goes, for tuning batch_size and concurrency.
-  local ph = run.phase
-  run.emit("debug", "batch", { run_id = run.run_id, claimed = #items, processed = #done,
-                               duration_ms = to_ms(sys.monotime() - t0), claim_ms = to_ms(t1 - t0),
+  local ph = b.phase
+  run.emit("debug", "batch", { run_id = run.run_id, claimed = #b.items, processed = #done,
+                               duration_ms = to_ms(sys.monotime() - b.t0), claim_ms = to_ms(ph.claim_s),
                                rows_ms = ph.rows_s and to_ms(ph.rows_s), head_ms = ph.head_s and to_ms(ph.head_s),
                                delete_ms = ph.delete_s and to_ms(ph.delete_s), commit_ms = to_ms(ph.commit_s),
-                               log_ms = to_ms(sys.monotime() - t3) })
+                               log_ms = to_ms(sys.monotime() - t3), wait_ms = ph.wait_s and to_ms(ph.wait_s) })
   err = M.stop_error(done)
   if err then return nil, err end
-  return items
+  return b.items
 end
 
 -- Process items in ctx.tx, then commit (a dry run rolls back). Returns the
@@ -67,30 +101,65 @@ end
 -- and not yet logged; or nil, err with every item that did not make it
 -- logged as failed.
 function M.settle(ctx, items)
+  ctx.phase = ctx.phase or {}
+  ctx.pump = ctx.pump or function() end
+  local ok, err = M.begin_settle(ctx, items)
+  if not ok then return nil, err end
+  return M.end_settle(ctx)
+end
+
+-- Bad keys skipped, rows deleted, HEADs, objects' deletes sent. Returns
+-- true, or nil, err (the transaction rolled back, the items logged failed).
+function M.begin_settle(ctx, items)
+  local todo = keys_of(ctx, items)
+  local t0 = sys.monotime()
+  local deleted, err = delete_rows(ctx, todo)
+  if not deleted then return M.abort(ctx, items, err) end
+  ctx.phase.rows_s = sys.monotime() - t0
+  ctx.pump()
+  ctx.all, ctx.deleted = items, deleted
+  storage_start(ctx, deleted)
+  return true
+end
+
+-- Objects' deletes answered: outcomes, rows put back, commit. Returns the
+-- items whose rows were deleted (decided, not logged), or nil, err.
+function M.end_settle(ctx)
   local run, tx = ctx.run, ctx.tx
-  local done, err = process(ctx, items)
-  if not done then
-    -- Database trouble mid-batch: the transaction rolls back (tx closes);
-    -- objects already deleted leave rows behind: the next run's record_only.
-    for _, it in ipairs(items) do
-      if not it.logged then run:outcome(it, "failed", "database") end
-    end
-    return nil, err
+  local kept, failed = decide(ctx, ctx.deleted)
+  if failed > 0 then
+    local ok, err = restore(ctx, kept)
+    if not ok then return M.abort(ctx, ctx.all, err) end
   end
+  local done = ctx.deleted
   local t = sys.monotime()
   if run.dry_run then
     tx:rollback()
   else
-    local ok
-    ok, err = tx:commit()
+    local ok, err = tx:commit()
     if not ok then
       for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
       run:log_decided(done)
       return nil, err
     end
   end
-  run.phase.commit_s = sys.monotime() - t
+  ctx.phase.commit_s = sys.monotime() - t
   return done
+end
+
+-- Database trouble mid-batch: the transaction rolls back; objects already
+-- deleted leave rows behind (the next run's record_only). Every item not
+-- yet logged is logged failed. Returns nil, err.
+function M.abort(ctx, items, err)
+  close_tx(ctx.tx)
+  if ctx.pending then -- deletes sent: wait for them, their keys may be gone either way
+    ctx.pending:finish()
+    ctx.pending = nil
+  end
+  for _, it in ipairs(items) do
+    if not it.logged then ctx.run:outcome(it, "failed", "database") end
+  end
+  return nil, err
 end
 
 -- After a settled batch: the error that ends the cycle when every object
@@ -122,10 +191,8 @@ function claim(ctx, last, n)
   return items
 end
 
--- Bad keys skipped, rows deleted, objects deleted, rows of objects that
--- stayed put back. Returns the items whose rows are deleted (outcomes
--- decided), or nil, err. The caller commits.
-function process(ctx, claimed)
+-- The items whose key(row) gives a key (it.key set); the rest skipped.
+function keys_of(ctx, claimed)
   local run = ctx.run
   local p = run.policy
   local items = {}
@@ -139,17 +206,7 @@ function process(ctx, claimed)
       log.debug("bad_key", { run_id = run.run_id, resource_id = it.id, detail = why })
     end
   end
-  local t0 = sys.monotime()
-  local deleted, err = delete_rows(ctx, items)
-  if not deleted then return nil, err end
-  run.phase.rows_s = sys.monotime() - t0
-  local kept, failed = storage(ctx, deleted)
-  if failed > 0 then
-    local ok
-    ok, err = restore(ctx, kept)
-    if not ok then return nil, err end
-  end
-  return deleted
+  return items
 end
 
 -- How many referenced rows of one set are taken from the error's detail
@@ -247,16 +304,16 @@ function named_item(err, items)
   return nil
 end
 
--- The storage half: items' rows are deleted (uncommitted) under savepoint
--- "rows". HEAD the keys (verify), delete the objects (not on a dry run),
--- decide each item's outcome. Returns the items whose objects are gone and
--- the number that failed.
-function storage(ctx, items)
+-- The storage half, begun: items' rows are deleted (uncommitted) under
+-- savepoint "rows". HEAD the keys (verify), then send the objects' deletes
+-- (not on a dry run) without waiting: ctx.pending, ended by decide().
+-- A store without delete_start (a fake) deletes here, at once.
+function storage_start(ctx, items)
   local run, store = ctx.run, ctx.store
   local p = run.policy
   local keys = {}
   for i, it in ipairs(items) do keys[i] = it.key end
-  local exists
+  ctx.keys = keys
   local t0 = sys.monotime()
   if p.verify and #keys > 0 then
     -- A small bucket may be listed instead (storage.lua): only for stale
@@ -265,22 +322,41 @@ function storage(ctx, items)
     if ctx.stale and p.verify_list ~= false and p.max_age >= (p.url_lifetime or math.huge) then
       opts = { expected = math.max((run.eligible or 0) - (run.claimed or 0) + #keys, #keys) }
     end
-    exists = store:head_many(keys, p.concurrency, opts)
+    ctx.exists = store:head_many(keys, p.concurrency, opts)
+    ctx.pump()
   end
   local t1 = sys.monotime()
-  local results
+  ctx.phase.head_s = t1 - t0
+  ctx.delete_t0 = t1
   if run.dry_run or #keys == 0 then
-    results = {}
+    local results = {}
     for i = 1, #keys do results[i] = true end
+    ctx.results = results
+  elseif store.delete_start then
+    ctx.pending = store:delete_start(keys, p.concurrency)
   else
-    results = store:delete_many(keys, p.concurrency)
+    ctx.results = store:delete_many(keys, p.concurrency)
   end
-  run.phase.head_s, run.phase.delete_s = t1 - t0, sys.monotime() - t1
+end
+
+-- The storage half, ended: wait for the deletes, decide each item's
+-- outcome. Returns the items whose objects are gone and the number that
+-- failed.
+function decide(ctx, items)
+  local results = ctx.results
+  if ctx.pending then
+    local t = sys.monotime()
+    results = ctx.pending:finish()
+    ctx.pending = nil
+    ctx.phase.wait_s = sys.monotime() - t
+  end
+  ctx.phase.delete_s = sys.monotime() - ctx.delete_t0
+  local exists = ctx.exists
   local kept, failed = {}, 0
-  local decide = outcome.decide
+  local decide_one = outcome.decide
   for i, it in ipairs(items) do
     local r = results[i]
-    it.outcome, it.reason = decide(exists and exists[i], r)
+    it.outcome, it.reason = decide_one(exists and exists[i], r)
     if r == true then
       kept[#kept + 1] = it
     else

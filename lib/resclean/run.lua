@@ -27,7 +27,6 @@ function M.new(opts)
     eligible = 0,
     started = sys.monotime(),
     last_progress = sys.monotime(),
-    phase = {},  -- seconds spent per phase of the current batch
     emit = opts.emit or log.emit,
   }, Run)
   for _, o in ipairs(M.OUTCOMES) do r.counts[o] = 0 end

@@ -20,7 +20,7 @@ local M = {}
 function M.new(opts)
   local client, err = s3.client(opts)
   if not client then return nil, err end
-  return setmetatable({ client = client, bucket = opts.bucket }, Store)
+  return setmetatable({ client = client, bucket = opts.bucket, opts = opts, spare = {}, lent = {} }, Store)
 end
 
 function Store:check()
@@ -193,13 +193,25 @@ local function retry_key(err)
   return st ~= nil and st >= 200 and st < 300
 end
 
--- One DeleteObjects round for keys: a result per key (true or an error).
-function Store:delete_round(keys, concurrency)
+-- The options of one DeleteObjects round of n keys.
+function Store:round_options(n, concurrency)
   local parts = math.min(self.delete_parts or DELETE_REQUESTS, concurrency or DELETE_REQUESTS)
-  local per = math.min(1000, math.max(MIN_PER_REQUEST, -(-#keys // parts)))
-  local r0 = self.client:stats().retries
-  local res, err = self.client:delete_many(keys, { batch = per, concurrency = concurrency })
-  local pushed = self.client:stats().retries - r0
+  local per = math.min(1000, math.max(MIN_PER_REQUEST, -(-n // parts)))
+  return { batch = per, concurrency = concurrency }
+end
+
+-- One DeleteObjects round for keys: a result per key (true or an error).
+function Store:delete_round(keys, concurrency, client)
+  client = client or self.client
+  local r0 = client:stats().retries
+  local res, err = client:delete_many(keys, self:round_options(#keys, concurrency))
+  return self:round_results(keys, res, err, client:stats().retries - r0)
+end
+
+-- A round's replies (res, err as delete_many's) as a result per key; the
+-- number of requests the transport retried (pushed) sets the next rounds'
+-- parts.
+function Store:round_results(keys, res, err, pushed)
   local out = {}
   for i = 1, #keys do
     if not res then
@@ -232,7 +244,11 @@ end
 -- says so. (Quiet would save about 25 ms of CPU per 1,000 keys, but a
 -- well-formed reply that leaves a key out would then delete its row.)
 function Store:delete_many(keys, concurrency)
-  local out = self:delete_round(keys, concurrency)
+  return self:retry_keys(keys, self:delete_round(keys, concurrency), concurrency, self.client)
+end
+
+-- Keys refused alone (retry_key) go again; returns out with their results.
+function Store:retry_keys(keys, out, concurrency, client)
   local wait = M.KEY_BACKOFF
   for attempt = 1, M.KEY_RETRIES do
     local again, at = {}, {}
@@ -249,7 +265,7 @@ function Store:delete_many(keys, concurrency)
                                 wait_ms = math.floor(pause * 1000 + 0.5) })
     self.key_retries = (self.key_retries or 0) + #again
     if not sys.sleep(pause) or sys.stopping() then break end
-    local res = self:delete_round(again, concurrency)
+    local res = self:delete_round(again, concurrency, client)
     for j, i in ipairs(at) do out[i] = res[j] end
     wait = wait * 2
   end
@@ -261,6 +277,68 @@ function Store:delete_many(keys, concurrency)
   return out
 end
 
-function Store:close() self.client:close() end
+-- delete_many in two halves, so the caller can work meanwhile (the sweep
+-- claims its next batch while this one's objects are deleted):
+--   local d = store:delete_start(keys, n); ...; d:pump(); ...; d:finish()
+-- gives what delete_many(keys, n) would. The first round goes out at once
+-- on a client of its own (one call in flight per client: a second one
+-- while this one is out is another client); pump() moves it on without
+-- waiting; finish() waits for it, then retries keys refused alone, as
+-- delete_many does. A started delete must be finished: its keys may be
+-- deleted either way.
+local Pending = {}
+Pending.__index = Pending
+
+function Store:delete_start(keys, concurrency)
+  local client = table.remove(self.spare)
+  if not client then
+    local err
+    client, err = s3.client(self.opts)
+    if not client then error(err, 0) end -- the same options made self.client
+  end
+  self.lent[client] = true
+  local d = setmetatable({ store = self, client = client, keys = keys, concurrency = concurrency,
+                           r0 = client:stats().retries }, Pending)
+  local ok, p = pcall(client.delete_start, client, keys, self:round_options(#keys, concurrency))
+  if not ok then
+    d:give_back()
+    error(p, 0)
+  end
+  d.p = p
+  return d
+end
+
+function Pending:give_back()
+  local store = self.store
+  if store.lent[self.client] then
+    store.lent[self.client] = nil
+    store.spare[#store.spare + 1] = self.client
+  end
+end
+
+function Pending:pump()
+  if self.p then self.p:pump() end
+end
+
+function Pending:finish()
+  local store, client = self.store, self.client
+  local p = self.p
+  self.p = nil
+  local ok, res, err = pcall(p.finish, p)
+  if not ok then
+    self:give_back()
+    error(res, 0)
+  end
+  local out = store:round_results(self.keys, res, err, client:stats().retries - self.r0)
+  out = store:retry_keys(self.keys, out, self.concurrency, client)
+  self:give_back()
+  return out
+end
+
+function Store:close()
+  self.client:close()
+  for _, c in ipairs(self.spare) do c:close() end
+  self.spare = {}
+end
 
 return M

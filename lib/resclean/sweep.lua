@@ -22,11 +22,12 @@ local M = {}
 M.EXIT = errors.EXIT
 M.OUTCOMES = runs.OUTCOMES
 
-local batches
+local batches, pipeline, lane_for
 
 -- One sweep cycle. opts: pg (module), store (storage adapter), policy,
--- conninfo, dry_run, run_id, check_plan (hook), between_batches (hook),
--- emit. Returns exit code, summary fields.
+-- conninfo, dry_run, run_id, check_plan (hook), between_batches (hook,
+-- run with no batch of the cycle in flight; when cancels_waiting is given,
+-- only when it says that cancels wait), emit. Returns exit code, summary fields.
 function M.cycle(opts)
   local code, summary = session.with(opts, "sweep", function(conn, sql, run)
     return M.sweep_batches(conn, sql, opts.store, run, opts)
@@ -66,31 +67,104 @@ function batches(conn, sql, store, run, opts)
   run.eligible = res[1].n
   run.oldest_age_s = res[1].oldest
   if opts.check_plan then opts.check_plan(conn, sql, run) end
+  local pipe = { lanes = { { conn = conn, sql = sql } } }
+  local ended
+  ended, err = pipeline(pipe, store, run, opts)
+  for i = 2, #pipe.lanes do pipe.lanes[i].conn:close() end
+  return ended, err
+end
 
+-- The loop of batches, two at a time: while one batch's objects are being
+-- deleted (its transaction open, its rows deleted but not committed), the
+-- next is claimed and its rows deleted on a second session, and its
+-- deletes sent; then the first is finished (outcomes, commit, log). The
+-- storage never waits for the database or the log, and each batch keeps
+-- the invariant on its own (its rows commit after its objects are gone).
+-- The second session is opened when a batch comes back full; without it
+-- (it could not be opened) batches go one after the other.
+function pipeline(pipe, store, run, opts)
+  local p = run.policy
+  local inflight -- a started batch whose deletes are out
+  local function finish_inflight()
+    if not inflight then return true end
+    local b = inflight
+    inflight = nil
+    local items, err = batch.finish(b)
+    if not items then return nil, err end
+    run:progress()
+    return true
+  end
+  -- The cycle ends: what is in flight is finished first (its items logged).
+  local function stop(ended, err)
+    local ok, ferr = finish_inflight()
+    if err then return nil, err end
+    if not ok then return nil, ferr end
+    return ended
+  end
+  local function pump()
+    if inflight and inflight.pending then inflight.pending:pump() end
+  end
   local last
   local limit_left = p.max_deletes_per_run
   while true do
-    if sys.stopping() then return { stopped = sys.stopping() } end
+    if sys.stopping() then return stop({ stopped = sys.stopping() }) end
     -- No audit trail, no deletes: a log that cannot be written stops the
     -- sweep before the next claim.
     local ok_log, why = log.healthy()
-    if not ok_log then return nil, runs.log_unwritable(why) end
+    if not ok_log then return stop(nil, runs.log_unwritable(why)) end
     local n = p.batch_size
     if limit_left then
-      if limit_left <= 0 then return { limit_reached = true } end
+      if limit_left <= 0 then return stop({ limit_reached = true }) end
       n = math.min(n, limit_left)
     end
-    local items
-    items, err = batch.sweep(conn, sql, store, run, last, n)
-    if not items then return nil, err end
-    if #items == 0 then return {} end
-    last = items[#items]
-    if limit_left then limit_left = limit_left - #items end
-    run:progress()
     -- Cancels notified meanwhile go now, so a cycle delays them by at most
-    -- one batch (their own session: this one is between transactions).
-    if opts.between_batches then opts.between_batches() end
+    -- one batch. They lock rows on a session of their own: no batch of
+    -- this cycle may hold locks then.
+    if opts.between_batches and (not opts.cancels_waiting or opts.cancels_waiting()) then
+      local ok, err = finish_inflight()
+      if not ok then return nil, err end
+      opts.between_batches()
+    end
+    local lane = lane_for(pipe, inflight, run, opts)
+    if not lane then
+      local ok, err = finish_inflight()
+      if not ok then return nil, err end
+      lane = pipe.lanes[1]
+    end
+    local b, err = batch.start(lane.conn, lane.sql, store, run, last, n, pump)
+    if not b then return stop(nil, err) end
+    if #b.items == 0 then return stop({}) end
+    b.lane, b.full = lane, #b.items == n
+    last = b.items[#b.items]
+    if limit_left then limit_left = limit_left - #b.items end
+    -- The batch before ends while this one's deletes are out.
+    local ok
+    ok, err = finish_inflight()
+    inflight = b
+    if not ok then return stop(nil, err) end
   end
+end
+
+-- The session the next batch runs on while `inflight` is out: the other
+-- one, opened on first need. nil: go one after the other (nothing in
+-- flight uses lane 1, or a short batch said little is left, or a second
+-- session could not be opened).
+function lane_for(pipe, inflight, run, opts)
+  if not inflight then return pipe.lanes[1] end
+  if not inflight.full or pipe.off then return nil end
+  for _, lane in ipairs(pipe.lanes) do
+    if lane ~= inflight.lane then return lane end
+  end
+  local conn, sql = session.open(opts.pg, opts.conninfo, run.policy)
+  if not conn then
+    pipe.off = true
+    log.info("pipeline_off", { run_id = run.run_id, message = "a second database session could not be opened: "
+      .. "batches go one after the other", detail = errors.message(sql) })
+    return nil
+  end
+  local lane = { conn = conn, sql = sql }
+  pipe.lanes[#pipe.lanes + 1] = lane
+  return lane
 end
 
 -- Names the scripts and other modules use.
