@@ -51,6 +51,29 @@ describe("back-pressure", function()
   describe("per key in a DeleteObjects reply", function()
     local keys = { "k1", "k2", "k3", "k4", "k5", "k6" }
 
+    -- The sweep sends its deletes with delete_start and ends them with
+    -- finish(): the same retries as delete_many.
+    it("retries alike when the deletes were sent with delete_start and ended with finish()", function()
+      fake.config({ delete_objects = { status = 200,
+        delete_result = { errors = { k2 = "InternalError", k5 = "SlowDown" }, times = 2 } } })
+      local st = store()
+      local d = st:delete_start(keys, 4)
+      d:pump()
+      local res = d:finish()
+      -- Its client went back to the store for the next delete_start.
+      local again = st:delete_start({ "k1" }, 4):finish()
+      st:close()
+      for i, k in ipairs(keys) do assert.are.equal(true, res[i], k .. ": " .. tostring(res[i])) end
+      assert.are.same({ true }, again)
+      local reqs = delete_requests()
+      assert.are.equal(4, #reqs)
+      assert.are.equal(6, reqs[1].n)
+      for i = 2, 3 do
+        assert.are.equal(2, reqs[i].n, "retry " .. (i - 1) .. " sent other keys")
+        assert.is_true(reqs[i].keys.k2 and reqs[i].keys.k5)
+      end
+    end)
+
     it("retries only the keys refused with InternalError or SlowDown, with a growing backoff, in the same call",
       function()
         fake.config({ delete_objects = { status = 200,

@@ -224,6 +224,48 @@ describe("resclean.s3 on RGW", function()
     for _, k in ipairs(keys) do assert.is_false(assert(c:head(k)).exists) end
   end)
 
+  it("delete_start sends a DeleteObjects call that finish() ends with delete_many's results", function()
+    local keys = { "ds/a", "ds/missing", "ds/b", "tab\tkey" }
+    for _, k in ipairs(keys) do
+      if k ~= "ds/missing" then assert(c:put(k, "x")) end
+    end
+    rec.reset()
+    local d = c:delete_start(keys, { batch = 2 })
+    -- Sent before finish: the server is deleting while the caller works.
+    assert.is_true(rec.count(h.is_delete_objects) >= 1)
+    local ok, err = pcall(c.head, c, "ds/a")
+    assert.is_false(ok)
+    assert.matches("busy", err)
+    sys.sleep(0.05)
+    assert.is_boolean(d:pump())
+    local res, nfailed = d:finish()
+    assert.equal(0, nfailed)
+    for i, k in ipairs(keys) do
+      assert.equal(k, res[i].key)
+      assert.is_true(res[i].deleted, k)
+    end
+    assert.equal(2, rec.count(h.is_delete_objects))
+    assert.equal(1, rec.count(function(call) return call.method == "DELETE" end))
+    for _, k in ipairs(keys) do assert.is_false(assert(c:head(k)).exists) end
+    assert.has_error(function() d:finish() end, "this delete_start was already finished")
+  end)
+
+  it("frees the client when a delete_start is dropped unfinished", function()
+    assert(c:put("ds/dropped", "x"))
+    do
+      local d = c:delete_start({ "ds/dropped" }) -- luacheck: ignore 211
+    end
+    collectgarbage()
+    collectgarbage()
+    -- The client is free again; the key may or may not be gone.
+    assert.is_table(assert(c:head("ds/dropped")))
+    assert.is_true(c:delete("ds/dropped"))
+    do
+      local d <close> = c:delete_start({ "ds/closed" }) -- luacheck: ignore 211
+    end
+    assert.is_false(assert(c:head("ds/closed")).exists)
+  end)
+
   it("reports a key a bucket policy protects as AccessDenied and deletes the others", function()
     local keys = { "pol/other-a", "pol/protected", "pol/other-b" }
     for _, k in ipairs(keys) do assert(c:put(k, "x")) end
