@@ -12,14 +12,15 @@ local fake
 
 local function store(extra) return assert(fake.store(extra)) end
 
--- The DeleteObjects requests the fake received: list of {keys = set, n = count, t = time}.
+-- The DeleteObjects requests the fake received: list of {keys = set, n = count, t = time,
+-- quiet = Quiet asked}.
 local function delete_requests()
   local out = {}
   for _, r in ipairs(fake.log()) do
     if r.kind == "delete_objects" then
       local set = {}
       for _, k in ipairs(r.keys or {}) do set[k] = true end
-      out[#out + 1] = { keys = set, n = #(r.keys or {}), t = r.t }
+      out[#out + 1] = { keys = set, n = #(r.keys or {}), t = r.t, quiet = r.quiet }
     end
   end
   return out
@@ -202,9 +203,47 @@ describe("back-pressure", function()
     setup(function() conn = fx.connect() end)
     teardown(function() if conn then conn:close() end end)
 
-    local function sweep()
-      return fs.run({ "scripts/sweep.lua", "--once" }, fs.env("fake-bucket", { AWS_ENDPOINT_URL_S3 = fake.endpoint }))
+    local function sweep(policy)
+      local argv = { "scripts/sweep.lua", "--once" }
+      if policy then
+        argv[#argv + 1] = "--policy"
+        argv[#argv + 1] = fs.policy(policy)
+      end
+      return fs.run(argv, fs.env("fake-bucket", { AWS_ENDPOINT_URL_S3 = fake.endpoint }))
     end
+
+    it("asks for Quiet replies with verify = false: a key listed as an error keeps its row, the rest are deleted",
+      function()
+      fx.reset(conn)
+      local ids = fx.rows(conn, 4)
+      fake.config({ delete_objects = { status = 200, delete_result = { errors = { [ids[2]] = "AccessDenied" } } } })
+      local r = sweep("return { verify = false }")
+      assert.are.equal(1, r.code, r.stderr)
+      local reqs = delete_requests()
+      assert.are.equal(1, #reqs)
+      assert.is_true(reqs[1].quiet)
+      assert.are.same({ "failed", "AccessDenied" }, { r.outcomes[ids[2]].outcome, r.outcomes[ids[2]].reason })
+      local rows = fx.existing_rows(conn, ids)
+      assert.is_true(rows[ids[2]])
+      for _, i in ipairs({ 1, 3, 4 }) do
+        assert.are.equal("deleted", r.outcomes[ids[i]].outcome)
+        assert.is_nil(rows[ids[i]])
+      end
+    end)
+
+    it("asks for verbose replies with verify on: a key the reply leaves out keeps its row (NotInReply)", function()
+      fx.reset(conn)
+      local ids = fx.rows(conn, 3)
+      fake.config({ delete_objects = { status = 200, delete_result = { omit = { ids[3] } } } })
+      local r = sweep()
+      assert.are.equal(1, r.code, r.stderr)
+      local reqs = delete_requests()
+      assert.are.equal(1, #reqs)
+      assert.is_false(reqs[1].quiet)
+      assert.are.same({ "failed", "NotInReply" }, { r.outcomes[ids[3]].outcome, r.outcomes[ids[3]].reason })
+      assert.is_true(fx.existing_rows(conn, ids)[ids[3]])
+      assert.are.equal("record_only", r.outcomes[ids[1]].outcome)
+    end)
 
     it("keeps the row of a key that is still refused after the retries and deletes the rest (exit 1)", function()
       fx.reset(conn)

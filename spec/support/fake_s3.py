@@ -89,7 +89,8 @@ def request_keys(body):
     return [el.text or "" for el in root.iter() if el.tag.endswith("Key")]
 
 
-def delete_result(spec, keys):
+def delete_result(spec, keys, quiet=False):
+    """A DeleteResult for keys; Quiet (as S3): only the keys with an error are listed."""
     parts = ['<?xml version="1.0" encoding="UTF-8"?><DeleteResult>']
     times = spec.get("times")
     for k in keys:
@@ -101,6 +102,8 @@ def delete_result(spec, keys):
         if k in spec.get("errors", {}) and (times is None or seen <= times):
             parts.append("<Error><Key>%s</Key><Code>%s</Code><Message>no</Message></Error>"
                          % (escape(k), spec["errors"][k]))
+        elif quiet:
+            continue
         elif spec.get("nokey"):
             parts.append("<Deleted></Deleted>")
         else:
@@ -124,6 +127,7 @@ class Handler(BaseHTTPRequestHandler):
         md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
         is_delete = self.path.endswith("?delete") or "?delete=" in self.path or kind == "delete_objects"
         keys = request_keys(body) if is_delete else None
+        quiet = is_delete and b"<Quiet>true</Quiet>" in body
         with LOCK:
             LOG.append({
                 "method": self.command, "path": self.path, "kind": kind,
@@ -131,6 +135,7 @@ class Handler(BaseHTTPRequestHandler):
                 "body_len": len(body),
                 "md5_ok": self.headers.get("Content-MD5") == md5,
                 "keys": keys,
+                "quiet": quiet,
                 "t": time.monotonic(),
             })
             if SCRIPT is None:
@@ -146,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if "delete_result" in reply or reply.get("echo"):
-            data = delete_result(reply.get("delete_result") or {}, keys or []).encode()
+            data = delete_result(reply.get("delete_result") or {}, keys or [], quiet).encode()
         elif "body_file" in reply:
             with open(reply["body_file"], "rb") as f:
                 data = f.read()
