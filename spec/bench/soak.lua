@@ -3,9 +3,12 @@
 -- (it empties the upstream tables; see fixtures.throwaway).
 --
 --   resclean run spec/bench/soak.lua [--cycles 1000] [--every 100] [--rows 4] [--objects 0.75]
+--                                    [--batch-size 2]
 --
 -- It starts `resclean run sweep --policy P` (interval = 1, jitter = 0, a
--- fresh bucket) and, as a writer, inserts --rows stale pending rows every
+-- fresh bucket, batch_size 2: a cycle's few rows make several full
+-- batches, so every cycle opens and closes the two-batch pipeline's second
+-- session and S3 client) and, as a writer, inserts --rows stale pending rows every
 -- second (a fraction with an object) for as long as the sweep runs. Every
 -- --every cycles (a cycle is one "sweep" summary line) it samples the
 -- sweeper half a second after that cycle ended, while it waits for the
@@ -31,7 +34,8 @@ local sys = require("resclean.sys")
 
 local check = fx.check
 
-local USAGE = "usage: resclean run spec/bench/soak.lua [--cycles 1000] [--every 100] [--rows 4] [--objects 0.75]\n"
+local USAGE = "usage: resclean run spec/bench/soak.lua [--cycles 1000] [--every 100] [--rows 4] [--objects 0.75]"
+  .. " [--batch-size 2]\n"
 
 -- Stale pending rows with the given ids (two days old).
 local INSERT = [[
@@ -88,7 +92,8 @@ local function tail(path)
 end
 
 local function main(...)
-  local opts = config.parse_args({ ... }, { cycles = "value", every = "value", rows = "value", objects = "value" })
+  local opts = config.parse_args({ ... }, { cycles = "value", every = "value", rows = "value", objects = "value",
+                                            ["batch-size"] = "value" })
   if not opts then
     io.stderr:write(USAGE)
     return 2
@@ -97,7 +102,9 @@ local function main(...)
   local every = math.tointeger(tonumber(opts.every or 100))
   local per_s = math.tointeger(tonumber(opts.rows or 4))
   local frac = tonumber(opts.objects or 0.75)
-  if not (cycles and every and per_s and frac and cycles >= every and every > 0 and per_s >= 0) then
+  local batch_size = math.tointeger(tonumber(opts["batch-size"] or 2))
+  if not (cycles and every and per_s and frac and batch_size and cycles >= every and every > 0 and per_s >= 0
+      and batch_size >= 1) then
     io.stderr:write("soak: bad numbers\n", USAGE)
     return 2
   end
@@ -112,10 +119,11 @@ local function main(...)
   local bucket = fx.unique_bucket("soak")
   local client = fx.bucket(bucket)
   local dir = h.tmpdir()
-  local pfile = h.write(dir .. "/policy.lua", ("return { bucket = %q, interval = 1, jitter = 0 }\n"):format(bucket))
+  local pfile = h.write(dir .. "/policy.lua", ("return { bucket = %q, interval = 1, jitter = 0, batch_size = %d }\n")
+    :format(bucket, batch_size))
   local sweeper = h.spawn({ "run", "sweep", "--policy", pfile }, h.script_env(bucket))
-  say("soak: sweeper pid %d, %d cycles (interval 1 s, jitter 0), %d stale rows a second arriving (%.0f%% with an"
-    .. " object), a sample every %d cycles", sweeper.pid, cycles, per_s, frac * 100, every)
+  say("soak: sweeper pid %d, %d cycles (interval 1 s, jitter 0, batch_size %d), %d stale rows a second arriving"
+    .. " (%.0f%% with an object), a sample every %d cycles", sweeper.pid, cycles, batch_size, per_s, frac * 100, every)
 
   local lines = tail(sweeper.dir .. "/out")
   local t0 = sys.monotime()
@@ -126,6 +134,7 @@ local function main(...)
   local next_insert = t0
   local bad = {}
   local has_obj, dishonest = {}, 0
+  local piped = 0 -- cycles with more rows than a batch: the second session and client were used
   local ok, err = pcall(function()
     while n_cycle < cycles or sample_at do
       if not sweeper.alive() then error(("the sweeper exited early: %s"):format(sweeper.stderr():sub(1, 600)), 0) end
@@ -157,6 +166,7 @@ local function main(...)
           for _, k in ipairs({ "object_deleted", "record_only", "deleted", "failed", "skipped" }) do
             counts[k] = (counts[k] or 0) + (tonumber(s[k]) or 0)
           end
+          if (tonumber(s.total) or 0) > batch_size then piped = piped + 1 end
           if (tonumber(s.failed) or 0) > 0 and #bad < 5 then bad[#bad + 1] = "cycle " .. n_cycle .. ": " .. line end
           if n_cycle % every == 0 and n_cycle <= cycles then sample_at = sys.monotime() + 0.5 end
         elseif line:find('"event":"resource"', 1, true) then
@@ -222,6 +232,7 @@ local function main(...)
     fmax))
   verdict(smin == smax, "database sessions %s", smin == smax and ("constant at " .. smin)
     or ("between %d and %d"):format(smin, smax))
+  verdict(piped > 0, "cycles that ran two batches at once (more than batch_size rows): %d of %d", piped, n_cycle)
   verdict(orphans == 0, "objects whose row is gone: %d", orphans)
   verdict(dishonest == 0, "outcomes other than the object's existence says: %d", dishonest)
   verdict((counts.failed or 0) == 0 and #bad == 0, "failed resources and error lines: %d", #bad)
