@@ -146,9 +146,9 @@ function pipeline(pipe, store, run, opts)
 end
 
 -- The session the next batch runs on while `inflight` is out: the other
--- one, opened on first need. nil: go one after the other (nothing in
--- flight uses lane 1, or a short batch said little is left, or a second
--- session could not be opened).
+-- one, opened on first need; lane 1 when nothing is in flight. nil: finish
+-- the batch in flight first, then use lane 1 (it came back short, so
+-- little is left; or no second session could be opened).
 function lane_for(pipe, inflight, run, opts)
   if not inflight then return pipe.lanes[1] end
   if not inflight.full or pipe.off then return nil end
