@@ -40,6 +40,17 @@ describe("the error classification", function()
     end
   end)
 
+  it("names the connection limit when the server has no session left (transient)", function()
+    for _, e in ipairs({
+      pg("53300", "too many connections for role \"resclean\""),
+      pg("connection", "connection to server failed: FATAL:  sorry, too many clients already", true),
+      pg("connection", "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute", true),
+    }) do
+      assert.are.equal(3, errors.exit_code(e))
+      assert.matches("CONNECTION LIMIT", errors.message(e), 1, true)
+    end
+  end)
+
   it("keeps a lock timeout, an oversized or malformed reply and a per-key error to the resource (exit 1)", function()
     for _, e in ipairs({
       pg("55P03"), s3("ReplyTooLarge"), s3("MalformedReply", 200), s3("NotInReply", 200),

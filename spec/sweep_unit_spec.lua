@@ -205,6 +205,9 @@ local function fake_db(n, opts)
 
   db.connects, db.closes, db.commits = 0, 0, {}
   db.pg = { connect = function()
+    if opts.max_connects and db.connects >= opts.max_connects then
+      return nil, pgerr("53300", "too many connections for role \"resclean\"")
+    end
     db.connects = db.connects + 1
     return new_conn()
   end }
@@ -491,6 +494,22 @@ describe("sweep (in-process): two batches in flight", function()
     assert.are.equal(0, code)
     assert.are.same({ "start 1", "finish 1", "commit 2", "commit 0" }, trace)
     assert.are.same({ 1, 1 }, { db.connects, db.closes })
+  end)
+
+  it("goes one batch after the other, and says so once, when no second session can be opened", function()
+    local trace = {}
+    local db = fake_db(7, { trace = trace, max_connects = 1 })
+    local code, summary, _, lines = cycle(db, fake_store(ids(1, 7), { trace = trace }), { batch_size = 3 })
+    assert.are.equal(0, code, summary.error)
+    assert.are.same({}, db.left())
+    assert.are.same({ "start 1", "finish 1", "commit 3", "start 2", "finish 2", "commit 3", "start 3", "finish 3",
+                      "commit 1", "commit 0" }, trace)
+    local off = {}
+    for _, l in ipairs(lines) do
+      if l.event == "pipeline_off" then off[#off + 1] = l end
+    end
+    assert.are.equal(1, #off)
+    assert.matches("too many connections", off[1].fields.detail)
   end)
 
   it("finishes and commits the batch in flight when the next one's DELETE fails, then ends (exit 3)", function()

@@ -88,12 +88,20 @@ local S3_TRANSIENT = { InternalError = true, ServiceUnavailable = true, SlowDown
                        dns = true }
 local S3_TRANSIENT_HINT = "is the S3 endpoint up and reachable? check AWS_ENDPOINT_URL_S3"
 local PG_TRANSIENT_HINT = "is PostgreSQL up and reachable? check the host and port in DATABASE_URL"
+-- Too many sessions: transient, but the limit is worth naming.
+local PG_LIMIT_HINT = "the server's max_connections or the role's CONNECTION LIMIT is reached: a sweep uses up to "
+  .. "three sessions (two for its batches, one listening for cancels)"
+local PG_LIMIT_MESSAGES = { "too many connections", "too many clients", "remaining connection slots are reserved" }
 
 -- The class of an error, and a hint naming what to check.
 local function classify_pg(err)
   local code = tostring(err.code or "")
+  if code == "53300" then return "transient", PG_LIMIT_HINT end
   if code == "connection" then
     local msg = tostring(err.message or "")
+    for _, m in ipairs(PG_LIMIT_MESSAGES) do
+      if msg:find(m, 1, true) then return "transient", PG_LIMIT_HINT end
+    end
     for _, m in ipairs(PG_CONNECT_CONFIG) do
       if msg:find(m[1]) then return "config", PG_CONFIG[m[2]] or PG_CONNECT_HINT[m[2]] end
     end

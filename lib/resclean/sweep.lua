@@ -158,8 +158,8 @@ function lane_for(pipe, inflight, run, opts)
   local conn, sql = session.open(opts.pg, opts.conninfo, run.policy)
   if not conn then
     pipe.off = true
-    log.info("pipeline_off", { run_id = run.run_id, message = "a second database session could not be opened: "
-      .. "batches go one after the other", detail = errors.message(sql) })
+    run.emit("info", "pipeline_off", { run_id = run.run_id, message = "a second database session could not be "
+      .. "opened: batches go one after the other", detail = errors.message(sql) })
     return nil
   end
   local lane = { conn = conn, sql = sql }
