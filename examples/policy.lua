@@ -33,8 +33,8 @@ return {
   -- How hard to sweep.
   batch_size = 1000,                 -- rows claimed and locked per transaction (1-10000)
   verify = true,                     -- HEAD each object first: outcomes say whether it existed
-                                     -- (false: no HEADs, and Quiet DeleteObjects replies)
   verify_list = true,                -- a bucket small next to the backlog is listed instead (false: HEADs)
+  quiet_deletes = true,              -- S3 lists only the keys it could not delete (false: every key)
   concurrency = 64,                  -- most HEAD requests at once: starts at 16, grows while that helps
   max_deletes_per_run = 0,           -- 0: no limit
 

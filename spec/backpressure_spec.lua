@@ -212,12 +212,12 @@ describe("back-pressure", function()
       return fs.run(argv, fs.env("fake-bucket", { AWS_ENDPOINT_URL_S3 = fake.endpoint }))
     end
 
-    it("asks for Quiet replies with verify = false: a key listed as an error keeps its row, the rest are deleted",
+    it("asks for Quiet replies by default: a key listed as an error keeps its row, the rest are deleted",
       function()
       fx.reset(conn)
       local ids = fx.rows(conn, 4)
       fake.config({ delete_objects = { status = 200, delete_result = { errors = { [ids[2]] = "AccessDenied" } } } })
-      local r = sweep("return { verify = false }")
+      local r = sweep()
       assert.are.equal(1, r.code, r.stderr)
       local reqs = delete_requests()
       assert.are.equal(1, #reqs)
@@ -226,16 +226,17 @@ describe("back-pressure", function()
       local rows = fx.existing_rows(conn, ids)
       assert.is_true(rows[ids[2]])
       for _, i in ipairs({ 1, 3, 4 }) do
-        assert.are.equal("deleted", r.outcomes[ids[i]].outcome)
+        assert.are.equal("record_only", r.outcomes[ids[i]].outcome)
         assert.is_nil(rows[ids[i]])
       end
     end)
 
-    it("asks for verbose replies with verify on: a key the reply leaves out keeps its row (NotInReply)", function()
+    it("asks for verbose replies with quiet_deletes = false: a key the reply leaves out keeps its row (NotInReply)",
+      function()
       fx.reset(conn)
       local ids = fx.rows(conn, 3)
       fake.config({ delete_objects = { status = 200, delete_result = { omit = { ids[3] } } } })
-      local r = sweep()
+      local r = sweep("return { quiet_deletes = false }")
       assert.are.equal(1, r.code, r.stderr)
       local reqs = delete_requests()
       assert.are.equal(1, #reqs)

@@ -333,9 +333,9 @@ function storage_start(ctx, items)
     for i = 1, #keys do results[i] = true end
     ctx.results = results
   else
-    -- verify = false trades per-key evidence for speed: Quiet replies
-    -- (storage.lua), whose keys count as deleted unless listed as errors.
-    local dopts = { quiet = not p.verify }
+    -- Quiet replies (storage.lua): a key counts as deleted unless listed
+    -- as an error; quiet_deletes = false: only when listed as deleted.
+    local dopts = { quiet = p.quiet_deletes ~= false }
     if store.delete_start then
       ctx.pending = store:delete_start(keys, p.concurrency, dopts)
     else

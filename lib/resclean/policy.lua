@@ -36,6 +36,7 @@ function M.defaults()
     batch_size = 1000,                     -- rows claimed (and locked) per transaction
     verify = true,                         -- HEAD objects first for honest outcomes
     verify_list = true,                    -- verify by listing a bucket small next to the backlog
+    quiet_deletes = true,                  -- DeleteObjects replies list only the keys not deleted
     concurrency = 64,                      -- most S3 requests at once (HEADs adapt from 16 up to this)
     max_deletes_per_run = 0,               -- 0: no limit
     lock_timeout = 5,                      -- seconds; cancel waits this long on a locked row
@@ -141,6 +142,7 @@ local FIELDS = {
   batch_size = { int_range(1, 10000), "an integer from 1 to 10000" },
   verify = { is_bool, "true or false" },
   verify_list = { is_bool, "true or false" },
+  quiet_deletes = { is_bool, "true or false" },
   concurrency = { int_range(1, 256), "an integer from 1 to 256" },
   max_deletes_per_run = { int_range(0, math.maxinteger), "an integer >= 0 (0: no limit)" },
   lock_timeout = { dur_range(0.001, 3600), "a duration from 1 ms to 1 h" },

@@ -245,11 +245,12 @@ end
 -- says so (<Deleted>), and one a reply leaves out is failed (NotInReply).
 -- opts.quiet asks for Quiet replies, which S3 defines to list only the keys
 -- it could not delete: a key not listed counts as deleted. The sweep uses
--- them with verify = false: across a network a verbose reply costs a TCP
--- segment a key (RGW flushes each <Deleted>), which was the last 10%
--- between the sweep and the bare floor. Quiet also works with servers that
--- ignore it (they list <Deleted> keys: deleted) and with those that never
--- list <Deleted> keys (Baidu BOS is reported to).
+-- them (policy quiet_deletes, default true): across a network a verbose
+-- reply costs a TCP segment a key (RGW flushes each <Deleted>), 10-20% of
+-- the sweep's rate in the bench's remote profile. Quiet also works with
+-- servers that ignore it (they list <Deleted> keys: deleted) and with those
+-- that never list <Deleted> keys (Baidu BOS is reported to). Reconcile
+-- keeps verbose replies.
 function Store:delete_many(keys, concurrency, opts)
   local quiet = opts and opts.quiet
   return self:retry_keys(keys, self:delete_round(keys, concurrency, self.client, quiet), concurrency, self.client,
