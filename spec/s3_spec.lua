@@ -658,6 +658,18 @@ describe("resclean.s3 failure modes (scripted fake server)", function()
     c:close()
   end)
 
+  it("trusts no key of a DeleteObjects reply that names a key the request did not carry, Quiet or not", function()
+    for _, quiet in ipairs({ true, false }) do
+      f.script({ { status = 200, body = "<DeleteResult><Deleted><Key>a</Key></Deleted>"
+        .. "<Deleted><Key>someone-else</Key></Deleted></DeleteResult>" } })
+      local c = f.client({ max_attempts = 1 })
+      local res, nfailed = c:delete_many({ "a", "b" }, { quiet = quiet })
+      c:close()
+      assert.equal(2, nfailed, "quiet " .. tostring(quiet))
+      for i = 1, 2 do assert.equal("MalformedReply", res[i].err.code) end
+    end
+  end)
+
   it("trusts no key of a DeleteObjects reply that is HTML, truncated, keyless, empty, an Error or has a DTD",
     function()
       local c = f.client({ max_attempts = 1 })

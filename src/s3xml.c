@@ -244,8 +244,12 @@ static void dm_apply(dm_parse *d, int deleted) {
     s3xml_key probe = {d->key.p ? d->key.p : "", d->key.len, 0, S3XML_KEY_PENDING, "", ""};
     s3xml_key *pp = &probe;
     s3xml_key **hit = bsearch(&pp, d->order, d->norder, sizeof *d->order, s3xml_key_cmp);
-    if (hit == NULL)
-        return; /* a key we did not ask for: ignore */
+    if (hit == NULL) {
+        /* A key this request did not carry: the reply answers something else and cannot be
+         * trusted, the less so in Quiet mode, where a key not listed counts as deleted. */
+        d->bad = 1;
+        return;
+    }
     while (hit > d->order && s3xml_key_cmp(hit - 1, &pp) == 0)
         hit--;
     for (; hit < d->order + d->norder && s3xml_key_cmp(hit, &pp) == 0; hit++) {

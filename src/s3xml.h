@@ -56,7 +56,8 @@ void s3xml_delete_request(buf *b, s3xml_key *const *keys, size_t n, int quiet);
  * states PENDING). A key is DELETED only when the reply lists it in <Deleted> (or, Quiet,
  * does not list it as an <Error>); listed errors are ERROR (an error wins over a <Deleted>
  * for the same key), keys not mentioned NOT_IN_REPLY. 0, or -1 when the reply is not a
- * well-formed DeleteResult: the states then mean nothing and no key counts as deleted. */
+ * well-formed DeleteResult, or names a key the request did not carry (it answers something
+ * else): the states then mean nothing and no key counts as deleted. */
 int s3xml_delete_result(const char *body, size_t len, s3xml_key **order, size_t n, int quiet);
 
 /* ---- ListObjectsV2 */
