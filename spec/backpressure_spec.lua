@@ -54,37 +54,28 @@ describe("back-pressure", function()
 
     -- The sweep sends its deletes with delete_start and ends them with
     -- finish(): the same retries as delete_many.
-    it("retries alike when the deletes were sent with delete_start and ended with finish()", function()
-      fake.config({ delete_objects = { status = 200,
-        delete_result = { errors = { k2 = "InternalError", k5 = "SlowDown" }, times = 2 } } })
-      local st = store()
-      local d = st:delete_start(keys, 4)
-      d:pump()
-      local res = d:finish()
-      -- Its client went back to the store for the next delete_start.
-      local again = st:delete_start({ "k1" }, 4):finish()
-      st:close()
-      for i, k in ipairs(keys) do assert.are.equal(true, res[i], k .. ": " .. tostring(res[i])) end
-      assert.are.same({ true }, again)
-      local reqs = delete_requests()
-      assert.are.equal(4, #reqs)
-      assert.are.equal(6, reqs[1].n)
-      for i = 2, 3 do
-        assert.are.equal(2, reqs[i].n, "retry " .. (i - 1) .. " sent other keys")
-        assert.is_true(reqs[i].keys.k2 and reqs[i].keys.k5)
-      end
-    end)
-
-    it("retries only the keys refused with InternalError or SlowDown, with a growing backoff, in the same call",
-      function()
+    local calls = {
+      delete_many = function(st) return st:delete_many(keys, 4) end,
+      delete_start = function(st)
+        local d = st:delete_start(keys, 4)
+        d:pump()
+        local res = d:finish()
+        -- Its client went back to the store for the next delete_start.
+        assert.are.same({ true }, st:delete_start({ "k7" }, 4):finish())
+        return res
+      end,
+    }
+    for _, how in ipairs({ "delete_many", "delete_start" }) do
+      it("retries only the keys refused with InternalError or SlowDown, with a growing backoff, in the same call ("
+        .. how .. ")", function()
         fake.config({ delete_objects = { status = 200,
           delete_result = { errors = { k2 = "InternalError", k5 = "SlowDown" }, times = 2 } } })
         local st = store()
-        local res = st:delete_many(keys, 4)
+        local res = calls[how](st)
         st:close()
         for i, k in ipairs(keys) do assert.are.equal(true, res[i], k .. ": " .. tostring(res[i])) end
         local reqs = delete_requests()
-        assert.are.equal(3, #reqs)
+        assert.are.equal(how == "delete_start" and 4 or 3, #reqs)
         assert.are.equal(6, reqs[1].n)
         for i = 2, 3 do
           assert.are.equal(2, reqs[i].n, "retry " .. (i - 1) .. " sent other keys")
@@ -94,6 +85,7 @@ describe("back-pressure", function()
         assert.is_true(reqs[2].t - reqs[1].t >= 0.025, "first retry after " .. (reqs[2].t - reqs[1].t))
         assert.is_true(reqs[3].t - reqs[2].t >= 0.05, "second retry after " .. (reqs[3].t - reqs[2].t))
       end)
+    end
 
     it("gives a key that keeps failing its last error after KEY_RETRIES more attempts, the others deleted once",
       function()
