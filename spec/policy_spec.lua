@@ -14,6 +14,7 @@ describe("the policy", function()
     assert.are.same({ "WORD_LIST", "RULE_LIST", "MASK_LIST", "CHARSET" }, p.upload_types)
     assert.are.equal(86400, p.max_age)
     assert.are.equal(3600, p.interval)
+    assert.is_true(p.verify and p.verify_list and p.quiet_deletes)
     assert.are.equal("11111111-2222-3333-4444-555555555555", p.key({ id = "11111111-2222-3333-4444-555555555555" }))
   end)
 
@@ -50,6 +51,7 @@ describe("the policy", function()
     { "bad pattern", 'return { key_pattern = "[" }', "key_pattern", "valid Lua pattern" },
     { "key not a function", 'return { key = "id" }', "key", "function" },
     { "empty types", "return { upload_types = {} }", "upload_types", "non-empty list" },
+    { "quiet_deletes not a boolean", 'return { quiet_deletes = "no" }', "quiet_deletes", "true or false" },
   }
   for _, case in ipairs(bad) do
     it("rejects a policy file with a " .. case[1] .. ", naming the file and the field", function()
