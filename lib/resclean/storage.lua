@@ -4,7 +4,8 @@
 --   delete_many(keys, n[, opts]) -> { true | err, ... }        (up to n requests at once;
 --                                 opts.quiet: Quiet replies, see Store:delete_many)
 --   check()                    -> true | nil, err   (bucket reachable with these credentials)
--- Anything else (fakes in unit specs) with the same three methods will do.
+-- Anything else (fakes in unit specs) with the same three methods will do;
+-- delete_start (below) is optional: without it the sweep deletes at once.
 --
 -- Across a network the HEADs of a batch are bound by latency, not by the
 -- server: how many go at once adapts (see Store:head_many), and a bucket
