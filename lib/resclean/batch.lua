@@ -23,6 +23,7 @@ local M = {}
 local claim, keys_of, delete_rows, delete_part, named_item, storage_start, decide, restore
 
 local function to_ms(seconds) return math.floor(seconds * 1000 + 0.5) end
+local function nothing() end
 
 -- A transaction's end without commit (rolls back; never raises).
 local function close_tx(tx)
@@ -52,7 +53,7 @@ function M.start(conn, sql, store, run, last, n, pump)
   if not tx then return nil, err end
   -- stale: every row is older than max_age (cancel's are not)
   local b = { conn = conn, tx = tx, sql = sql, store = store, run = run, stale = true, phase = {}, t0 = t0,
-              pump = pump or function() end }
+              pump = pump or nothing }
   local ok
   ok, err = conn:query("SET CONSTRAINTS ALL IMMEDIATE")
   local items
@@ -102,7 +103,7 @@ end
 -- logged as failed.
 function M.settle(ctx, items)
   ctx.phase = ctx.phase or {}
-  ctx.pump = ctx.pump or function() end
+  ctx.pump = ctx.pump or nothing
   local ok, err = M.begin_settle(ctx, items)
   if not ok then return nil, err end
   return M.end_settle(ctx)
@@ -149,13 +150,10 @@ end
 
 -- Database trouble mid-batch: the transaction rolls back; objects already
 -- deleted leave rows behind (the next run's record_only). Every item not
--- yet logged is logged failed. Returns nil, err.
+-- yet logged is logged failed. Returns nil, err. No deletes are out then:
+-- the rows fail before they are sent, the put-back after they answered.
 function M.abort(ctx, items, err)
   close_tx(ctx.tx)
-  if ctx.pending then -- deletes sent: wait for them, their keys may be gone either way
-    ctx.pending:finish()
-    ctx.pending = nil
-  end
   for _, it in ipairs(items) do
     if not it.logged then ctx.run:outcome(it, "failed", "database") end
   end
