@@ -204,7 +204,6 @@ end
 
 -- One DeleteObjects round for keys: a result per key (true or an error).
 function Store:delete_round(keys, concurrency, client, quiet)
-  client = client or self.client
   local r0 = client:stats().retries
   local res, err = client:delete_many(keys, self:round_options(#keys, concurrency, quiet))
   return self:round_results(keys, res, err, client:stats().retries - r0)
