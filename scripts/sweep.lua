@@ -81,8 +81,8 @@ local function main(...)
       pg = pg, store = store, policy = p, conninfo = config.conninfo(),
       dry_run = opts["dry-run"], check_plan = require("resclean.plan").check,
       run_id = opts.once and app.run_id or nil,
-      between_batches = listener and listener:between_batches(cancel_opts) or nil,
       cancels_waiting = listener and function() return listener:waiting() end or nil,
+      between_batches = listener and function() listener:cancel_queued(cancel_opts) end or nil,
     })
     store:close()
     app.report(summary)

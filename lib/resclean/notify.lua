@@ -287,19 +287,12 @@ function Listener:sleeper(opts)
   end
 end
 
--- Whether ids wait to be cancelled (what arrived is taken in first).
+-- Whether ids wait to be cancelled (what arrived is taken in first). The
+-- sweep asks between two batches and then runs cancel_queued, so a cycle
+-- delays a notification by at most one batch.
 function Listener:waiting()
   if self.conn then self:drain() end
   return self.queue:size() > 0
-end
-
--- Between two batches of a cycle: take what arrived and cancel it now, so
--- a cycle delays a notification by at most one batch.
-function Listener:between_batches(opts)
-  return function()
-    if self.conn then self:drain() end
-    if self.queue:size() > 0 then self:cancel_queued(opts) end
-  end
 end
 
 function Listener:close()
