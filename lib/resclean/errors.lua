@@ -34,8 +34,9 @@ local PG_TRANSIENT = { ["57P01"] = true, ["57P02"] = true, ["57P03"] = true, ["5
 local PG_ITEM = { ["55P03"] = true } -- lock_timeout: that resource is skipped
 
 -- A failed connection has no SQLSTATE from libpq, only the server's (or
--- libpq's) message: the well-known ones that configuration must fix.
-local PG_CONNECT_CONFIG = {
+-- libpq's) message: the well-known ones, configuration to fix unless the
+-- entry says "transient".
+local PG_CONNECT_MESSAGES = {
   { "password authentication failed", "28P01" },
   { "no password supplied", "28P01" },
   { "no pg_hba%.conf entry", "28000" },
@@ -52,8 +53,15 @@ local PG_CONNECT_CONFIG = {
   { "invalid URI", "conninfo" },
   { "invalid integer value", "conninfo" },
   { "could not translate host name", "host" },
+  { "too many connections", "limit", "transient" },
+  { "too many clients", "limit", "transient" },
+  { "remaining connection slots are reserved", "limit", "transient" },
 }
+-- Too many sessions: transient, but the limit is worth naming.
+local PG_LIMIT_HINT = "the server's max_connections or the role's CONNECTION LIMIT is reached: a sweep uses up to "
+  .. "three sessions (two for its batches, one listening for cancels)"
 local PG_CONNECT_HINT = {
+  limit = PG_LIMIT_HINT,
   sslrootcert = "point sslrootcert= in DATABASE_URL, or PGSSLROOTCERT, at the CA that signed the server's "
     .. "certificate (a service user has no ~/.postgresql/root.crt)",
   sslmode = "check sslmode in DATABASE_URL",
@@ -88,10 +96,6 @@ local S3_TRANSIENT = { InternalError = true, ServiceUnavailable = true, SlowDown
                        dns = true }
 local S3_TRANSIENT_HINT = "is the S3 endpoint up and reachable? check AWS_ENDPOINT_URL_S3"
 local PG_TRANSIENT_HINT = "is PostgreSQL up and reachable? check the host and port in DATABASE_URL"
--- Too many sessions: transient, but the limit is worth naming.
-local PG_LIMIT_HINT = "the server's max_connections or the role's CONNECTION LIMIT is reached: a sweep uses up to "
-  .. "three sessions (two for its batches, one listening for cancels)"
-local PG_LIMIT_MESSAGES = { "too many connections", "too many clients", "remaining connection slots are reserved" }
 
 -- The class of an error, and a hint naming what to check.
 local function classify_pg(err)
@@ -99,11 +103,8 @@ local function classify_pg(err)
   if code == "53300" then return "transient", PG_LIMIT_HINT end
   if code == "connection" then
     local msg = tostring(err.message or "")
-    for _, m in ipairs(PG_LIMIT_MESSAGES) do
-      if msg:find(m, 1, true) then return "transient", PG_LIMIT_HINT end
-    end
-    for _, m in ipairs(PG_CONNECT_CONFIG) do
-      if msg:find(m[1]) then return "config", PG_CONFIG[m[2]] or PG_CONNECT_HINT[m[2]] end
+    for _, m in ipairs(PG_CONNECT_MESSAGES) do
+      if msg:find(m[1]) then return m[3] or "config", PG_CONFIG[m[2]] or PG_CONNECT_HINT[m[2]] end
     end
     -- A connection string libpq cannot parse is not retryable.
     if err.retryable == false then return "config", PG_CONNECT_HINT.conninfo end
