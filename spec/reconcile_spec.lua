@@ -27,11 +27,7 @@ local function upload_rows(ids, uploaded)
     SELECT u, 'f.bin', $2, now() - interval '3 days' FROM unnest($1::uuid[]) AS u]], ids, uploaded))
 end
 
-local function set_of(list)
-  local s = {}
-  for _, k in ipairs(list) do s[k] = true end
-  return s
-end
+local set_of = h.set
 
 -- JSON log lines; on stderr, the one-line "resclean: ..." messages are not JSON.
 local function parse_log(text)

@@ -16,11 +16,7 @@ local AWKWARD = {
   "a+b c%2Bd", "semi;colon,comma@at$dollar", "back\\slash", "star*[x]{y}^|`",
 }
 
-local function set(list)
-  local s = {}
-  for _, v in ipairs(list) do s[v] = true end
-  return s
-end
+local set = helpers.set
 
 local function curl_status(args)
   local p = assert(io.popen("curl -sS -o /dev/null -w '%{http_code}' " .. args .. " 2>&1"))

@@ -10,6 +10,7 @@
 local outcome = require("resclean.outcome")
 local policy = require("resclean.policy")
 local sweep = require("resclean.sweep")
+local set = require("support.helpers").set
 
 local function uuid(i) return ("%08x-0000-4000-8000-%012x"):format(i, i) end
 
@@ -264,12 +265,6 @@ end
 local function ids(from, to)
   local t = {}
   for i = from, to do t[#t + 1] = uuid(i) end
-  return t
-end
-
-local function set(list)
-  local t = {}
-  for _, v in ipairs(list) do t[v] = true end
   return t
 end
 

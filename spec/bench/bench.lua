@@ -86,11 +86,7 @@ local function median(list)
   return (s[n // 2] + s[n // 2 + 1]) / 2
 end
 
-local function set_of(list)
-  local s = {}
-  for _, v in ipairs(list) do s[v] = true end
-  return s
-end
+local set_of = h.set
 
 local function append(dst, src)
   for _, v in ipairs(src) do dst[#dst + 1] = v end

@@ -197,6 +197,13 @@ function M.start_server(script, args)
   return server
 end
 
+-- The set of a list's values (value -> true).
+function M.set(list)
+  local s = {}
+  for _, v in ipairs(list) do s[v] = true end
+  return s
+end
+
 -- Decode JSON log lines; returns lines, by_event (event -> list).
 function M.parse_log(text)
   local cjson = require("cjson")
