@@ -203,6 +203,23 @@ static int start_hook(void *ud, http_req *h) {
     return rc;
 }
 
+/* Hand the batch's requests to the transport: at most conc at once, each attempt signed
+ * (and traced) through k. */
+static void batch_bind(s3_batch *b, int conc, s3_call *k) {
+    b->run.reqs = b->hreqs;
+    b->run.n = b->nreq;
+    b->run.conc = conc;
+    b->run.start = start_hook;
+    b->run.ud = k;
+}
+
+/* Raise for a transport result rc other than HTTP_OK (a hook's error is on the stack top). */
+static void raise_transport(lua_State *L, int rc) {
+    if (rc == HTTP_HOOK_ERROR)
+        lua_error(L);
+    luaL_error(L, rc == HTTP_NOMEM ? "not enough memory" : "s3: libcurl's multi interface failed");
+}
+
 /* Run the batch, at most conc requests at once; raise (after freeing it) when it could not
  * finish. */
 static void run_batch(lua_State *L, s3_client *c, s3_batch *b, int conc) {
@@ -211,19 +228,13 @@ static void run_batch(lua_State *L, s3_client *c, s3_batch *b, int conc) {
     lua_getiuservalue(L, 1, 1); /* ... trace */
     if (lua_isfunction(L, -1))
         k.trace = lua_gettop(L);
-    b->run.reqs = b->hreqs;
-    b->run.n = b->nreq;
-    b->run.conc = conc;
-    b->run.start = start_hook;
-    b->run.ud = &k;
+    batch_bind(b, conc, &k);
     c->busy = 1;
     int rc = http_run(&c->http, &b->run);
     c->busy = 0;
     if (rc != HTTP_OK) {
         batch_release(b);
-        if (rc == HTTP_HOOK_ERROR)
-            lua_error(L);
-        luaL_error(L, rc == HTTP_NOMEM ? "not enough memory" : "s3: libcurl's multi interface failed");
+        raise_transport(L, rc);
     }
     if (k.trace == 0)
         lua_pop(L, 1);
@@ -820,9 +831,7 @@ static void pending_step(lua_State *L, s3_pending *p, long wait_ms, int begin) {
     int rc = begin ? http_begin(&p->c->http, &p->b->run) : http_step(&p->c->http, &p->b->run, wait_ms);
     if (rc != HTTP_OK) {
         pending_end(p);
-        if (rc == HTTP_HOOK_ERROR)
-            lua_error(L);
-        luaL_error(L, rc == HTTP_NOMEM ? "not enough memory" : "s3: libcurl's multi interface failed");
+        raise_transport(L, rc);
     }
     p->k.trace = 0;
     lua_pop(L, 2);
@@ -856,11 +865,7 @@ static int s3_delete_start(lua_State *L) {
     p->nchunks = nchunks;
     p->quiet = quiet;
     p->k.c = c;
-    b->run.reqs = b->hreqs;
-    b->run.n = b->nreq;
-    b->run.conc = conc;
-    b->run.start = start_hook;
-    b->run.ud = &p->k;
+    batch_bind(b, conc, &p->k);
     c->busy = 1;
     p->open = 1;
     lua_settop(L, 4);
