@@ -25,9 +25,14 @@
 --
 -- Plan, then apply: every page of the listing is planned first; only a
 -- complete plan with no refusal and within the mass-delete valve
--- (reconcile_max_delete_fraction of the objects listed, or --max-delete N)
+-- (reconcile_max_delete_fraction of the candidates, or --max-delete N)
 -- is applied, so a run that refuses deletes nothing. Just before each
--- DeleteObjects the owners are asked again (a row may have appeared).
+-- DeleteObjects the owners and every readable table are asked again (a
+-- row may have appeared). A listing that would never end (a token given
+-- twice, keys out of order, pages without objects) ends the run unapplied.
+--
+-- Only rows the role sees protect objects: --apply refuses while
+-- row-level security hides rows of an owner or readable table.
 --
 -- Listing order is byte order, which for lower-case UUID keys is also
 -- PostgreSQL's uuid order, so confirmed rows are checked against each page
