@@ -382,8 +382,8 @@ end
 -- the role neither superuser nor BYPASSRLS nor the owner, or FORCE) and no
 -- policy shows it every row (a permissive SELECT or ALL policy for it
 -- USING (true), no restrictive one for it). Rows it cannot see name
--- nothing, so their objects would look orphaned. Returns a list of
--- {name, forced, owner} and the role's name, or nil, err.
+-- nothing, so their objects would look orphaned. Returns the tables' names,
+-- those of them with FORCE, and the role's name; or nil, err.
 local HIDDEN_SQL = [[
   WITH pol AS (
     SELECT p.polrelid, p.polpermissive, coalesce(pg_get_expr(p.polqual, p.polrelid) = 'true', false) AS all_rows
@@ -391,8 +391,7 @@ local HIDDEN_SQL = [[
      WHERE p.polcmd IN ('r', '*')
        AND (0 = ANY(p.polroles) OR EXISTS (SELECT 1 FROM unnest(p.polroles) AS r
                                             WHERE r <> 0 AND pg_has_role(r, 'USAGE'))))
-  SELECT c.oid::regclass::text AS name, c.relforcerowsecurity AS forced,
-         pg_has_role(c.relowner, 'USAGE') AS owner, quote_ident(current_user) AS role
+  SELECT c.oid::regclass::text AS name, c.relforcerowsecurity AS forced, quote_ident(current_user) AS role
     FROM pg_class c
    WHERE c.oid = ANY($1::oid[]) AND row_security_active(c.oid)
      AND NOT (EXISTS (SELECT 1 FROM pol WHERE pol.polrelid = c.oid AND pol.polpermissive AND pol.all_rows)
@@ -401,33 +400,16 @@ local HIDDEN_SQL = [[
    ORDER BY 1]]
 
 function M.hidden_rows(conn, ctx)
-  local oids = {}
+  local oids, names, forced = {}, {}, {}
   for _, o in ipairs(ctx.owners) do oids[#oids + 1] = o.oid end
   for _, t in ipairs(ctx.tables) do oids[#oids + 1] = t.oid end
   local res, err = conn:query(HIDDEN_SQL, oids)
   if not res then return nil, err end
-  local hidden = {}
-  for i, r in ipairs(res) do hidden[i] = { name = r.name, forced = r.forced, owner = r.owner } end
-  local role = res[1] and res[1].role
-  return hidden, role
-end
-
--- What to say about hidden (M.hidden_rows): the tables, and what lets the
--- role see every row.
-function M.hidden_message(hidden, role)
-  local names, forced = {}, {}
-  for i, h in ipairs(hidden) do
-    names[i] = h.name
-    if h.forced then forced[#forced + 1] = h.name end
+  for i, r in ipairs(res) do
+    names[i] = r.name
+    if r.forced then forced[#forced + 1] = r.name end
   end
-  local t = hidden[1].name
-  return ("row-level security hides rows of %s from role %s%s: objects those rows name would look orphaned. "
-    .. "Let the role see every row: ALTER ROLE %s BYPASSRLS, or a policy such as CREATE POLICY resclean_reads_all "
-    .. "ON %s FOR SELECT TO %s USING (true), or run reconcile as the table's owner%s"):format(
-    table.concat(names, ", "), role,
-    #forced > 0 and (" (FORCE ROW LEVEL SECURITY on %s: it applies to the owner too)"):format(
-      table.concat(forced, ", ")) or "",
-    role, t, role, #forced > 0 and " without FORCE ROW LEVEL SECURITY" or "")
+  return names, forced, res[1] and res[1].role
 end
 
 local function add(list, set, v)
@@ -760,13 +742,15 @@ function Run:plan_all(conn, store, ctx, db_now, cutoff)
   repeat
     local page, err = store.client:list({ continuation = token, max = self.page_size })
     local bad = page and guard(page)
-    if not page or bad then
-      -- A reply that is not a listing (an item error elsewhere) leaves the plan unfinished: exit 3.
-      local class = bad and "transient" or (errors.classify(err) == "item" and "transient" or nil)
-      return nil, { kind = err and err.kind or "resclean", code = err and err.code, status = err and err.status,
-                    retryable = err and err.retryable, class = class,
-                    message = ("storage bucket %q: %s; the plan is unfinished: nothing was deleted"):format(bucket,
-                      bad or tostring(err.message)) }
+    if bad then
+      err = errors.new("transient", bad)
+    elseif err and errors.classify(err) == "item" then
+      err.class = "transient" -- a reply that is not a listing: as when the storage cannot be reached, exit 3
+    end
+    if err then
+      err.message = ("storage bucket %q: %s; the plan is unfinished: nothing was deleted"):format(bucket,
+        tostring(err.message))
+      return nil, err
     end
     local ok
     ok, err = self:plan_page(conn, store, ctx, page.keys or {}, db_now, cutoff, range)
@@ -777,15 +761,21 @@ function Run:plan_all(conn, store, ctx, db_now, cutoff)
   return self:check_range(conn, store, ctx.owners, range.lo, nil, {})
 end
 
--- Row-level security that hides rows (M.hidden_rows): a warn line; with
--- --apply, the refusal. Returns true to go on, or nil, err.
+-- Row-level security that hides rows (M.hidden_rows): a warn line naming
+-- the tables and what lets the role see every row; with --apply, the
+-- refusal. Returns true to go on, or nil, err.
 function Run:check_hidden(conn, ctx)
-  local hidden, role = M.hidden_rows(conn, ctx)
-  if not hidden then return nil, role end
+  local hidden, forced, role = M.hidden_rows(conn, ctx)
+  if not hidden then return nil, forced end
   if #hidden == 0 then return true end
-  local msg, names = M.hidden_message(hidden, role), {}
-  for i, h in ipairs(hidden) do names[i] = h.name end
-  log.warn("row_security", { run_id = self.run_id, tables = table.concat(names, ", "), message = msg })
+  local force = #forced > 0
+  local msg = ("row-level security hides rows of %s from role %s%s: objects those rows name would look orphaned. "
+    .. "Let the role see every row: ALTER ROLE %s BYPASSRLS, or a policy such as CREATE POLICY resclean_reads_all "
+    .. "ON %s FOR SELECT TO %s USING (true), or run reconcile as the table's owner%s"):format(
+    table.concat(hidden, ", "), role,
+    force and (" (FORCE ROW LEVEL SECURITY on %s: it applies to the owner too)"):format(table.concat(forced, ", "))
+      or "", role, hidden[1], role, force and " without FORCE ROW LEVEL SECURITY" or "")
+  log.warn("row_security", { run_id = self.run_id, tables = table.concat(hidden, ", "), message = msg })
   if self.apply then return nil, "reconcile --apply refused, nothing deleted: " .. msg end
   self:say("warning: %s; until then --apply refuses", msg)
   return true
