@@ -33,6 +33,14 @@ local PG_TRANSIENT_CLASS = { ["08"] = true, ["53"] = true, ["58"] = true, ["XX"]
 local PG_TRANSIENT = { ["57P01"] = true, ["57P02"] = true, ["57P03"] = true, ["57014"] = true }
 local PG_ITEM = { ["55P03"] = true } -- lock_timeout: that resource is skipped
 
+-- A standby (or a server gone read-only under us, e.g. a primary demoted by
+-- a failover): transient, so a failover in progress heals at the next
+-- cycle; a replica configured by mistake never completes a cycle, which the
+-- never-succeeded alert reports.
+M.STANDBY_HINT = "a standby or a read-only server cannot take resclean's writes: list every host in DATABASE_URL "
+  .. "with target_session_attrs=read-write (postgres://user@host1:5432,host2:5432/db?target_session_attrs="
+  .. "read-write) so that libpq connects to the primary, also after a failover"
+
 -- A failed connection has no SQLSTATE from libpq, only the server's (or
 -- libpq's) message: the well-known ones, configuration to fix unless the
 -- entry says "transient".
@@ -56,12 +64,17 @@ local PG_CONNECT_MESSAGES = {
   { "too many connections", "limit", "transient" },
   { "too many clients", "limit", "transient" },
   { "remaining connection slots are reserved", "limit", "transient" },
+  -- target_session_attrs=read-write (or primary) found no writable host: every host
+  -- listed is a standby, or a failover is in progress.
+  { "session is read%-only", "standby", "transient" },
+  { "server is in hot standby mode", "standby", "transient" },
 }
 -- Too many sessions: transient, but the limit is worth naming.
 local PG_LIMIT_HINT = "the server's max_connections or the role's CONNECTION LIMIT is reached: a sweep uses up to "
   .. "three sessions (two for its batches, one listening for cancels)"
 local PG_CONNECT_HINT = {
   limit = PG_LIMIT_HINT,
+  standby = M.STANDBY_HINT,
   sslrootcert = "point sslrootcert= in DATABASE_URL, or PGSSLROOTCERT, at the CA that signed the server's "
     .. "certificate (a service user has no ~/.postgresql/root.crt)",
   sslmode = "check sslmode in DATABASE_URL",
@@ -101,6 +114,8 @@ local PG_TRANSIENT_HINT = "is PostgreSQL up and reachable? check the host and po
 local function classify_pg(err)
   local code = tostring(err.code or "")
   if code == "53300" then return "transient", PG_LIMIT_HINT end
+  -- 25006 read_only_sql_transaction: a write reached a standby.
+  if code == "25006" then return "transient", M.STANDBY_HINT end
   if code == "connection" then
     local msg = tostring(err.message or "")
     for _, m in ipairs(PG_CONNECT_MESSAGES) do

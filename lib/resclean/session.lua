@@ -3,6 +3,7 @@
 -- touched: timeouts, the policy's table and columns checked (a typo is a
 -- configuration error, exit 2), the SQL built from the policy and the
 -- statements every batch runs prepared.
+local errors = require("resclean.errors")
 local runs = require("resclean.run")
 
 local M = {}
@@ -28,18 +29,51 @@ function M.with(opts, event, body)
   return code, run:summary(event, extra), run
 end
 
--- Open the session: fresh connection, timeouts, schema check, prepared
--- statements. Returns conn, sql or nil, err.
-function M.open(pg, conninfo, p)
+-- Open the session: fresh connection, the server checked (a standby is
+-- refused: M.server_role), timeouts, schema check, prepared statements.
+-- how.read_only (status): a standby is accepted, sql.standby says so.
+-- Returns conn, sql or nil, err.
+function M.open(pg, conninfo, p, how)
   local conn, err = pg.connect(conninfo)
   if not conn then return nil, err end
+  local role
+  role, err = M.server_role(conn, how)
   local sql
-  sql, err = prepare(conn, p)
+  if role then sql, err = prepare(conn, p) end
   if not sql then
     conn:close()
     return nil, err
   end
+  sql.standby = role ~= "primary" and role or nil
   return conn, sql
+end
+
+-- What the server is, asked right after connecting: "primary", or for a
+-- read-only script (how.read_only) "standby" (pg_is_in_recovery()) or
+-- "read_only" (transaction_read_only on a primary). A script that writes is
+-- refused there, before anything is prepared, with a message that names
+-- the standby and target_session_attrs (errors.STANDBY_HINT): transient
+-- (exit 3), so that a failover in progress heals at the next cycle; how.refuse
+-- (reconcile) makes a standby a configuration error (exit 2) with that text.
+-- Returns the role or nil, err.
+function M.server_role(conn, how)
+  how = how or {}
+  local res, err = conn:query("SELECT pg_is_in_recovery() AS standby, "
+    .. "current_setting('transaction_read_only') = 'on' AS read_only, "
+    .. "coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'a local socket') AS server")
+  if not res then return nil, err end
+  local r = res[1]
+  local role = r.standby and "standby" or r.read_only and "read_only" or "primary"
+  if role == "primary" or how.read_only then return role end
+  if r.standby and how.refuse then
+    return nil, errors.new("config", ("the server at %s is a standby (pg_is_in_recovery() is true): %s")
+      :format(r.server, how.refuse), { code = "standby" })
+  end
+  local what = r.standby and "a standby (pg_is_in_recovery() is true)"
+    or "read-only (transaction_read_only is on: default_transaction_read_only is set for the role, the "
+      .. "database or the server)"
+  return nil, errors.new("transient", ("the server at %s is %s"):format(r.server, what),
+    { code = "standby", hint = errors.STANDBY_HINT })
 end
 
 function prepare(conn, p)
