@@ -38,7 +38,7 @@ local PG_ITEM = { ["55P03"] = true } -- lock_timeout: that resource is skipped
 -- cycle; a replica configured by mistake never completes a cycle, which the
 -- never-succeeded alert reports.
 M.STANDBY_HINT = "a standby or a read-only server cannot take resclean's writes: list every host in DATABASE_URL "
-  .. "with target_session_attrs=read-write (postgres://user@host1:5432,host2:5432/db?target_session_attrs="
+  .. "with target_session_attrs=read-write (postgres://host1:5432,host2:5432/db?target_session_attrs="
   .. "read-write) so that libpq connects to the primary, also after a failover"
 
 -- A failed connection has no SQLSTATE from libpq, only the server's (or
@@ -66,15 +66,16 @@ local PG_CONNECT_MESSAGES = {
   { "remaining connection slots are reserved", "limit", "transient" },
   -- target_session_attrs=read-write (or primary) found no writable host: every host
   -- listed is a standby, or a failover is in progress.
-  { "session is read%-only", "standby", "transient" },
-  { "server is in hot standby mode", "standby", "transient" },
+  { "session is read%-only", "no_primary", "transient" },
+  { "server is in hot standby mode", "no_primary", "transient" },
 }
 -- Too many sessions: transient, but the limit is worth naming.
 local PG_LIMIT_HINT = "the server's max_connections or the role's CONNECTION LIMIT is reached: a sweep uses up to "
   .. "three sessions (two for its batches, one listening for cancels)"
 local PG_CONNECT_HINT = {
   limit = PG_LIMIT_HINT,
-  standby = M.STANDBY_HINT,
+  no_primary = "no host in DATABASE_URL takes writes: a failover is in progress (retried at the next cycle), "
+    .. "or every host listed is a standby; the primary must be among them",
   sslrootcert = "point sslrootcert= in DATABASE_URL, or PGSSLROOTCERT, at the CA that signed the server's "
     .. "certificate (a service user has no ~/.postgresql/root.crt)",
   sslmode = "check sslmode in DATABASE_URL",
