@@ -72,10 +72,13 @@ describe("under a CONNECTION LIMIT, a long-running sweep", function()
     end
   end)
 
-  local function start(w)
+  -- The sweep, killed and the limit lifted at the end of the test (busted keeps one finally
+  -- per test: held, sessions the test holds, are closed there too).
+  local function start(w, held)
     local p = h.spawn({ "run", "scripts/sweep.lua", "--policy", policy() }, fs.env(w.bucket))
     finally(function()
       if p.alive() then p.kill("KILL") end
+      for _, c in ipairs(held or {}) do c:close() end
       limit(-1)
     end)
     return p
@@ -144,8 +147,7 @@ describe("under a CONNECTION LIMIT, a long-running sweep", function()
     -- Someone else holds every session the role may have.
     local url = assert(os.getenv("DATABASE_URL"))
     local held = { fx.check(pg.connect(url)), fx.check(pg.connect(url)) }
-    local p = start(w)
-    finally(function() for _, c in ipairs(held) do c:close() end end)
+    local p = start(w, held)
     h.wait_for(function()
       for _, c in ipairs(cycles(fs.partial_log(fs.output(p)))) do
         if c.summary and c.summary.exit_code == 3 then return true end
@@ -158,5 +160,47 @@ describe("under a CONNECTION LIMIT, a long-running sweep", function()
     assert.is_true(fs.elapsed(t0) < 60)
     stop(p)
     fs.assert_invariants(w, "after the connection limit")
+  end)
+end)
+
+describe("the sweep's second session", function()
+  setup(function()
+    local env = fs.stack_env()
+    admin = fx.check(pg.connect(("host=%s port=%s user=postgres dbname=resclean")
+      :format(env.RESCLEAN_PG_SOCKDIR, env.RESCLEAN_PG_PORT)))
+  end)
+  teardown(function()
+    if admin then
+      admin:query("ALTER ROLE resclean RESET log_statement")
+      admin:close()
+    end
+  end)
+
+  it("is opened before the cycle's first claim (the server's statement log shows the order)", function()
+    local w = fs.world(admin, { stale = 60, with_objects = 10, tag = "lane-order" })
+    local env = fs.stack_env()
+    local log_path = env.RESCLEAN_PG_LOG
+    local offset = #h.readall(log_path)
+    fx.check(admin:query("ALTER ROLE resclean SET log_statement = 'all'"))
+    finally(function() admin:query("ALTER ROLE resclean RESET log_statement") end)
+    local r = fs.sweep(w.bucket, { "--once", "--policy", policy() })
+    admin:query("ALTER ROLE resclean RESET log_statement")
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.same({ 0, 0 }, { fs.stale_left(w) })
+    -- Lines "TIME [PID] resclean@resclean LOG:  execute <unnamed>: SELECT ... FROM
+    -- information_schema.columns ..." are a session being opened (its schema check);
+    -- "... LOG:  execute resclean_claim_first: ..." is the cycle's first claim.
+    local opened, claimed = {}, nil
+    for line in h.readall(log_path):sub(offset + 1):gmatch("[^\n]+") do
+      local pid = line:match("^%S+ %S+ %S+ %[(%d+)%] resclean@resclean ")
+      if pid and line:find("FROM information_schema.columns", 1, true) and not claimed then
+        opened[#opened + 1] = pid
+      elseif pid and line:find("execute resclean_claim_first", 1, true) and not claimed then
+        claimed = pid
+      end
+    end
+    assert.is_truthy(claimed, "no claim in the server's log")
+    assert.are.equal(2, #opened, "sessions opened before the first claim")
+    assert.are_not.equal(opened[1], opened[2])
   end)
 end)
