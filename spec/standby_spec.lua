@@ -14,8 +14,8 @@
 --         failover took back the commit that line reported: the old primary acknowledged it, the
 --         standby had not received it yet (asynchronous replication), so the row is there again
 --         on the new primary and the next cycle reports it `record_only` (its object was already
---         deleted). The spec knows which ids those are: the rows the standby holds once the old
---         primary is down, before it is promoted.
+--         deleted), after a `failover` warning that says why. The spec knows which ids those are:
+--         the rows the standby holds once the old primary is down, before it is promoted.
 --     And the invariants hold on the new primary: no object without its row, every control
 --     (confirmed, fresh, ...) keeps row and object, every stale resource is gone.
 -- The failover spec stops the stack's primary: it starts it again at the end (its data, on
@@ -222,6 +222,16 @@ describe("a failover mid-sweep", function()
     end
     assert.is_truthy(cut, "no cycle ended on the failover")
     assert.are.equal(3, lines[cut].exit_code, "the cycle cut by the failover did not end as transient")
+    -- The next cycle on the new primary says so first (event failover, a warning).
+    local failover
+    for i, l in ipairs(lines) do
+      if l.event == "failover" then
+        failover = failover or i
+        assert.are.equal("warn", l.level)
+        assert.is_true(l.timeline > l.previous_timeline)
+      end
+    end
+    assert.is_truthy(failover and failover > cut, "no failover line after the cycle the failover cut")
     local CLEANED = { deleted = true, record_only = true, object_deleted = true }
     local NOT_FINAL = { failed = true, in_doubt = true }
     local by_id = {}
@@ -251,6 +261,7 @@ describe("a failover mid-sweep", function()
             ("%s was logged %s, then %s: two final outcomes"):format(id, e.outcome, seen[k + 1].outcome))
           assert.are.equal("record_only", seen[k + 1].outcome,
             ("%s: its lost commit came back as %s, not record_only"):format(id, seen[k + 1].outcome))
+          assert.is_true(seen[k + 1].i > failover, id .. ": logged again before the failover line")
           lost = lost + 1
         else
           assert.is_true(NOT_FINAL[e.outcome] == true, ("%s: an earlier line %s"):format(id, e.outcome))

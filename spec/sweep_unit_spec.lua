@@ -175,6 +175,9 @@ local function fake_db(n, opts)
       if sql:find("pg_is_in_recovery", 1, true) then -- session.server_role
         return { { standby = false, read_only = false, server = "127.0.0.1:5432" } }
       end
+      if sql:find("pg_walfile_name", 1, true) then -- session.note_failover
+        return { { system = "7000000000000000001", walfile = "000000010000000000000001" } }
+      end
       if sql:find("pg_constraint", 1, true) then
         return opts.precheck and { { tbl = "attacks", col = "word_list_id" } } or {}
       end

@@ -4,6 +4,7 @@
 -- configuration error, exit 2), the SQL built from the policy and the
 -- statements every batch runs prepared.
 local errors = require("resclean.errors")
+local log = require("resclean.log")
 local runs = require("resclean.run")
 
 local M = {}
@@ -64,6 +65,7 @@ function M.server_role(conn, how)
   if not res then return nil, err end
   local r = res[1]
   local role = r.standby and "standby" or r.read_only and "read_only" or "primary"
+  if role == "primary" then M.note_failover(conn, r.server) end
   if role == "primary" or how.read_only then return role end
   if r.standby and how.refuse then
     return nil, errors.new("config", ("the server at %s is a standby (pg_is_in_recovery() is true): %s")
@@ -103,6 +105,30 @@ function prepare(conn, p)
     sql.referenced = ref
   end
   return sql
+end
+
+-- A failover seen from one process (a long-running sweep): the cluster's
+-- timeline (the first 8 hex digits of the current WAL file's name) grew
+-- since its last session, so a standby was promoted. Logged once per
+-- change (failover), saying what the log shows next: a batch the old
+-- primary acknowledged just before may not have reached the standby
+-- (asynchronous replication), its rows come back and are logged
+-- record_only. Best effort: a server that refuses the query is not asked.
+local seen_timeline
+function M.note_failover(conn, server)
+  local res = conn:query("SELECT (SELECT system_identifier FROM pg_control_system())::text AS system, "
+    .. "pg_walfile_name(pg_current_wal_lsn()) AS walfile")
+  if not res or not res[1].walfile then return end
+  local now = { system = res[1].system, timeline = tonumber(res[1].walfile:sub(1, 8), 16) }
+  local before = seen_timeline
+  seen_timeline = now
+  if before and before.system == now.system and now.timeline and before.timeline
+      and now.timeline > before.timeline then
+    log.warn("failover", { server = server, timeline = now.timeline, previous_timeline = before.timeline,
+      message = "the database's timeline changed since the last session: a standby was promoted. A batch the "
+        .. "old primary acknowledged just before may not have reached it (asynchronous replication): its "
+        .. "objects are gone, its rows are back, and the sweep removes them now, logged record_only" })
+  end
 end
 
 -- The columns a claimed row comes with (the shape key(row) sees, which
