@@ -852,7 +852,7 @@ main() {
     standby) set_dir "${1:-}" && cmd_standby ;;
     promote) set_dir "${1:-}" && cmd_promote ;;
     standby-stop) set_dir "${1:-}" && cmd_standby_stop ;;
-    *) die "usage: $0 {start|stop|restart-rgw|pg-ctl} DIR [ARGS]" ;;
+    *) die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop} DIR [ARGS]" ;;
     esac
 }
 
