@@ -84,6 +84,11 @@ describe("under a CONNECTION LIMIT, a long-running sweep", function()
     return p
   end
 
+  -- No session of the role left from an earlier spec: the counts below are the sweep's.
+  before_each(function()
+    h.wait_for(function() return sessions() == 0 end, 30, "the role's earlier sessions to end")
+  end)
+
   local function stop(p)
     p.kill("TERM")
     local code = p.wait(60)
