@@ -417,9 +417,10 @@ function M.run(opts)
     if ok then
       add({ item = "bucket", status = "ok", message = ("bucket %s listed"):format(p.bucket) })
     else
-      local item = from_error("bucket", err, ("bucket %q: "):format(p.bucket))
-      if errors.classify(err) == "item" then item.status, item.fix = "unreachable", nil end
-      add(item)
+      local bcode, bmsg, fix = require("resclean.app").store_check_failure(store.opts.endpoint, p, err)
+      if fix and bmsg:sub(-#fix - 3) == " (" .. fix .. ")" then bmsg = bmsg:sub(1, -#fix - 4) end
+      add({ item = "bucket", status = bcode == M.EXIT.unreachable and "unreachable" or "fail", message = bmsg,
+            fix = fix })
       s3_refused = err.code == "RequestTimeTooSkewed"
     end
     -- The HEAD probe also reads S3's clock (its Date, on a found key, a missing one and an error).
