@@ -340,9 +340,147 @@ end
 
 -- ------------------------------------------------------------------ the run
 
+-- The database items, through add. Returns the session (kept for the cancel item; nil
+-- when none), the host clock's offset from the database's, and keys of pending rows.
+local function check_database(p, opts, add)
+  local conn, err = opts.pg.connect(opts.conninfo)
+  local res, skew, sample_keys
+  if conn then
+    local t0 = sys.time()
+    res, err = conn:query([[SELECT current_setting('server_version') AS version,
+      pg_is_in_recovery() AS standby, extract(epoch FROM clock_timestamp())::float8 AS now]])
+    if res then
+      skew = (t0 + sys.time()) / 2 - res[1].now
+    else
+      conn:close()
+      conn = nil
+    end
+  end
+  if not conn then
+    add(from_error("database", err, "database: "))
+    for _, name in ipairs({ "primary", "pooler", "schema", "grants", "index", "keys" }) do
+      add({ item = name, status = "skip", message = "not checked: no database session" })
+    end
+    return nil
+  end
+  local info = res[1]
+  add({ item = "database", status = "ok", server_version = info.version,
+        message = ("connected to %s (PostgreSQL %s)"):format(conn_name(conn), info.version) })
+  add(check_primary(info))
+  add(M.check_pooler(conn))
+  local schema = add(check_schema(conn, p))
+  if schema.status ~= "ok" then
+    for _, name in ipairs({ "grants", "index", "keys" }) do
+      add({ item = name, status = "skip", message = "not checked: the schema check failed" })
+    end
+    return conn, skew
+  end
+  add(check_grants(conn, p))
+  add(check_index(conn, p))
+  local keys_item
+  keys_item, sample_keys = check_keys(conn, p)
+  add(keys_item)
+  return conn, skew, sample_keys
+end
+
+-- HEAD of the probe key (and S3's clock from its reply), then of keys of pending rows:
+-- read-only, and the only way to meet a refused GetObject. Returns the head item's
+-- parts: head result or nil, err, whether the probe key exists, objects found, server
+-- time and when it was read.
+local function head_probe(store, key, sample_keys)
+  local t0 = sys.time()
+  local head, herr = store.client:head(key)
+  local server_time = (head or herr or {}).server_time
+  local at = (t0 + sys.time()) / 2
+  local probe_exists = head ~= nil and head.exists
+  local found = 0
+  if head and sample_keys and #sample_keys > 0 then
+    for _, r in ipairs(store.client:head_many(sample_keys, { concurrency = 4 })) do
+      if r.err then
+        head, herr = nil, r.err
+        break
+      end
+      if r.exists then found = found + 1 end
+    end
+  end
+  return head, herr, probe_exists, found, server_time, at
+end
+
+local function head_item(p, key, head, herr, found, nsample)
+  if head then
+    local it = { item = "head", status = "ok", probe_key = key, message = ("HEAD permitted (probe key %s: %s; "
+      .. "%d keys of pending rows: %d found)%s"):format(key, head.exists and "found" or "not found", nsample, found,
+      found == 0 and "; no existing object was tried: a missing key answers 404 even without s3:GetObject" or "") }
+    if not p.verify then it.message = it.message .. "; unused: the policy sets verify = false" end
+    return it
+  end
+  if not p.verify then
+    return { item = "head", status = "warn", probe_key = key,
+             message = "HEAD refused (" .. errors.message(herr) .. "); the policy sets verify = false, so the "
+               .. "sweep sends none and reports outcomes unverified (deleted)" }
+  end
+  local it = s3_item("head", herr, p)
+  it.probe_key = key
+  if herr.key and herr.key ~= key then it.message = ("%s (key %s)"):format(it.message, herr.key) end
+  return it
+end
+
+-- The storage items, through add. Returns S3's clock offset (host minus S3, seconds) or
+-- nil, and whether S3 refused a request as skewed.
+local function check_storage(p, opts, add, sample_keys)
+  local store, code, msg = opts.open_store(p)
+  if not store then
+    add({ item = "bucket", status = code == M.EXIT.unreachable and "unreachable" or "fail", message = msg,
+          fix = code ~= M.EXIT.unreachable and "see the message" or nil })
+    add({ item = "head", status = "skip", message = "not checked: no storage client" })
+    add({ item = "delete", status = "skip", message = "not checked: no storage client" })
+    return nil, false
+  end
+  local refused = false
+  local ok, err = store:check()
+  if ok then
+    add({ item = "bucket", status = "ok", message = ("bucket %s listed"):format(p.bucket) })
+  else
+    local bcode, bmsg, fix = require("resclean.app").store_check_failure(store.opts.endpoint, p, err)
+    if fix and bmsg:sub(-#fix - 3) == " (" .. fix .. ")" then bmsg = bmsg:sub(1, -#fix - 4) end
+    add({ item = "bucket", status = bcode == M.EXIT.unreachable and "unreachable" or "fail", message = bmsg,
+          fix = fix })
+    refused = err.code == "RequestTimeTooSkewed"
+  end
+  local key = probe_key()
+  local head, herr, probe_exists, found, server_time, at = head_probe(store, key, ok and sample_keys or nil)
+  if herr and herr.code == "RequestTimeTooSkewed" then refused = true end
+  if not ok then
+    add({ item = "head", status = "skip", message = "not checked: the bucket check failed" })
+    add({ item = "delete", status = "skip", message = "not checked: the bucket check failed" })
+  else
+    local hi = add(head_item(p, key, head, herr, found, sample_keys and #sample_keys or 0))
+    if probe_exists then
+      add({ item = "delete", status = "skip", message = ("the probe key %s exists: not sent"):format(key) })
+    elseif hi.status == "unreachable" then
+      add({ item = "delete", status = "skip", message = "not checked: the storage did not answer" })
+    else
+      -- Only a key a HEAD found missing, or could not look at (refused): a random 128-bit
+      -- name no upload has. S3 answers a missing key "deleted".
+      local res = store:delete_many({ key }, 1, { quiet = false })
+      if res[1] == true then
+        add({ item = "delete", status = "ok", probe_key = key,
+              message = ("DeleteObjects permitted (probe key %s: nothing to delete)"):format(key) })
+      else
+        local it = s3_item("delete", res[1], p)
+        it.probe_key = key
+        add(it)
+      end
+    end
+  end
+  store:close()
+  -- Date has whole seconds: the server's time is, on average, half a second past it.
+  return server_time and math.floor(at - (server_time + 0.5) + 0.5) or nil, refused
+end
+
 -- opts: load_policy() -> p | nil, err; pg; conninfo; open_store(p) -> store | nil, code,
--- msg; metrics_file (or nil); emit(item), called as each item is known. Returns the
--- items and the exit code.
+-- msg (unchecked); metrics_file (or nil); emit(item), called as each item is known.
+-- Returns the items and the exit code.
 function M.run(opts)
   local items = {}
   local function add(item)
@@ -364,135 +502,12 @@ function M.run(opts)
           p.batch_size, tostring(p.verify)) })
   add(check_max_age(p))
 
-  -- The database.
-  local db_skew, sample_keys
-  local conn, cerr = opts.pg.connect(opts.conninfo)
-  if not conn then
-    add(from_error("database", cerr, "database: "))
-  else
-    local t0 = sys.time()
-    local res, err = conn:query([[SELECT current_setting('server_version') AS version,
-      pg_is_in_recovery() AS standby, extract(epoch FROM clock_timestamp())::float8 AS now]])
-    local t1 = sys.time()
-    if not res then
-      add(from_error("database", err, "database: "))
-      conn:close()
-      conn = nil
-    else
-      local info = res[1]
-      db_skew = (t0 + t1) / 2 - info.now
-      add({ item = "database", status = "ok", server_version = info.version,
-            message = ("connected to %s (PostgreSQL %s)"):format(conn_name(conn), info.version) })
-      add(check_primary(info))
-      add(M.check_pooler(conn))
-      local schema = add(check_schema(conn, p))
-      if schema.status == "ok" then
-        add(check_grants(conn, p))
-        add(check_index(conn, p))
-        local keys_item
-        keys_item, sample_keys = check_keys(conn, p)
-        add(keys_item)
-      else
-        for _, name in ipairs({ "grants", "index", "keys" }) do
-          add({ item = name, status = "skip", message = "not checked: the schema check failed" })
-        end
-      end
-    end
-  end
-  if not conn then
-    for _, name in ipairs({ "primary", "pooler", "schema", "grants", "index", "keys" }) do
-      add({ item = name, status = "skip", message = "not checked: no database session" })
-    end
-  end
-
-  -- The storage.
-  local s3_time, s3_refused, s3_t
-  local store, code, msg = opts.open_store(p)
-  if not store then
-    add({ item = "bucket", status = code == M.EXIT.unreachable and "unreachable" or "fail", message = msg,
-          fix = code ~= M.EXIT.unreachable and "see the message" or nil })
-  else
-    local ok, err = store:check()
-    local bucket_ok = ok ~= nil
-    if ok then
-      add({ item = "bucket", status = "ok", message = ("bucket %s listed"):format(p.bucket) })
-    else
-      local bcode, bmsg, fix = require("resclean.app").store_check_failure(store.opts.endpoint, p, err)
-      if fix and bmsg:sub(-#fix - 3) == " (" .. fix .. ")" then bmsg = bmsg:sub(1, -#fix - 4) end
-      add({ item = "bucket", status = bcode == M.EXIT.unreachable and "unreachable" or "fail", message = bmsg,
-            fix = fix })
-      s3_refused = err.code == "RequestTimeTooSkewed"
-    end
-    -- The HEAD probe also reads S3's clock (its Date, on a found key, a missing one and an error).
-    local key = probe_key()
-    s3_t = sys.time()
-    local head, herr = store.client:head(key)
-    s3_time = (head or herr or {}).server_time
-    s3_t = (s3_t + sys.time()) / 2
-    if herr and herr.code == "RequestTimeTooSkewed" then s3_refused = true end
-    -- Never sent to DeleteObjects unless a HEAD found it missing or could not look.
-    local probe_exists = head ~= nil and head.exists
-    -- The keys of pending rows too: read-only, and the only way to meet a refused GetObject.
-    local found = 0
-    if head and bucket_ok and sample_keys and #sample_keys > 0 then
-      local res = store.client:head_many(sample_keys, { concurrency = 4 })
-      for _, r in ipairs(res) do
-        if r.err then
-          herr, head = r.err, nil
-          break
-        end
-        if r.exists then found = found + 1 end
-      end
-    end
-    if not bucket_ok then
-      add({ item = "head", status = "skip", message = "not checked: the bucket check failed" })
-      add({ item = "delete", status = "skip", message = "not checked: the bucket check failed" })
-    else
-      local head_item
-      if head then
-        local n = sample_keys and #sample_keys or 0
-        head_item = { item = "head", status = "ok", probe_key = key, message = ("HEAD permitted (probe key %s: %s; "
-          .. "%d keys of pending rows: %d found)%s"):format(key, head.exists and "found" or "not found", n, found,
-          found == 0 and "; no existing object was tried: a missing key answers 404 even without s3:GetObject"
-            or "") }
-        if not p.verify then head_item.message = head_item.message .. "; unused: the policy sets verify = false" end
-      elseif not p.verify then
-        head_item = { item = "head", status = "warn", probe_key = key,
-                      message = "HEAD refused (" .. errors.message(herr) .. "); the policy sets verify = false, so "
-                        .. "the sweep sends none and reports outcomes unverified (deleted)" }
-      else
-        head_item = s3_item("head", herr, p)
-        head_item.probe_key = key
-        if herr.key and herr.key ~= key then head_item.message = ("%s (key %s)"):format(head_item.message, herr.key) end
-      end
-      add(head_item)
-      if probe_exists then
-        add({ item = "delete", status = "skip", message = ("the probe key %s exists: not sent"):format(key) })
-      elseif not head and head_item.status == "unreachable" then
-        add({ item = "delete", status = "skip", message = "not checked: the storage did not answer" })
-      else
-        -- Only a key a HEAD found missing, or one a HEAD could not look at (refused): a random
-        -- 128-bit name no upload has.
-        local res = store:delete_many({ key }, 1, { quiet = false })
-        if res[1] == true then
-          add({ item = "delete", status = "ok", probe_key = key,
-                message = ("DeleteObjects permitted (probe key %s: nothing to delete)"):format(key) })
-        else
-          local item = s3_item("delete", res[1], p)
-          item.probe_key = key
-          add(item)
-        end
-      end
-    end
-    store:close()
-  end
-
-  -- Date has whole seconds: the server's time is, on average, half a second past it.
-  add(check_clock(db_skew, s3_time and math.floor(s3_t - (s3_time + 0.5) + 0.5) or nil, s3_refused))
+  local conn, db_skew, sample_keys = check_database(p, opts, add)
+  local s3_skew, s3_refused = check_storage(p, opts, add, sample_keys)
+  add(check_clock(db_skew, s3_skew, s3_refused))
 
   if opts.metrics_file then
-    local m = require("resclean.metrics").new(opts.metrics_file)
-    local ok, err = m:check()
+    local ok, err = require("resclean.metrics").new(opts.metrics_file):check()
     if ok then
       add({ item = "metrics", status = "ok", message = ("metrics file %s can be written"):format(opts.metrics_file) })
     else
