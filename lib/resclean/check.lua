@@ -100,7 +100,7 @@ local function conn_name(conn)
   return s:match("%((.-)%)$") or s
 end
 
-local function check_primary(info)
+function M.check_primary(info)
   if info.standby then
     return { item = "primary", status = "fail",
              message = "the database is a standby (pg_is_in_recovery() is true): the sweep deletes rows and "
@@ -366,7 +366,7 @@ local function check_database(p, opts, add)
   local info = res[1]
   add({ item = "database", status = "ok", server_version = info.version,
         message = ("connected to %s (PostgreSQL %s)"):format(conn_name(conn), info.version) })
-  add(check_primary(info))
+  add(M.check_primary(info))
   add(M.check_pooler(conn))
   local schema = add(check_schema(conn, p))
   if schema.status ~= "ok" then
