@@ -223,6 +223,26 @@ describe("resclean run check", function()
     assert.are.equal("ok", r.items.delete.status)
   end)
 
+  it("warns, exit 0, when a cancel requests table is there but the role cannot read and delete it", function()
+    local admin = fx.check(pg.connect(("host=%s port=%s user=postgres dbname=resclean"):format(
+      os.getenv("RESCLEAN_PG_SOCKDIR"), os.getenv("RESCLEAN_PG_PORT"))))
+    finally(function() admin:close() end)
+    if fx.check(admin:query("SELECT to_regclass('resclean_cancel_requests') IS NOT NULL AS t"))[1].t then
+      pending("the stack already has a resclean_cancel_requests table (examples/cancel-requests.sql)")
+    end
+    fx.check(admin:query("CREATE TABLE resclean_cancel_requests (id bigserial PRIMARY KEY, resource_ids uuid[])"))
+    finally(function() admin:query("DROP TABLE IF EXISTS resclean_cancel_requests") end)
+    local r = run_check(bucket)
+    assert.are.equal(0, r.code, report(r))
+    assert.are.equal("warn", r.items.cancel.status, report(r))
+    assert.matches("lacks SELECT or DELETE", r.items.cancel.message, 1, true)
+    assert.matches('GRANT SELECT, DELETE ON "resclean_cancel_requests" TO "resclean"', r.items.cancel.fix, 1, true)
+    fx.check(admin:query("GRANT SELECT, DELETE ON resclean_cancel_requests TO resclean"))
+    r = run_check(bucket)
+    assert.are.equal("ok", r.items.cancel.status, report(r))
+    assert.matches("SELECT and DELETE granted", r.items.cancel.message, 1, true)
+  end)
+
   it("on a standby: pending until the stack has one (another change adds it)", function()
     pending("the stack starts no standby yet: check's primary item fails on pg_is_in_recovery() true")
   end)

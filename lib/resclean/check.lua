@@ -241,37 +241,48 @@ local function check_keys(conn, p)
   return item, keys
 end
 
+-- The cancel path: LISTEN on cancel_channel (the long-running sweep's wake-up), and the
+-- table of cancel requests the sweeper reads and deletes, where the policy names one
+-- (cancel_requests_table); without that field, the default table is reported when present.
 local function check_cancel(conn, p)
-  if not p.cancel_channel then
-    return { item = "cancel", status = "skip", message = "cancel_channel = false: applications cannot cancel "
-      .. "through the sweep" }
+  local parts, item = {}, { item = "cancel", status = "ok", channel = p.cancel_channel or nil }
+  if p.cancel_channel then
+    local ch = conn:quote_ident(p.cancel_channel)
+    local ok, err = conn:query("LISTEN " .. ch)
+    if ok then ok, err = conn:query("UNLISTEN " .. ch) end
+    if not ok then
+      local failed = from_error("cancel", err, ("LISTEN %s: "):format(p.cancel_channel))
+      if failed.status == "fail" then failed.status = "warn" end -- the sweep itself still runs
+      return failed
+    end
+    parts[1] = ("the long-running sweep can LISTEN on %s (a --once run does not listen)"):format(p.cancel_channel)
+  else
+    parts[1] = "cancel_channel = false: no LISTEN"
   end
-  local ch = conn:quote_ident(p.cancel_channel)
-  local ok, err = conn:query("LISTEN " .. ch)
-  if ok then ok, err = conn:query("UNLISTEN " .. ch) end
-  if not ok then
-    local item = from_error("cancel", err, ("LISTEN %s: "):format(p.cancel_channel))
-    if item.status == "fail" then item.status = "warn" end -- the sweep itself still runs
-    return item
-  end
-  local msg = ("the long-running sweep can LISTEN on %s (a --once run does not listen)"):format(p.cancel_channel)
-  local item = { item = "cancel", status = "ok", channel = p.cancel_channel }
-  -- A table of cancel requests, where the release has one: present and readable?
-  local res = conn:query([[SELECT to_regclass('resclean_cancel_requests') IS NOT NULL AS present,
-    CASE WHEN to_regclass('resclean_cancel_requests') IS NOT NULL
-         THEN has_table_privilege('resclean_cancel_requests', 'SELECT')
-          AND has_table_privilege('resclean_cancel_requests', 'DELETE') END AS usable]])
-  if res and res[1].present then
-    item.requests_table = true
-    if res[1].usable then
-      msg = msg .. "; table resclean_cancel_requests readable"
-    else
+  local tbl, required = p.cancel_requests_table, p.cancel_requests_table ~= nil
+  if tbl == nil then tbl = "resclean_cancel_requests" end
+  if tbl then
+    local res = conn:query([[SELECT to_regclass($1) IS NOT NULL AS present, current_user::text AS who,
+      CASE WHEN to_regclass($1) IS NOT NULL
+           THEN has_table_privilege($1, 'SELECT') AND has_table_privilege($1, 'DELETE') END AS usable]],
+      conn:quote_ident(tbl))
+    local r = res and res[1]
+    if r and r.present then
+      item.requests_table = tbl
+      if r.usable then
+        parts[#parts + 1] = ("requests table %s: SELECT and DELETE granted"):format(tbl)
+      else
+        item.status = "warn"
+        parts[#parts + 1] = ("requests table %s: role %s lacks SELECT or DELETE on it"):format(tbl, r.who)
+        item.fix = ("GRANT SELECT, DELETE ON %s TO %s;"):format(conn:quote_ident(tbl), conn:quote_ident(r.who))
+      end
+    elseif r and required then
       item.status = "warn"
-      msg = msg .. "; table resclean_cancel_requests present but this role lacks SELECT or DELETE on it"
-      item.fix = "grant the role SELECT, DELETE on resclean_cancel_requests"
+      parts[#parts + 1] = ("requests table %s does not exist: applications cannot ask for cancels"):format(tbl)
+      item.fix = "create it with examples/cancel-requests.sql, or set cancel_requests_table = false in the policy"
     end
   end
-  item.message = msg
+  item.message = table.concat(parts, "; ")
   return item
 end
 
