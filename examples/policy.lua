@@ -3,6 +3,9 @@
 -- restart; an edit that does not validate is logged and the previous policy
 -- is kept. Every field is optional: what is left out keeps its default,
 -- shown here. Durations are seconds or strings such as "90s", "15m", "24h", "7d".
+-- The file (and key()) runs without io, os.exit, os.execute or debug; it has
+-- os.getenv, os.time, string, table, math and require("resclean.policy").
+-- `resclean run check --policy FILE` tries it against the database and bucket.
 return {
   -- Where pending uploads live.
   table = "attack_resource_files",
@@ -25,7 +28,8 @@ return {
 
   bucket = os.getenv("RESCLEAN_BUCKET") or "cipherswarm-resources",
 
-  -- When a pending upload is stale, and how often to look.
+  -- When a pending upload is stale (never below url_lifetime: an upload may
+  -- still be in progress), and how often to look.
   max_age = "24h",
   interval = "1h",
   jitter = "60s",                    -- random extra wait, so replicas spread out

@@ -36,12 +36,16 @@ local function main(...)
   local opts, code0 = cli.parse(parser, { ... })
   if not opts then return code0 end
 
-  local p, err = app.load_policy(opts)
-  if not p then return app.fail(app.EXIT.usage, err.message) end
   local metrics = opts["metrics-file"] and require("resclean.metrics").new(opts["metrics-file"])
   if metrics then
     local ok, merr = metrics:check()
     if not ok then return app.fail(app.EXIT.usage, merr.message) end
+  end
+  local p, err = app.load_policy(opts)
+  if not p then
+    -- Written even before the first cycle: the exit code and resclean_policy_invalid.
+    if metrics then metrics:record_policy_failure(app.EXIT.usage) end
+    return app.fail(app.EXIT.usage, err.message)
   end
   -- The audit trail first: a start line, its write checked, before any claim.
   local ok_log, why = app.start_line("sweep", p, { once = opts.once or nil, dry_run = opts["dry-run"] or nil })
@@ -70,6 +74,7 @@ local function main(...)
     else
       log.error("policy_invalid", { message = perr.message, detail = "keeping the previous policy" })
     end
+    if metrics then metrics:policy_valid(fresh ~= nil) end
     local store, code, msg = app.open_store(p, true)
     if not store then
       app.fail(code, msg)
