@@ -171,6 +171,7 @@ local function fake_db(n, opts)
                  { c = "created_at", t = "timestamp with time zone" }, { c = "resource_type", t = "USER-DEFINED" } }
       end
       if sql:find("pg_enum", 1, true) then return {} end
+      if sql:find("current_user", 1, true) then return { { role = "resclean" } } end -- cancel: who asks
       if sql:find("pg_constraint", 1, true) then
         return opts.precheck and { { tbl = "attacks", col = "word_list_id" } } or {}
       end
