@@ -228,6 +228,55 @@ describe("who may cancel", function()
   end)
 end)
 
+describe("a sweeper whose cancel requests table is missing or not granted", function()
+  local conn, bucket
+
+  setup(function()
+    conn = fx.connect()
+    bucket = fx.fresh_bucket(conn, "notable")
+  end)
+
+  teardown(function() if conn then conn:close() end end)
+
+  -- A long-running sweeper on policy text until its first cycle ended; returns its lines.
+  local function first_cycle(policy_text)
+    local proc = h.spawn({ "run", "scripts/sweep.lua", "--policy", fs.policy(policy_text) }, fs.env(bucket))
+    h.wait_for(function() return #events(proc, "sweep") > 0 end, 30, "the first cycle")
+    -- Past the first cycle's look at the table, and one more second of waiting.
+    local deadline = sys.monotime() + 1
+    while sys.monotime() < deadline do sys.sleep(0.1) end
+    proc.kill("TERM")
+    assert.are.equal(0, proc.wait(20))
+    return proc
+  end
+
+  it("warns once naming the SQL file to run, does not listen, and sweeps on", function()
+    fx.rows(conn, 2)
+    local proc = first_cycle("return { interval = 3600, jitter = 0, cancel_requests_table = 'resclean_no_requests' }")
+    local w = events(proc, "cancel_requests_missing")
+    assert.are.equal(1, #w)
+    assert.are.equal("warn", w[1].level)
+    assert.matches("examples/cancel-requests.sql", w[1].message, 1, true)
+    assert.are.same({}, events(proc, "listening"))
+    assert.are.equal(2, events(proc, "sweep")[1].record_only)
+    -- cancel --notify says the same, exit 2.
+    local r = h.run_script({ "scripts/cancel.lua", "--notify", "--policy",
+      fs.policy("return { cancel_requests_table = 'resclean_no_requests' }"), random_ids(conn, 1)[1] }, fs.env(bucket))
+    assert.are.equal(2, r.code)
+    assert.matches("examples/cancel-requests.sql", r.stderr, 1, true)
+  end)
+
+  it("warns once naming the GRANT when the role may not delete requests, and does not listen", function()
+    -- A table resclean may read and not delete: the harness's throwaway marker.
+    local proc = first_cycle(
+      "return { interval = 3600, jitter = 0, cancel_requests_table = 'resclean_throwaway_stack' }")
+    local w = events(proc, "cancel_requests_forbidden")
+    assert.are.equal(1, #w)
+    assert.matches("GRANT SELECT, DELETE ON resclean_throwaway_stack TO resclean", w[1].message, 1, true)
+    assert.are.same({}, events(proc, "listening"))
+  end)
+end)
+
 describe("the sweeper's sessions while requests arrive", function()
   local APPNAME = "resclean-sessions"
   local conn, bucket, client, p

@@ -52,7 +52,8 @@ describe("cancel on request", function()
 
   local function listener_pid()
     local res = fx.check(conn:query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
-      .. "AND (query ILIKE 'LISTEN%' OR query LIKE 'SELECT 1 AS one FROM%') AND pid <> pg_backend_pid()", fs.APPNAME))
+      .. "AND (query ILIKE 'LISTEN%' OR query LIKE 'SELECT EXISTS (SELECT 1 FROM%') AND pid <> pg_backend_pid()",
+      fs.APPNAME))
     return res[1] and res[1].pid
   end
 

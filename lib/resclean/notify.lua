@@ -110,13 +110,20 @@ function Cancels:table_error(conn, err)
   return false
 end
 
--- Is any request pending? One query. Returns true or false (false too
+-- Is any request pending? One query, which also sees whether the role
+-- may take requests (SELECT and DELETE). Returns true or false (false too
 -- when the table is missing or not granted: see self.state), or nil, err.
 function Cancels:probe(conn)
-  local res, err = conn:query(("SELECT 1 AS one FROM %s LIMIT 1"):format(conn:quote_ident(table_name(self))))
+  local t = conn:quote_ident(table_name(self))
+  local res, err = conn:query(("SELECT EXISTS (SELECT 1 FROM %s) AS any, has_table_privilege($1, 'DELETE') AS del, "
+    .. "current_user::text AS role"):format(t), t)
   if res then
+    if not res[1].del then
+      self:table_state("forbidden", res[1].role)
+      return false
+    end
     self:table_state("ok")
-    return #res > 0
+    return res[1].any
   end
   if self:table_error(conn, err) then return false end
   return nil, err
