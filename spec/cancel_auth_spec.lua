@@ -120,6 +120,8 @@ describe("who may cancel", function()
     -- 4. cancel as that role: its own authority is none.
     r = h.run_script({ "scripts/cancel.lua", table.unpack(ids) }, env)
     assert.are.equal(2, r.code, r.stderr)
+    assert.matches('table "attack_resource_files" exists but role ' .. STRANGER .. " has no privilege on it",
+      r.stderr, 1, true)
     assert.are.same({}, r.outcomes)
     -- The sweeper had time to act: a marker requested by the application after all this is done.
     local marker = fx.rows(conn, 1, { age_s = 60 })[1]
