@@ -228,6 +228,24 @@ describe("who may cancel", function()
     assert.are.equal(1, second.record_only)
     assert.are.equal(0, fx.check(conn:query("SELECT count(*)::int AS n FROM resclean_cancel_requests"))[1].n)
   end)
+
+  it("bounds a flood of 1,000 one-id requests: 20 request lines and one summary for the turn", function()
+    local before = #events(p)
+    local tx = assert(app:begin())
+    fx.check(app:query("INSERT INTO resclean_cancel_requests (resource_ids, reason) "
+      .. "SELECT ARRAY[gen_random_uuid()], 'many' FROM generate_series(1, 1000)"))
+    fx.check(tx:commit())
+    local summary = h.wait_for(function()
+      for _, l in ipairs(events(p, "cancel")) do if l.requests == 1000 then return l end end
+    end, 20, "the turn's summary")
+    assert.are.equal(980, summary.requests_unlogged)
+    assert.are.equal(1000, summary.not_found)
+    local deadline = sys.monotime() + 1
+    while sys.monotime() < deadline do sys.sleep(0.1) end
+    local lines = #events(p) - before
+    assert.is_true(lines <= 21, ("%d lines for the flood"):format(lines))
+    assert.are.equal(0, fx.check(conn:query("SELECT count(*)::int AS n FROM resclean_cancel_requests"))[1].n)
+  end)
 end)
 
 describe("a sweeper whose cancel requests table is missing or not granted", function()
