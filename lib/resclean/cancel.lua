@@ -95,7 +95,9 @@ M.SAMPLES = 3         -- ids with no row named on a request's line
 
 -- One turn on an open session. opts: table (the requests table), max_ids.
 -- Returns info {requests, more} (more: requests were left for the next
--- turn), or nil, err (the transaction rolled back: every request stays).
+-- turn), or nil, err (the transaction rolled back: every request stays),
+-- or nil, err, true (committed, the requests taken, but the storage failed
+-- them all alike: their resource lines say failed).
 function M.requests(conn, sql, store, run, opts)
   local tx <close>, err = conn:begin()
   if not tx then return nil, err end
@@ -154,8 +156,9 @@ function M.requests(conn, sql, store, run, opts)
     if not done then return nil, err end
     run:log_decided(done)
     request_lines(run, reqs)
+    -- Committed: the requests are taken, their failed ids logged as such.
     err = batch.stop_error(done)
-    if err then return nil, err end
+    if err then return nil, err, true end
   else
     ok, err = tx:commit()
     if not ok then return nil, err end

@@ -145,7 +145,7 @@ function Cancels:turn(s)
   for k, v in pairs(saved) do base[k] = v end
   base.via = "request"
   log.set_base(base)
-  local info, err = cancel.requests(s.conn, s.sql, s.store, run,
+  local info, err, taken = cancel.requests(s.conn, s.sql, s.store, run,
     { table = p.cancel_requests_table, max_ids = p.batch_size })
   local code, extra
   if info then
@@ -163,7 +163,8 @@ function Cancels:turn(s)
     return nil
   else
     code, extra = runs.ended_on(err)
-    extra.detail = "the requests of this turn stay in the table: a later turn takes them again"
+    extra.detail = taken and "the requests were taken; their resources failed and stay pending (the sweep removes "
+      .. "them past max_age)" or "the requests of this turn stay in the table: a later turn takes them again"
   end
   extra.exit_code = code
   local summary = run:summary("cancel", extra)
