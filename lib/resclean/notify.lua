@@ -56,14 +56,17 @@ end
 local Cancels = {}
 Cancels.__index = Cancels
 
--- opts: pg (module), conninfo, policy (a function returning the current
+-- opts: pg (module), conninfo, listen_conninfo (for the LISTEN connection,
+-- which needs a session of its own: a direct one behind a transaction
+-- pooler; default conninfo), policy (a function returning the current
 -- policy), open_store(p) -> store or nil, code, msg, on_result(code,
 -- summary) (optional), channel (LISTEN on it; nil: no listening, as for
 -- --once), quiet_missing (a missing table is a debug line, not a warning),
 -- emit (log.emit), backoff(n) -> seconds.
 function M.new(opts)
   return setmetatable({
-    pg = opts.pg, conninfo = opts.conninfo, policy = opts.policy, open_store = opts.open_store,
+    pg = opts.pg, conninfo = opts.conninfo, listen_conninfo = opts.listen_conninfo or opts.conninfo,
+    policy = opts.policy, open_store = opts.open_store,
     on_result = opts.on_result, channel = opts.channel, quiet_missing = opts.quiet_missing,
     emit = opts.emit or log.emit, failures = 0, retry_at = 0,
     backoff = opts.backoff or function(n) return math.min(0.5 * 2 ^ (n - 1), 30) end,
@@ -247,7 +250,7 @@ function Cancels:ensure()
   if not self.channel or not table_name(self) then return false end
   local now = sys.monotime()
   if now < self.retry_at then return false end
-  local conn, err = self.pg.connect(self.conninfo)
+  local conn, err = self.pg.connect(self.listen_conninfo)
   local any
   if conn then
     any, err = self:probe(conn)
