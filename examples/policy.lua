@@ -81,9 +81,13 @@ return {
   -- --max-delete N allows up to N instead.
   reconcile_max_delete_fraction = 0.10,
 
-  -- The long-running sweep LISTENs on this channel: an application cancels
-  -- an upload with SELECT pg_notify('resclean_cancel', '<id>') in its own
-  -- transaction (see examples/cancel_endpoint.py). false: no listening.
+  -- Cancels from the application: it INSERTs a row into this table (the
+  -- grant to do so is the right to cancel; examples/cancel-requests.sql
+  -- creates it, examples/cancel-endpoint.py writes one). Every sweep takes
+  -- pending requests at the start of a cycle; the long-running one also
+  -- LISTENs on cancel_channel, where the table's trigger wakes it (a
+  -- NOTIFY's payload is ignored: anyone may send one). false: off.
+  cancel_requests_table = "resclean_cancel_requests",
   cancel_channel = "resclean_cancel",
 
   log_level = "info",                -- debug, info, warn or error

@@ -54,7 +54,8 @@ function M.defaults()
       { table = "attack_resource_files", key_column = "id" },
       { table = "upload_resource_files", key_column = "id" },
     },
-    cancel_channel = "resclean_cancel",    -- LISTEN channel of the long-running sweep; false: off
+    cancel_channel = "resclean_cancel",    -- wake-up channel the long-running sweep LISTENs on; false: off
+    cancel_requests_table = "resclean_cancel_requests", -- cancels the application asked for; false: off
     log_level = getenv("RESCLEAN_LOG_LEVEL") or "info",
   }
 end
@@ -160,6 +161,8 @@ local FIELDS = {
     "a number from 0 to 1 (0.10: at most 10% of the candidates)" },
   cancel_channel = { function(v) return v == false or ident(v) end,
     "a channel name (letters, digits, _; at most 63 bytes), or false for none" },
+  cancel_requests_table = { function(v) return v == false or ident(v) end,
+    "a table name (letters, digits, _; at most 63 bytes; see examples/cancel-requests.sql), or false for none" },
   log_level = { function(v) return v == "debug" or v == "info" or v == "warn" or v == "error" end,
     "one of debug, info, warn, error" },
 }
