@@ -476,7 +476,8 @@ function storage_start(ctx, items)
   local t0 = sys.monotime()
   if p.verify and #keys > 0 then
     -- A small bucket may be listed instead (storage.lua): only for stale
-    -- keys, whose upload URLs expired, so no object can appear meanwhile.
+    -- keys, whose upload URLs expired. A key the listing lacks is logged
+    -- deleted (not_listed), never record_only: an object may land after.
     local opts
     if ctx.stale and p.verify_list ~= false and p.max_age >= (p.url_lifetime or math.huge) then
       opts = { expected = math.max((run.eligible or 0) - (run.claimed or 0) + #keys, #keys) }
