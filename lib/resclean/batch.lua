@@ -493,9 +493,9 @@ function storage_start(ctx, items)
     for i = 1, #keys do results[i] = true end
     ctx.results = results
   else
-    -- Quiet replies (storage.lua): a key counts as deleted unless listed
-    -- as an error; quiet_deletes = false: only when listed as deleted.
-    local dopts = { quiet = p.quiet_deletes ~= false }
+    -- Verbose replies (storage.lua): a key counts as deleted only when
+    -- listed as deleted; quiet_deletes = true: unless listed as an error.
+    local dopts = { quiet = p.quiet_deletes == true }
     if store.delete_start then
       ctx.pending = store:delete_start(keys, p.concurrency, dopts)
     else

@@ -249,13 +249,15 @@ end
 -- Verbose replies by default: a key counts as deleted only when the reply
 -- says so (<Deleted>), and one a reply leaves out is failed (NotInReply).
 -- opts.quiet asks for Quiet replies, which S3 defines to list only the keys
--- it could not delete: a key not listed counts as deleted. The sweep uses
--- them (policy quiet_deletes, default true): across a network a verbose
--- reply costs a TCP segment a key (RGW flushes each <Deleted>), 10-20% of
--- the sweep's rate in the bench's remote profile. Quiet also works with
--- servers that ignore it (they list <Deleted> keys: deleted) and with those
--- that never list <Deleted> keys (Baidu BOS is reported to). Reconcile
--- keeps verbose replies.
+-- it could not delete: a key not listed counts as deleted. A Quiet reply
+-- proves only that no error was listed: an empty one reads the same
+-- whether every key was deleted or none was processed (a proxy that strips
+-- <Error> entries, or answers without forwarding). The sweep asks for them
+-- only with policy quiet_deletes = true (default false since the bench put
+-- verbose's cost at a fraction of the remote rate; resclean(1)). Quiet also
+-- works with servers that ignore it (they list <Deleted> keys: deleted) and
+-- with those that never list <Deleted> keys (Baidu BOS is reported to).
+-- Reconcile keeps verbose replies.
 function Store:delete_many(keys, concurrency, opts)
   local quiet = opts and opts.quiet
   return self:retry_keys(keys, self:delete_round(keys, concurrency, self.client, quiet), concurrency, self.client,
