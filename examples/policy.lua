@@ -72,8 +72,9 @@ return {
   -- key_id = function(key) return key:match("^wl/(.+)$") end,
 
   -- reconcile --apply deletes nothing when its plan would delete more than
-  -- this fraction of the objects it listed (a mass delete is a wrong policy
-  -- more often than a real backlog); --max-delete N allows up to N instead.
+  -- this fraction of the candidates (listed keys matching key_pattern, old
+  -- enough): a mass delete is a wrong policy more often than a real backlog;
+  -- --max-delete N allows up to N instead.
   reconcile_max_delete_fraction = 0.10,
 
   -- The long-running sweep LISTENs on this channel: an application cancels

@@ -47,7 +47,7 @@ function M.defaults()
     singleton = false,                     -- true: one sweeper at a time (advisory lock)
     progress_interval = 10,                -- seconds between progress lines
     url_lifetime = 3600,                   -- presigned URL lifetime (reconcile's grace)
-    reconcile_max_delete_fraction = 0.10,  -- reconcile --apply refuses to delete more of the listed objects
+    reconcile_max_delete_fraction = 0.10,  -- reconcile --apply refuses to delete more of the candidates
     -- key_id = function(key) ... end      -- optional inverse of key(): the id of the row whose key is key
     -- Tables that own keys in the bucket (reconcile checks all of them).
     owners = {
@@ -157,7 +157,7 @@ local FIELDS = {
   key_id = { function(v) return v == nil or type(v) == "function" end,
     "a function(key) returning the id_column value of the row whose key(row) is key (the inverse of key)" },
   reconcile_max_delete_fraction = { function(v) return math.type(v) ~= nil and v >= 0 and v <= 1 end,
-    "a number from 0 to 1 (0.10: at most 10% of the objects listed)" },
+    "a number from 0 to 1 (0.10: at most 10% of the candidates)" },
   cancel_channel = { function(v) return v == false or ident(v) end,
     "a channel name (letters, digits, _; at most 63 bytes), or false for none" },
   log_level = { function(v) return v == "debug" or v == "info" or v == "warn" or v == "error" end,
