@@ -79,8 +79,9 @@ DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
             radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl \
             groff-base man-db systemd
 DEB_BENCH = hyperfine clang libclang-rt-14-dev clang-format universal-ctags
-# To build and check the Debian package and the OCI image (make deb, make image, their specs).
-DEB_PACKAGE = debhelper lintian dpkg-dev fakeroot podman buildah mmdebstrap runc uidmap
+# To build and check the Debian package and the OCI image (make deb, make image, their specs), and
+# to read examples/compose.yaml (python3-yaml).
+DEB_PACKAGE = debhelper lintian dpkg-dev fakeroot podman buildah mmdebstrap runc uidmap python3-yaml
 
 .PHONY: FORCE all asan deps test lint specs demo bench soak install uninstall deb image clean fuzz format format-check
 all: $(BIN) $(NET_SO)

@@ -119,7 +119,8 @@ describe("the Debian package (make deb, apt-get install, upgrade, purge)", funct
   setup(function()
     local out, code = sh(("make -s -C %s deb"):format(h.q(ROOT)))
     assert(code == 0, "make deb failed:\n" .. out)
-    local version = trim(sh(("awk 'NR == 1 { gsub(/[()]/, \"\", $2); print $2 }' %s/debian/changelog"):format(h.q(ROOT))))
+    local version = trim(sh(("awk 'NR == 1 { gsub(/[()]/, \"\", $2); print $2 }' %s/debian/changelog")
+      :format(h.q(ROOT))))
     new_deb = ("%s/build/deb/resclean_%s_%s.deb"):format(ROOT, version, trim(sh("dpkg --print-architecture")))
     assert(exists(new_deb), "make deb made no " .. new_deb)
     old_deb = old_package(new_deb)
@@ -152,7 +153,7 @@ describe("the Debian package (make deb, apt-get install, upgrade, purge)", funct
     end
   end)
 
-  it("installs the older version: the resclean user, /etc/resclean/env root:resclean 0640, units not enabled", function()
+  it("installs the older version: the resclean user, /etc/resclean/env root:resclean 0640, no unit enabled", function()
     assert.are.equal(OLD .. "-1", deb_version(old_deb))
     apt("install " .. h.q(old_deb))
     assert.are.equal("ii", dpkg_status())
@@ -178,7 +179,7 @@ describe("the Debian package (make deb, apt-get install, upgrade, purge)", funct
     f:close()
   end)
 
-  it("upgrades to this version with apt-get install ./resclean_*.deb: the edited env kept, 0.1.0's files gone", function()
+  it("upgrades to this version by apt-get install ./resclean_*.deb: the edited env kept, 0.1.0's files gone", function()
     local uid = trim(sh("id -u resclean"))
     apt("install " .. h.q(new_deb))
     assert.are.equal(deb_version(new_deb), trim(sh("dpkg-query -W -f='${Version}' resclean")))
@@ -193,7 +194,7 @@ describe("the Debian package (make deb, apt-get install, upgrade, purge)", funct
     end
   end)
 
-  it("runs resclean help, --version and run status (and check) from / as the resclean user against the stack", function()
+  it("runs resclean help, --version, run status (and check) from / as the resclean user against the stack", function()
     local out, code = resclean("help")
     assert.are.equal(0, code, out)
     assert.matches("^usage: resclean ", out)
