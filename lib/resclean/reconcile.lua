@@ -983,9 +983,20 @@ function M.reconcile(conn, store, ctx, p, opts)
   return s.failed > 0 and errors.EXIT.failed or errors.EXIT.ok
 end
 
+local STANDBY_REFUSAL = "reconcile must run against the primary: a standby replays the primary's changes "
+  .. "with a delay, so it may lack the newest rows, and the objects they own would look orphaned and be deleted; "
+  .. "point DATABASE_URL at the primary (or list every host with target_session_attrs=read-write)"
+
 local function connect(p)
   local conn, err = require("resclean.pg").connect(config.conninfo())
   if not conn then return nil, err end
+  -- A lagging standby lacks the newest rows: their objects would look orphaned.
+  local ok_role
+  ok_role, err = require("resclean.session").server_role(conn, { refuse = STANDBY_REFUSAL })
+  if not ok_role then
+    conn:close()
+    return nil, err
+  end
   for _, s in ipairs({ ("SET statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)),
                        "SET default_transaction_read_only = on" }) do
     local ok
