@@ -69,7 +69,7 @@ local function old_package(new_deb)
   local deb = ("%s/tree/build/deb/resclean_%s-1_%s.deb"):format(dir, OLD, arch)
   if select(2, sh(("test %s -nt %s"):format(h.q(deb), h.q(new_deb)))) == 0 then return deb end
   local tree = dir .. "/tree"
-  local out, code = sh(table.concat({
+  local out, code = sh("{ " .. table.concat({
     "rm -rf " .. h.q(dir), "mkdir -p " .. h.q(tree),
     ("cd %s && tar -c --anchored --exclude=./build --exclude=./.git --exclude=./spec --exclude=./resclean"
       .. " --exclude=./resclean_net.so --exclude=./.version . | tar -x -C %s"):format(h.q(ROOT), h.q(tree)),
@@ -77,7 +77,7 @@ local function old_package(new_deb)
     ("sed -i '1s/^resclean ([^)]*)/resclean (%s-1)/' %s/debian/changelog"):format(OLD, h.q(tree)),
     ("printf 'print(\"the demo of %s\")\\nreturn 0\\n' >%s/scripts/demo.lua"):format(OLD, h.q(tree)),
     ("make -s -C %s deb LINTIAN="):format(h.q(tree)),
-  }, " && "))
+  }, " && ") .. "; }")
   assert(code == 0, "building the " .. OLD .. " package failed: " .. out)
   assert(exists(deb), "no " .. deb .. " after building the older package: " .. out)
   return deb
@@ -212,7 +212,7 @@ describe("the Debian package (make deb, apt-get install, upgrade, purge)", funct
       out, code = resclean("run check", { RESCLEAN_BUCKET = bucket })
       assert.are.equal(0, code, out)
     end
-    assert.are.equal(0, select(2, sh("man -w resclean && man -w resclean-lua")))
+    assert.are.equal(0, select(2, sh("{ man -w resclean && man -w resclean-lua; }")))
   end)
 
   it("apt-get purge leaves nothing: the same paths as before, no user, no group, nothing in dpkg", function()
