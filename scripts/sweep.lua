@@ -50,8 +50,8 @@ local function main(...)
   -- Cancels from the application (NOTIFY on cancel_channel), long-running only.
   local listener
   if not opts.once and p.cancel_channel and not opts["dry-run"] then
-    listener = notify.listener({ pg = pg, conninfo = config.conninfo(), channel = p.cancel_channel })
-    listener:ensure()
+    -- On a session of its own: RESCLEAN_DIRECT_DATABASE_URL, or DATABASE_URL unless a transaction pool.
+    listener = require("resclean.pool").listener(notify, pg, p.cancel_channel)
   end
   local cancel_opts = {
     pg = pg, conninfo = config.conninfo(), policy = function() return p end,

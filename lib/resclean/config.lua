@@ -43,6 +43,17 @@ function M.conninfo()
   return c
 end
 
+-- RESCLEAN_DIRECT_DATABASE_URL: a libpq conninfo to PostgreSQL itself (or a
+-- session pool) for what needs a session of its own, when DATABASE_URL
+-- goes through a transaction pool: LISTEN for notified cancels and the
+-- singleton's advisory lock (pool.lua). nil when unset. Its secrets are
+-- registered with the log.
+function M.direct_conninfo()
+  local c = env("RESCLEAN_DIRECT_DATABASE_URL")
+  for _, s in ipairs(M.conninfo_secrets(c)) do log.add_secret(s) end
+  return c
+end
+
 -- Options for s3.client from AWS_* variables and the policy.
 function M.s3_options(policy)
   local region = env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1"

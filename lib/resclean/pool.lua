@@ -1,0 +1,127 @@
+-- Connection poolers. Everything resclean runs in a transaction leaves the
+-- server connection as it found it (session.lua), so DATABASE_URL may point
+-- at a transaction pool (PgBouncer pool_mode=transaction). Two things need
+-- a session of their own, which such a pool does not give: LISTEN (a
+-- notification goes to whichever client holds the server connection then)
+-- and the singleton's advisory lock (it stays on the server connection,
+-- held for whoever gets it next). They go to RESCLEAN_DIRECT_DATABASE_URL
+-- when it is set, else to DATABASE_URL once it is shown not to be a
+-- transaction pool; otherwise the listener is off with a warning and a
+-- singleton sweep stops (exit 2), each naming the setting.
+local config = require("resclean.config")
+local errors = require("resclean.errors")
+local log = require("resclean.log")
+
+local M = {}
+
+M.SETTING = "RESCLEAN_DIRECT_DATABASE_URL"
+
+local known = {} -- conninfo (or "") -> true: a transaction pool; false: sessions hold
+
+local function backend(q)
+  local res, err = q:query("SELECT pg_backend_pid() AS pid")
+  if not res then return nil, err end
+  return res[1].pid
+end
+
+-- Does conninfo lead to a transaction (or statement) pool? A session keeps
+-- its server backend for life and no other session ever gets it. Through a
+-- transaction pool the backend a client used is free again after its
+-- transaction: a second client that opens a transaction right after
+-- usually gets it (PgBouncer hands out the most recently used server
+-- connection first), and when another client took it meanwhile, the first
+-- client's next statement may land on another backend. Either shows a
+-- pool; three rounds of it, then sessions are taken to hold. The answer is
+-- kept for the process. Returns true or false, or nil, err (not reached:
+-- asked again next time).
+function M.transaction_pooled(pg, conninfo)
+  local key = conninfo or ""
+  if known[key] ~= nil then return known[key] end
+  local a <close>, err = pg.connect(conninfo)
+  if not a then return nil, err end
+  local first
+  first, err = backend(a)
+  if not first then return nil, err end
+  for _ = 1, 3 do
+    local b <close>, berr = pg.connect(conninfo)
+    if not b then return nil, berr end
+    local tx <close>, terr = b:begin()
+    if not tx then return nil, terr end
+    local other, oerr = backend(tx)
+    if not other then return nil, oerr end
+    local again
+    if other ~= first then
+      again, err = backend(a)
+      if not again then return nil, err end
+    end
+    if other == first or again ~= first then
+      known[key] = true
+      return true
+    end
+  end
+  known[key] = false
+  return false
+end
+
+-- The error for `what` (a sentence naming what needs a session) through a
+-- transaction pool at `which` (the variable's name).
+local function pooled_error(what, which, fix)
+  return errors.new("config", ("%s needs a database session, and %s leads to a transaction pool (PgBouncer "
+    .. "pool_mode=transaction: every transaction may run on another server connection): set %s to "
+    .. "PostgreSQL itself or to a session pool%s"):format(what, which, M.SETTING, fix or ""), { setting = M.SETTING })
+end
+M.pooled_error = pooled_error
+
+-- The conninfo for what needs a session: the direct URL when set, else
+-- DATABASE_URL. Returns conninfo, the name of its variable.
+function M.session_conninfo()
+  local direct = config.direct_conninfo()
+  if direct then return direct, M.SETTING end
+  return config.conninfo(), "DATABASE_URL"
+end
+
+-- Check that conninfo (from the variable `which`) gives sessions. Returns
+-- true, or nil, err: a config error naming the setting when it is a
+-- transaction pool, the connection's error when it cannot be reached.
+function M.check_session(pg, conninfo, which, what, fix)
+  local pooled, err = M.transaction_pooled(pg, conninfo)
+  if pooled == nil then return nil, err end
+  if pooled then return nil, pooled_error(what, which, fix) end
+  return true
+end
+
+-- A pg module for a listener: connect() first checks that conninfo gives
+-- sessions (once per process), so a LISTEN never lands in a transaction
+-- pool; through one it fails with the error naming the setting.
+function M.session_pg(pg, which, what)
+  return setmetatable({
+    connect = function(conninfo)
+      local ok, err = M.check_session(pg, conninfo, which, what)
+      if not ok then return nil, err end
+      return pg.connect(conninfo)
+    end,
+  }, { __index = pg })
+end
+
+-- The long-running sweep's listener for notified cancels (notify.lua) on
+-- a connection that gives a session, connected (or retrying). Through a
+-- transaction pool there is none: one warning names the setting instead
+-- of "listening", and the ids notified wait for the sweep (max_age).
+-- Returns the listener or nil.
+function M.listener(notify, pg, channel)
+  local ci, which = M.session_conninfo()
+  local what = "cancel on notification (LISTEN on the policy's cancel_channel)"
+  local ok, err = M.check_session(pg, ci, which, what)
+  if not ok and err.setting then
+    log.warn("listen_unavailable", { channel = channel, setting = M.SETTING,
+      message = errors.message(err) .. "; until then notified cancels are not taken (the sweep removes those "
+        .. "rows once older than max_age)" })
+    return nil
+  end
+  -- Not reached yet: each connect checks again until the answer is known.
+  local listener = notify.listener({ pg = M.session_pg(pg, which, what), conninfo = ci, channel = channel })
+  listener:ensure()
+  return listener
+end
+
+return M
