@@ -752,7 +752,7 @@ pgbouncer_up() {
     command -v pgbouncer >/dev/null || die "pgbouncer not installed (apt-get install pgbouncer)"
     pid=$(recorded_pid pgbouncer)
     if [[ -n $pid ]] && ours "$pid"; then
-        grep '^export RESCLEAN_PGBOUNCER_' "$DIR/env" | sed 's/^export //'
+        pgbouncer_print
         return 0
     fi
     # shellcheck disable=SC1091
@@ -816,7 +816,18 @@ EOF
     set_env_var RESCLEAN_PGBOUNCER_PORT "$port"
     set_env_var RESCLEAN_PGBOUNCER_LOG "$root/pgbouncer.log"
     log "pgbouncer up in $(since "$t0") (port $port, pid $pid)"
-    grep '^export RESCLEAN_PGBOUNCER_' "$DIR/env" | sed 's/^export //'
+    pgbouncer_print
+}
+
+# The RESCLEAN_PGBOUNCER_* lines of DIR/env as NAME=value (unquoted: the values have no blanks).
+pgbouncer_print() {
+    local name
+    # shellcheck disable=SC1091
+    source "$DIR/env"
+    for name in RESCLEAN_PGBOUNCER_TX_URL RESCLEAN_PGBOUNCER_SESSION_URL RESCLEAN_PGBOUNCER_PID \
+        RESCLEAN_PGBOUNCER_PORT RESCLEAN_PGBOUNCER_LOG; do
+        printf '%s=%s\n' "$name" "${!name}"
+    done
 }
 
 # Stop pgbouncer by its recorded PID (before PostgreSQL, so its server connections close first).
