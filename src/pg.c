@@ -553,17 +553,20 @@ static int finish(lua_State *L, Conn *c, int want_rows) {
     return n;
 }
 
-/* Sends sql (BEGIN and the per-transaction settings); a failure after BEGIN rolls back. Returns
-   NULL, or the failed result (to be parked in c->res). */
-static PGresult *open_tx(Conn *c, const char *sql) {
-    PGresult *r = PQexec(c->pg, sql);
-    if (PQresultStatus(r) == PGRES_COMMAND_OK) {
-        PQclear(r);
-        return NULL;
+/* Sends sql (BEGIN and the per-transaction settings). Returns 1 when the transaction is open; 0
+   with the failure in c->res (NULL when libpq could not even build a result), rolled back. */
+static int open_tx(Conn *c, const char *sql) {
+    PGTransactionStatusType ts;
+    c->res = PQexec(c->pg, sql);
+    if (PQresultStatus(c->res) == PGRES_COMMAND_OK) {
+        PQclear(c->res);
+        c->res = NULL;
+        return 1;
     }
-    if (PQtransactionStatus(c->pg) == PQTRANS_INERROR || PQtransactionStatus(c->pg) == PQTRANS_INTRANS)
+    ts = PQtransactionStatus(c->pg);
+    if (c->res != NULL && (ts == PQTRANS_INERROR || ts == PQTRANS_INTRANS))
         PQclear(PQexec(c->pg, "ROLLBACK"));
-    return r;
+    return 0;
 }
 
 static int result_ok(const PGresult *r) {
@@ -588,7 +591,7 @@ static int run(lua_State *L, Conn *c, int mode, const char *text, int first, int
     if (!ready(L, c))
         return 2;
     wrap = per_tx != NULL && !c->intx && PQtransactionStatus(c->pg) == PQTRANS_IDLE;
-    if (wrap && (c->res = open_tx(c, per_tx)) != NULL)
+    if (wrap && !open_tx(c, per_tx))
         return finish(L, c, 1);
     if (mode == Q_PARAMS)
         c->res = PQexecParams(c->pg, text, n, NULL, values, NULL, NULL, 0);
@@ -974,7 +977,7 @@ static int conn_begin(lua_State *L) {
     /* sql tx */
     if (!ready(L, c))
         return 2;
-    if ((c->res = open_tx(c, lua_tostring(L, -2))) != NULL)
+    if (!open_tx(c, lua_tostring(L, -2)))
         return finish(L, c, 0);
     t->state = TX_OPEN;
     c->intx = 1;

@@ -40,6 +40,7 @@ function M.conninfo()
   local c = env("DATABASE_URL")
   for _, s in ipairs(M.conninfo_secrets(c)) do log.add_secret(s) end
   log.add_secret(env("PGPASSWORD"))
+  M.direct_conninfo() -- its secrets too, whether it is used or not
   return c
 end
 
