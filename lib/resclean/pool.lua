@@ -32,13 +32,19 @@ end
 -- connection first), and when another client took it meanwhile, the first
 -- client's next statement may land on another backend. Either shows a
 -- pool; three rounds of it, then sessions are taken to hold. The answer is
--- kept for the process. Returns true or false, or nil, err (not reached:
--- asked again next time).
-function M.transaction_pooled(pg, conninfo)
+-- kept for the process. conn (optional): an open connection to conninfo,
+-- outside a transaction, to be the first client (one session less).
+-- Returns true or false, or nil, err (not reached: asked again next time).
+function M.transaction_pooled(pg, conninfo, conn)
   local key = conninfo or ""
   if known[key] ~= nil then return known[key] end
-  local a <close>, err = pg.connect(conninfo)
-  if not a then return nil, err end
+  local opened, err
+  if not conn then
+    opened, err = pg.connect(conninfo)
+    if not opened then return nil, err end
+  end
+  local own <close> = opened
+  local a = conn or own
   local first
   first, err = backend(a)
   if not first then return nil, err end
@@ -80,11 +86,12 @@ function M.session_conninfo()
   return config.conninfo(), "DATABASE_URL"
 end
 
--- Check that conninfo (from the variable `which`) gives sessions. Returns
+-- Check that conninfo (from the variable `which`) gives sessions (conn: an
+-- open connection to it, see transaction_pooled). Returns
 -- true, or nil, err: a config error naming the setting when it is a
 -- transaction pool, the connection's error when it cannot be reached.
-function M.check_session(pg, conninfo, which, what, fix)
-  local pooled, err = M.transaction_pooled(pg, conninfo)
+function M.check_session(pg, conninfo, which, what, fix, conn)
+  local pooled, err = M.transaction_pooled(pg, conninfo, conn)
   if pooled == nil then return nil, err end
   if pooled then return nil, pooled_error(what, which, fix) end
   return true

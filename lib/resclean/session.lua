@@ -102,7 +102,8 @@ function M.singleton(conn, run, opts)
   local ci, which = require("resclean.config").direct_conninfo(), pool.SETTING
   if not ci then ci, which = opts.conninfo, "DATABASE_URL" end
   local ok, err = pool.check_session(opts.pg, ci, which, "policy field 'singleton' (an advisory lock held for "
-    .. "the cycle)", ", or set singleton = false (sweepers then share the work through SKIP LOCKED)")
+    .. "the cycle)", ", or set singleton = false (sweepers then share the work through SKIP LOCKED)",
+    which == "DATABASE_URL" and conn or nil)
   if not ok then return nil, err end
   local lconn = conn
   if which == pool.SETTING then
