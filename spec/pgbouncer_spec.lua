@@ -108,6 +108,15 @@ describe("through PgBouncer in transaction pooling, under application load", fun
     assert.is_nil(log:find("aborted", 1, true), log)
   end
 
+  it("tells the pooler by its backend key: PgBouncer's own, PostgreSQL's is the backend's pid", function()
+    local via = fx.check(pg.connect(TX))
+    local pid = fx.check(via:query("SELECT pg_backend_pid() AS pid"))[1].pid
+    assert.are_not.equal(pid, via:backend_pid())
+    via:close()
+    pid = fx.check(conn:query("SELECT pg_backend_pid() AS pid"))[1].pid
+    assert.are.equal(pid, conn:backend_pid())
+  end)
+
   it("sweeps twice in a row: both exit 0, every stale row and object gone, the pool clean", function()
     local policy = fs.policy("return { batch_size = 50 }")
     for round = 1, 2 do

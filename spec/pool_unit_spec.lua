@@ -13,9 +13,11 @@ local function fake(backends)
     local mt = { __index = {}, __close = function() end }
     function mt.__index.query(self) return { { pid = backends(self, false) } } end
     function mt.__index.close() end
+    function mt.__index.backend_pid() return m.key_pid or -1 end -- a pooler's own key unless set
     function mt.__index.begin(self)
       local owner = self
-      return setmetatable({}, { __index = { query = function() return { { pid = backends(owner, true) } } end },
+      return setmetatable({}, { __index = { query = function() return { { pid = backends(owner, true) } } end,
+                                               rollback = function() end },
                                 __close = function() end })
     end
     return setmetatable(client, mt)
@@ -29,6 +31,13 @@ describe("pool.transaction_pooled", function()
     assert.is_false(pool.transaction_pooled(pg, "session-a"))
   end)
 
+  it("says no at once when the backend key is the server's own pid (no pooler in between)", function()
+    local pg = fake(function() return 4242 end)
+    pg.key_pid = 4242
+    assert.is_false(pool.transaction_pooled(pg, "direct"))
+    assert.are.equal(1, pg.connects)
+  end)
+
   it("says yes when a second client's transaction gets the backend the first just used", function()
     local pg = fake(function() return 4242 end) -- one server connection, handed from client to client
     assert.is_true(pool.transaction_pooled(pg, "pool-lifo"))
@@ -37,9 +46,9 @@ describe("pool.transaction_pooled", function()
   it("says yes when the first client's next statement lands on another backend", function()
     local n = 0
     local pg = fake(function(_, in_tx)
-      if in_tx then return 7 end -- the second client got another backend
+      if in_tx then return 7 end -- the second client always gets another backend
       n = n + 1
-      return 100 + n -- the first client moves from backend to backend
+      return n < 4 and 100 or 101 -- the first client stays twice, then moves
     end)
     assert.is_true(pool.transaction_pooled(pg, "pool-moving"))
   end)

@@ -24,16 +24,19 @@ local function backend(q)
   return res[1].pid
 end
 
--- Does conninfo lead to a transaction (or statement) pool? A session keeps
--- its server backend for life and no other session ever gets it. Through a
--- transaction pool the backend a client used is free again after its
--- transaction: a second client that opens a transaction right after
+-- Does conninfo lead to a transaction (or statement) pool? Without a
+-- pooler in between, the backend key the server sent at connect is its own
+-- pid (PQbackendPID = pg_backend_pid()): no pool, decided at once. A
+-- pooler (PgBouncer) sends a key of its own; then its mode shows in how
+-- backends move. A session keeps its server backend for life and no other
+-- session gets it. Through a transaction pool the backend a client used is
+-- free after its transaction: a second client's transaction right after
 -- usually gets it (PgBouncer hands out the most recently used server
--- connection first), and when another client took it meanwhile, the first
--- client's next statement may land on another backend. Either shows a
--- pool; three rounds of it, then sessions are taken to hold. The answer is
--- kept for the process. conn (optional): an open connection to conninfo,
--- outside a transaction, to be the first client (one session less).
+-- connection first), and on a busy pool the first client's next statements
+-- land on other backends. Either shows a transaction pool; after five
+-- rounds of both, sessions are taken to hold. The answer is kept for the
+-- process. conn (optional): an open connection to conninfo, outside a
+-- transaction, to be the first client (one session less).
 -- Returns true or false, or nil, err (not reached: asked again next time).
 function M.transaction_pooled(pg, conninfo, conn)
   local key = conninfo or ""
@@ -48,21 +51,30 @@ function M.transaction_pooled(pg, conninfo, conn)
   local first
   first, err = backend(a)
   if not first then return nil, err end
-  for _ = 1, 3 do
-    local b <close>, berr = pg.connect(conninfo)
-    if not b then return nil, berr end
-    local tx <close>, terr = b:begin()
+  if a:backend_pid() == first then
+    known[key] = false
+    return false
+  end
+  local b <close>, berr = pg.connect(conninfo)
+  if not b then return nil, berr end
+  for _ = 1, 5 do
+    local tx, terr = b:begin()
     if not tx then return nil, terr end
     local other, oerr = backend(tx)
+    tx:rollback()
     if not other then return nil, oerr end
-    local again
-    if other ~= first then
-      again, err = backend(a)
-      if not again then return nil, err end
-    end
-    if other == first or again ~= first then
+    if other == first then
       known[key] = true
       return true
+    end
+    for _ = 1, 2 do
+      local again
+      again, err = backend(a)
+      if not again then return nil, err end
+      if again ~= first then
+        known[key] = true
+        return true
+      end
     end
   end
   known[key] = false
