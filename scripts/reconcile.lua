@@ -7,13 +7,13 @@
 -- Without --apply the plan is printed and nothing is deleted. With it, the
 -- whole listing is planned first and nothing at all is deleted when a row
 -- of a table that is not an owner names an orphan, when the owner of a key
--- cannot be proven, or when the plan deletes more than the policy's
--- reconcile_max_delete_fraction of the objects listed (--max-delete N
--- allows up to N instead).
+-- cannot be proven, when row-level security hides rows from the role, or
+-- when the plan deletes more than the policy's reconcile_max_delete_fraction
+-- of the candidates (--max-delete N allows up to N instead).
 --
 -- Exit 0; 1 when some deletes failed; 2 on usage, policy, a missing owner
 -- table or column, or a refused plan; 3 when the database or the storage
--- cannot be reached.
+-- cannot be reached, or the listing would never end.
 local app = require("resclean.app")
 local cli = require("resclean.cli")
 local log = require("resclean.log")
@@ -24,16 +24,18 @@ local EPILOG = [[
 Without --apply the plan is printed and nothing is deleted. With it, the whole
 listing is planned first, and nothing at all is deleted when a row of a table
 that is not among the policy's owners names an orphan, when the owner of a key
-cannot be proven (set key_id), or when the plan exceeds the mass-delete limit.
+cannot be proven (set key_id), when row-level security hides rows of a table
+from the role, or when the plan exceeds the mass-delete limit.
 Exit codes: 0 ok, 1 some deletes failed, 2 usage, policy, a missing owner table
-or column, or a refused plan, 3 database or storage unreachable.]]
+or column, or a refused plan, 3 database or storage unreachable, or a listing
+that would never end.]]
 
 local function main(...)
   local parser = cli.parser("reconcile", "Objects no row owns, and confirmed rows whose object is missing.",
     EPILOG)
   parser:flag("--apply", "Delete the orphans (default: print the plan, delete nothing).")
   parser:option("--max-delete", "Allow --apply to delete up to N objects (default limit: the policy's "
-    .. "reconcile_max_delete_fraction, 0.10, of the objects listed)."):argname("N")
+    .. "reconcile_max_delete_fraction, 0.10, of the candidates: keys matching key_pattern, old enough)."):argname("N")
   parser:flag("--json", "JSON log lines on stdout (one per orphan and missing object, then a summary) "
     .. "instead of the report; without it the JSON log lines go to stderr.")
   parser:option("--older-than", "Only objects last modified more than D ago (\"90s\", \"15m\", \"25h\", "

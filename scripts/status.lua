@@ -59,17 +59,6 @@ local function pending_by_type(conn, p)
   return conn:query(sql, p.max_age)
 end
 
--- Valid indexes of the table whose first column is created_column.
-local function created_indexes(conn, p)
-  return conn:query([[
-    SELECT i.relname::text AS name, pg_get_indexdef(i.oid) AS def, x.indpred IS NOT NULL AS partial
-    FROM pg_index x
-    JOIN pg_class i ON i.oid = x.indexrelid
-    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
-    WHERE x.indrelid = to_regclass($1) AND a.attname = $2 AND x.indisvalid
-    ORDER BY 1]], conn:quote_ident(p.table), p.created_column)
-end
-
 local function index_in_plan(text)
   return text:match("Index Only Scan using (%S+)") or text:match("Index Scan Backward using (%S+)")
     or text:match("Index Scan using (%S+)") or text:match("Bitmap Index Scan on (%S+)")
@@ -89,7 +78,7 @@ local function collect(conn, sql, p)
   info, err = plan.inspect(conn, sql, p)
   if not info then return nil, err end
   local idx
-  idx, err = created_indexes(conn, p)
+  idx, err = plan.created_indexes(conn, p)
   if not idx then return nil, err end
 
   local report = {
@@ -105,6 +94,14 @@ local function collect(conn, sql, p)
     oldest_pending_age_s = nil,
   }
   for i, b in ipairs(BUCKETS) do report.buckets[i] = b.name end
+  -- Read-only, status may run on a standby: the report says so, and how far behind it is.
+  if sql.standby then
+    report.server = sql.standby
+    if sql.standby == "standby" then
+      local lag = conn:query("SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS s")
+      report.replay_lag_s = lag and round1(lag[1].s) or nil
+    end
+  end
   local upload_order = {}
   for i, t in ipairs(p.upload_types) do upload_order[t] = i end
   for _, r in ipairs(rows) do
@@ -163,6 +160,13 @@ local function print_report(r)
   add("resclean status: table %s, database time %s", r.table, r.database_time)
   add("policy: stale after %s%s", human_age(r.max_age_s),
     r.upload_types and (", upload types " .. table.concat(r.upload_types, " ")) or "")
+  if r.server == "standby" then
+    add("server: a standby (read-only replica)%s: its rows may lag the primary's; the sweep, cancel and "
+      .. "reconcile need the primary", r.replay_lag_s and (", last replayed change " .. human_age(r.replay_lag_s)
+      .. " ago") or "")
+  elseif r.server then
+    add("server: read-only (transaction_read_only is on): the sweep and cancel need a writable primary")
+  end
   add("")
   add("pending resources (not uploaded), by age:")
   local w = 22
@@ -235,7 +239,8 @@ local function main(...)
   log.set_output(io.stderr)
   local p, err = app.load_policy(opts)
   if not p then return app.fail(app.EXIT.usage, err.message) end
-  local conn, sql = sweep.open(pg, config.conninfo(), p, true) -- every transaction READ ONLY
+  -- read_only: a standby is fine, and every transaction is READ ONLY.
+  local conn, sql = sweep.open(pg, config.conninfo(), p, { read_only = true })
   if not conn then
     err = sql
     return app.fail_on(err, "database: ")

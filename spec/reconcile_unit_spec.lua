@@ -78,13 +78,13 @@ describe("reconcile: what key() does with a row", function()
 end)
 
 describe("reconcile: the mass-delete valve", function()
-  it("allows up to the fraction of the objects listed", function()
+  it("allows up to the fraction of the candidates", function()
     assert.are.same({ true, 10 }, { rec.valve(10, 100, 0.10) })
     assert.are.same({ true, 0 }, { rec.valve(0, 0, 0.10) })
     local ok, msg = rec.valve(11, 100, 0.10)
     assert.is_nil(ok)
-    assert.matches("would delete 11 of 100 listed objects (11.0%), limit 10", msg, 1, true)
-    assert.matches("reconcile_max_delete_fraction 0.1", msg, 1, true)
+    assert.matches("would delete 11 of 100 candidates (11.0%; candidates: objects matching key_pattern", msg, 1, true)
+    assert.matches("limit 10 (reconcile_max_delete_fraction 0.1 of the candidates)", msg, 1, true)
     assert.matches("--max-delete 11", msg, 1, true)
     assert.matches("nothing was deleted", msg, 1, true)
   end)
@@ -93,8 +93,53 @@ describe("reconcile: the mass-delete valve", function()
     assert.are.same({ true, 50 }, { rec.valve(50, 100, 0.10, 50) })
     local ok, msg = rec.valve(5, 100, 0.10, 4)
     assert.is_nil(ok)
-    assert.matches("would delete 5 of 100 listed objects, limit 4 (--max-delete 4)", msg, 1, true)
+    assert.matches("would delete 5 of 100 candidates (5.0%; ", msg, 1, true)
+    assert.matches("limit 4 (--max-delete 4)", msg, 1, true)
     assert.is_nil((rec.valve(1, 100, 0.10, 0)))
+  end)
+end)
+
+describe("reconcile: the listing's bound", function()
+  local function page(keys, token)
+    local p = { keys = {}, truncated = token ~= nil, next_continuation = token }
+    for i, k in ipairs(keys) do p.keys[i] = { key = k } end
+    return p
+  end
+
+  it("lets a listing that moves on pass, to its last page", function()
+    local check = rec.listing_guard()
+    assert.is_nil(check(page({ "a", "b" }, "t1")))
+    assert.is_nil(check(page({ "c" }, "t2")))
+    assert.is_nil(check(page({}, "t3"))) -- an empty truncated page now and then is S3's right
+    assert.is_nil(check(page({ "d" })))
+  end)
+
+  it("ends on a repeated continuation token, even one from pages ago", function()
+    local check = rec.listing_guard()
+    assert.is_nil(check(page({ "a" }, "t1")))
+    assert.matches("repeats a continuation token after 2 pages and 1 object:", check(page({ "b" }, "t1")), 1, true)
+    check = rec.listing_guard()
+    assert.is_nil(check(page({ "a" }, "t1")))
+    assert.is_nil(check(page({ "b" }, "t2")))
+    assert.is_truthy(check(page({ "c" }, "t1")))
+  end)
+
+  it("ends on a key that is not after the one before it, on this page or the last", function()
+    local check = rec.listing_guard()
+    assert.is_nil(check(page({ "a", "b" }, "t1")))
+    assert.matches('key "b" came after "b"', check(page({ "b", "c" }, "t2")), 1, true)
+    assert.is_truthy(rec.listing_guard()(page({ "b", "a" })))
+  end)
+
+  it("ends on a truncated page without a token, and on too many pages without an object", function()
+    assert.matches("no continuation token", rec.listing_guard()(page({ "a" }, "")), 1, true)
+    local check, n, msg = rec.listing_guard(), 0
+    repeat
+      n = n + 1
+      msg = check(page({}, "t" .. n))
+    until msg or n > 1000
+    assert.are.equal(rec.EMPTY_PAGES + 1, n)
+    assert.matches("more than 100 pages without an object", msg, 1, true)
   end)
 end)
 

@@ -99,6 +99,7 @@ local function fake_db(n, opts)
         out[i] = copy(list[i])
         tx.locked[list[i].id] = true
       end
+      if db.sessions then db.sessions[#db.sessions + 1] = "claim " .. #out end
       return out
     end
 
@@ -172,6 +173,13 @@ local function fake_db(n, opts)
                  { c = "created_at", t = "timestamp with time zone" }, { c = "resource_type", t = "USER-DEFINED" } }
       end
       if sql:find("pg_enum", 1, true) then return {} end
+      if sql:find("pg_is_in_recovery", 1, true) then -- session.server_role
+        return { { standby = false, read_only = false, server = "127.0.0.1:5432" } }
+      end
+      if sql:find("pg_walfile_name", 1, true) then -- session.note_failover
+        return { { system = "7000000000000000001", walfile = "000000010000000000000001" } }
+      end
+      if sql:find("current_user", 1, true) then return { { role = "resclean" } } end -- cancel: who asks
       if sql:find("pg_constraint", 1, true) then
         return opts.precheck and { { tbl = "attacks", col = "word_list_id" } } or {}
       end
@@ -206,9 +214,17 @@ local function fake_db(n, opts)
   end
 
   db.connects, db.closes, db.commits = 0, 0, {}
+  -- db.max_connects: sessions open at once (a role's CONNECTION LIMIT); db.sessions (a list):
+  -- "connect" for each session opened, "connect, rows locked" when a transaction held rows then.
+  db.max_connects = opts.max_connects
   db.pg = { connect = function()
-    if opts.max_connects and db.connects >= opts.max_connects then
+    if db.max_connects and db.connects - db.closes >= db.max_connects then
       return nil, pgerr("53300", "too many connections for role \"resclean\"")
+    end
+    if db.sessions then
+      local locked = false
+      for tx in pairs(db.open) do locked = locked or next(tx.locked) ~= nil or next(tx.gone) ~= nil end
+      db.sessions[#db.sessions + 1] = locked and "connect, rows locked" or "connect"
     end
     db.connects = db.connects + 1
     return new_conn()
@@ -592,5 +608,47 @@ describe("a resource's outcome (pure)", function()
     assert.is_nil(outcome.batch_stop(items(per_key, per_key)))        -- the items' own
     assert.is_nil(outcome.batch_stop(items(transient, per_key)))
     assert.is_nil(outcome.batch_stop({}))
+  end)
+end)
+
+describe("sweep (in-process): the second session", function()
+  it("is opened before the first claim, never while a batch holds rows locked", function()
+    local db = fake_db(10)
+    db.sessions = {}
+    local code, summary = cycle(db, fake_store(ids(1, 10)), { batch_size = 3 })
+    assert.are.equal(0, code, summary.error)
+    assert.are.same({ "connect", "connect", "claim 3", "claim 3", "claim 3", "claim 1", "claim 0" }, db.sessions)
+    assert.are.same({ 2, 2 }, { db.connects, db.closes })
+  end)
+
+  it("is not opened when one batch takes everything due", function()
+    local db = fake_db(3)
+    db.sessions = {}
+    assert.are.equal(0, (cycle(db, fake_store(ids(1, 3)), { batch_size = 3 })))
+    assert.are.same({ "connect", "claim 3", "claim 0" }, db.sessions)
+    db = fake_db(10)
+    db.sessions = {}
+    assert.are.equal(0, (cycle(db, fake_store(ids(1, 10)), { batch_size = 3, max_deletes_per_run = 2 })))
+    assert.are.same({ "connect", "claim 2" }, db.sessions)
+  end)
+
+  it("that could not be opened under a connection limit is tried again by the next cycle", function()
+    local db = fake_db(12, { max_connects = 1 })
+    db.sessions = {}
+    local code, summary, _, lines = cycle(db, fake_store(ids(1, 12)), { batch_size = 3, max_deletes_per_run = 6 })
+    assert.are.equal(0, code, summary.error)
+    local off = 0
+    for _, l in ipairs(lines) do
+      if l.event == "pipeline_off" then off = off + 1 end
+    end
+    assert.are.equal(1, off)
+    assert.are.same({ "connect", "claim 3", "claim 3" }, db.sessions)
+    -- sessions free up: the next cycle has two again
+    db.max_connects, db.sessions = 2, {}
+    code, summary, _, lines = cycle(db, fake_store(ids(7, 12)), { batch_size = 3 })
+    assert.are.equal(0, code, summary.error)
+    assert.are.same({ "connect", "connect", "claim 3", "claim 3", "claim 0" }, db.sessions)
+    for _, l in ipairs(lines) do assert.are_not.equal("pipeline_off", l.event) end
+    assert.are.same({}, db.left())
   end)
 end)

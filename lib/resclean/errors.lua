@@ -33,6 +33,14 @@ local PG_TRANSIENT_CLASS = { ["08"] = true, ["53"] = true, ["58"] = true, ["XX"]
 local PG_TRANSIENT = { ["57P01"] = true, ["57P02"] = true, ["57P03"] = true, ["57014"] = true }
 local PG_ITEM = { ["55P03"] = true } -- lock_timeout: that resource is skipped
 
+-- A standby (or a server gone read-only under us, e.g. a primary demoted by
+-- a failover): transient, so a failover in progress heals at the next
+-- cycle; a replica configured by mistake never completes a cycle, which the
+-- never-succeeded alert reports.
+M.STANDBY_HINT = "a standby or a read-only server cannot take resclean's writes: list every host in DATABASE_URL "
+  .. "with target_session_attrs=read-write (postgres://host1:5432,host2:5432/db?target_session_attrs="
+  .. "read-write) so that libpq connects to the primary, also after a failover"
+
 -- A failed connection has no SQLSTATE from libpq, only the server's (or
 -- libpq's) message: the well-known ones, configuration to fix unless the
 -- entry says "transient".
@@ -49,6 +57,7 @@ local PG_CONNECT_MESSAGES = {
   { "does not match host name", "sslrootcert" },
   { "could not read root certificate", "sslrootcert" },
   { "invalid sslmode", "sslmode" },
+  { "server does not support SSL, but SSL was required", "ssl_not_offered" },
   { "invalid connection option", "conninfo" },
   { "invalid URI", "conninfo" },
   { "invalid integer value", "conninfo" },
@@ -56,15 +65,23 @@ local PG_CONNECT_MESSAGES = {
   { "too many connections", "limit", "transient" },
   { "too many clients", "limit", "transient" },
   { "remaining connection slots are reserved", "limit", "transient" },
+  -- target_session_attrs=read-write (or primary) found no writable host: every host
+  -- listed is a standby, or a failover is in progress.
+  { "session is read%-only", "no_primary", "transient" },
+  { "server is in hot standby mode", "no_primary", "transient" },
 }
 -- Too many sessions: transient, but the limit is worth naming.
 local PG_LIMIT_HINT = "the server's max_connections or the role's CONNECTION LIMIT is reached: a sweep uses up to "
   .. "three sessions (two for its batches, one listening for cancels)"
 local PG_CONNECT_HINT = {
   limit = PG_LIMIT_HINT,
+  no_primary = "no host in DATABASE_URL takes writes: a failover is in progress (retried at the next cycle), "
+    .. "or every host listed is a standby; the primary must be among them",
   sslrootcert = "point sslrootcert= in DATABASE_URL, or PGSSLROOTCERT, at the CA that signed the server's "
     .. "certificate (a service user has no ~/.postgresql/root.crt)",
   sslmode = "check sslmode in DATABASE_URL",
+  ssl_not_offered = "the server offers no TLS while sslmode (DATABASE_URL or PGSSLMODE) requires it: enable ssl "
+    .. "on the server, or point DATABASE_URL at a host that offers TLS",
   conninfo = "check DATABASE_URL (postgresql://user:password@host:port/dbname?sslmode=...)",
   host = "check the host in DATABASE_URL",
 }
@@ -96,11 +113,18 @@ local S3_TRANSIENT = { InternalError = true, ServiceUnavailable = true, SlowDown
                        dns = true }
 local S3_TRANSIENT_HINT = "is the S3 endpoint up and reachable? check AWS_ENDPOINT_URL_S3"
 local PG_TRANSIENT_HINT = "is PostgreSQL up and reachable? check the host and port in DATABASE_URL"
+-- Transient codes whose cause is not reachability.
+local PG_TRANSIENT_HINTS = {
+  ["57014"] = "a statement was cancelled: it ran longer than the policy's statement_timeout, or an operator "
+    .. "cancelled it; a slow claim wants the partial index (resclean run status)",
+}
 
 -- The class of an error, and a hint naming what to check.
 local function classify_pg(err)
   local code = tostring(err.code or "")
   if code == "53300" then return "transient", PG_LIMIT_HINT end
+  -- 25006 read_only_sql_transaction: a write reached a standby.
+  if code == "25006" then return "transient", M.STANDBY_HINT end
   if code == "connection" then
     local msg = tostring(err.message or "")
     for _, m in ipairs(PG_CONNECT_MESSAGES) do
@@ -112,7 +136,9 @@ local function classify_pg(err)
   end
   if PG_ITEM[code] then return "item" end
   if PG_CONFIG[code] then return "config", PG_CONFIG[code] end
-  if PG_TRANSIENT[code] or PG_TRANSIENT_CLASS[code:sub(1, 2)] then return "transient", PG_TRANSIENT_HINT end
+  if PG_TRANSIENT[code] or PG_TRANSIENT_CLASS[code:sub(1, 2)] then
+    return "transient", PG_TRANSIENT_HINTS[code] or PG_TRANSIENT_HINT
+  end
   if PG_CONFIG_CLASS[code:sub(1, 2)] then return "config" end
   if err.retryable then return "transient", PG_TRANSIENT_HINT end
   -- Anything else the database refuses (a constraint, a trigger) will

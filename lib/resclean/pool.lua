@@ -109,38 +109,22 @@ function M.check_session(pg, conninfo, which, what, fix, conn)
   return true
 end
 
--- A pg module for a listener: connect() first checks that conninfo gives
--- sessions (once per process), so a LISTEN never lands in a transaction
--- pool; through one it fails with the error naming the setting.
-function M.session_pg(pg, which, what)
-  return setmetatable({
-    connect = function(conninfo)
-      local ok, err = M.check_session(pg, conninfo, which, what)
-      if not ok then return nil, err end
-      return pg.connect(conninfo)
-    end,
-  }, { __index = pg })
-end
-
--- The long-running sweep's listener for notified cancels (notify.lua) on
--- a connection that gives a session, connected (or retrying). Through a
--- transaction pool there is none: one warning names the setting instead
--- of "listening", and the ids notified wait for the sweep (max_age).
--- Returns the listener or nil.
-function M.listener(notify, pg, channel)
+-- Where the long-running sweep LISTENs on channel (notify.lua): the
+-- conninfo, true; or, through a transaction pool, nil, false after one
+-- warning that names the setting (instead of "listening"): cancel requests
+-- are then taken at the start of each cycle only. A database not reached
+-- yet is not checked (the listener retries as before).
+function M.listen_conninfo(pg, channel)
   local ci, which = M.session_conninfo()
-  local what = "cancel on notification (LISTEN on the policy's cancel_channel)"
-  local ok, err = M.check_session(pg, ci, which, what)
+  local ok, err = M.check_session(pg, ci, which, "the wake-up for cancel requests (LISTEN on the policy's "
+    .. "cancel_channel)")
   if not ok and err.setting then
     log.warn("listen_unavailable", { channel = channel, setting = M.SETTING,
-      message = errors.message(err) .. "; until then notified cancels are not taken (the sweep removes those "
-        .. "rows once older than max_age)" })
-    return nil
+      message = errors.message(err) .. "; until then cancel requests are taken at the start of each cycle "
+        .. "(every interval), not within a second" })
+    return nil, false
   end
-  -- Not reached yet: each connect checks again until the answer is known.
-  local listener = notify.listener({ pg = M.session_pg(pg, which, what), conninfo = ci, channel = channel })
-  listener:ensure()
-  return listener
+  return ci, true
 end
 
 return M

@@ -25,9 +25,14 @@
 --
 -- Plan, then apply: every page of the listing is planned first; only a
 -- complete plan with no refusal and within the mass-delete valve
--- (reconcile_max_delete_fraction of the objects listed, or --max-delete N)
+-- (reconcile_max_delete_fraction of the candidates, or --max-delete N)
 -- is applied, so a run that refuses deletes nothing. Just before each
--- DeleteObjects the owners are asked again (a row may have appeared).
+-- DeleteObjects the owners and every readable table are asked again (a
+-- row may have appeared). A listing that would never end (a token given
+-- twice, keys out of order, pages without objects) ends the run unapplied.
+--
+-- Only rows the role sees protect objects: --apply refuses while
+-- row-level security hides rows of an owner or readable table.
 --
 -- Listing order is byte order, which for lower-case UUID keys is also
 -- PostgreSQL's uuid order, so confirmed rows are checked against each page
@@ -145,23 +150,59 @@ function M.key_shape(p, types)
   return shape
 end
 
--- The mass-delete valve. would: objects the plan deletes; listed: objects
--- listed; fraction: the policy's reconcile_max_delete_fraction; max: the
+-- The mass-delete valve. would: objects the plan deletes; candidates:
+-- objects that could be orphans (key matches key_pattern, older than the
+-- cutoff; a key that can never be deleted does not dilute the fraction);
+-- fraction: the policy's reconcile_max_delete_fraction; max: the
 -- --max-delete count or nil. Returns true, limit or nil, message.
-function M.valve(would, listed, fraction, max)
-  local limit = max or math.floor(fraction * listed + 1e-9)
+function M.valve(would, candidates, fraction, max)
+  local limit = max or math.floor(fraction * candidates + 1e-9)
   if would <= limit then return true, limit end
+  local what = ("would delete %d of %d candidates (%.1f%%; candidates: objects matching key_pattern and older "
+    .. "than the cutoff)"):format(would, candidates, candidates > 0 and would * 100 / candidates or 100)
   if max then
-    return nil, ("reconcile --apply refused: would delete %d of %d listed objects, limit %d (--max-delete %d); "
-      .. "nothing was deleted. "
-      .. "Check the plan (run without --apply), then pass --max-delete %d to allow it"):format(
-      would, listed, limit, max, would)
+    return nil, ("reconcile --apply refused: %s, limit %d (--max-delete %d); nothing was deleted. "
+      .. "Check the plan (run without --apply), then pass --max-delete %d to allow it"):format(what, limit, max, would)
   end
-  return nil, ("reconcile --apply refused: would delete %d of %d listed objects (%.1f%%), limit %d "
-    .. "(reconcile_max_delete_fraction %g of "
-    .. "the objects listed); nothing was deleted. Check the plan (run without --apply), then pass "
-    .. "--max-delete %d to allow it, or raise reconcile_max_delete_fraction in the policy"):format(
-    would, listed, listed > 0 and would * 100 / listed or 100, limit, fraction, would)
+  return nil, ("reconcile --apply refused: %s, limit %d (reconcile_max_delete_fraction %g of the candidates); "
+    .. "nothing was deleted. Check the plan (run without --apply), then pass --max-delete %d to allow it, or "
+    .. "raise reconcile_max_delete_fraction in the policy"):format(what, limit, fraction, would)
+end
+
+-- The listing's bound. S3 gives each key once, in ascending byte order,
+-- and each continuation token once; a listing that breaks this (a token
+-- given again, a key not after the one before it, a truncated page without
+-- a token) or that sends more than EMPTY_PAGES pages beyond one per key
+-- would plan forever. Returns check(page): nil while the listing is sane,
+-- else what happened (the run ends, exit 3, nothing deleted).
+M.EMPTY_PAGES = 100
+local function count(n, what) return ("%d %s%s"):format(n, what, n == 1 and "" or "s") end
+function M.listing_guard()
+  local tokens, last, pages, keys = {}, nil, 0, 0
+  return function(page)
+    pages = pages + 1
+    local t = page.truncated and page.next_continuation
+    if page.truncated and (not t or t == "") then
+      return ("page %d of the listing is truncated but gives no continuation token"):format(pages)
+    end
+    if t and tokens[t] then
+      return ("the listing repeats a continuation token after %s and %s: it would never end")
+        :format(count(pages, "page"), count(keys, "object"))
+    end
+    for _, e in ipairs(page.keys or {}) do
+      if last and e.key <= last then
+        return ("the listing went back: key %q came after %q (page %d): S3 lists each key once, in "
+          .. "ascending order"):format(e.key, last, pages)
+      end
+      last, keys = e.key, keys + 1
+    end
+    if t and pages > keys + M.EMPTY_PAGES then
+      return ("the listing sent %s for %s (more than %d pages without an object): it would never end")
+        :format(count(pages, "page"), count(keys, "object"), M.EMPTY_PAGES)
+    end
+    if t then tokens[t] = true end
+    return nil
+  end
 end
 
 -- ------------------------------------------------------------ the database
@@ -320,7 +361,7 @@ function M.name_columns(conn, p, owners)
     if r.readable then
       local t = by_oid[r.oid]
       if not t then
-        t = { ref = conn:quote_ident(r.schema) .. "." .. conn:quote_ident(r.tbl), cols = {} }
+        t = { ref = conn:quote_ident(r.schema) .. "." .. conn:quote_ident(r.tbl), oid = r.oid, cols = {} }
         by_oid[r.oid] = t
         tables[#tables + 1] = t
       end
@@ -334,6 +375,41 @@ function M.name_columns(conn, p, owners)
     end
   end
   return { tables = tables, unreadable = unreadable }
+end
+
+-- Tables of ctx (owners, readable tables) whose rows row-level security
+-- hides from the role: RLS is active for it (row_security_active: RLS on,
+-- the role neither superuser nor BYPASSRLS nor the owner, or FORCE) and no
+-- policy shows it every row (a permissive SELECT or ALL policy for it
+-- USING (true), no restrictive one for it). Rows it cannot see name
+-- nothing, so their objects would look orphaned. Returns the tables' names,
+-- those of them with FORCE, and the role's name; or nil, err.
+local HIDDEN_SQL = [[
+  WITH pol AS (
+    SELECT p.polrelid, p.polpermissive, coalesce(pg_get_expr(p.polqual, p.polrelid) = 'true', false) AS all_rows
+      FROM pg_policy p
+     WHERE p.polcmd IN ('r', '*')
+       AND (0 = ANY(p.polroles) OR EXISTS (SELECT 1 FROM unnest(p.polroles) AS r
+                                            WHERE r <> 0 AND pg_has_role(r, 'USAGE'))))
+  SELECT c.oid::regclass::text AS name, c.relforcerowsecurity AS forced, quote_ident(current_user) AS role
+    FROM pg_class c
+   WHERE c.oid = ANY($1::oid[]) AND row_security_active(c.oid)
+     AND NOT (EXISTS (SELECT 1 FROM pol WHERE pol.polrelid = c.oid AND pol.polpermissive AND pol.all_rows)
+              AND NOT EXISTS (SELECT 1 FROM pol WHERE pol.polrelid = c.oid AND NOT pol.polpermissive
+                                                  AND NOT pol.all_rows))
+   ORDER BY 1]]
+
+function M.hidden_rows(conn, ctx)
+  local oids, names, forced = {}, {}, {}
+  for _, o in ipairs(ctx.owners) do oids[#oids + 1] = o.oid end
+  for _, t in ipairs(ctx.tables) do oids[#oids + 1] = t.oid end
+  local res, err = conn:query(HIDDEN_SQL, oids)
+  if not res then return nil, err end
+  for i, r in ipairs(res) do
+    names[i] = r.name
+    if r.forced then forced[#forced + 1] = r.name end
+  end
+  return names, forced, res[1] and res[1].role
 end
 
 local function add(list, set, v)
@@ -504,8 +580,8 @@ end
 local Run = {}
 Run.__index = Run
 
-local COUNTS = { "listed", "considered", "recent", "owned", "kept", "orphans", "planned", "object_deleted",
-                 "failed", "refused", "unprovable", "missing_objects" }
+local COUNTS = { "listed", "considered", "recent", "candidates", "owned", "kept", "orphans", "planned",
+                 "object_deleted", "failed", "refused", "unprovable", "missing_objects" }
 
 function M.new_run(opts)
   local r = setmetatable({
@@ -604,6 +680,7 @@ function Run:plan_page(conn, store, ctx, entries, db_now, cutoff, range)
       local lm = e.mtime or M.parse_time(e.last_modified)
       if lm and lm < cutoff then
         e.age_s = db_now() - lm
+        self.counts.candidates = self.counts.candidates + 1
         candidates[#candidates + 1] = e
         keys[#keys + 1] = e.key
       else
@@ -656,6 +733,54 @@ function Run:plan_page(conn, store, ctx, entries, db_now, cutoff, range)
   return true
 end
 
+-- Plan every page of the listing (nothing is deleted), then the confirmed
+-- rows past the last key. A listing that would never end (M.listing_guard)
+-- ends the run. Returns true or nil, err.
+function Run:plan_all(conn, store, ctx, db_now, cutoff)
+  local bucket = self.policy.bucket
+  local range, token, guard = {}, nil, M.listing_guard()
+  repeat
+    local page, err = store.client:list({ continuation = token, max = self.page_size })
+    local bad = page and guard(page)
+    if bad then
+      err = errors.new("transient", bad)
+    elseif err and errors.classify(err) == "item" then
+      err.class = "transient" -- a reply that is not a listing: as when the storage cannot be reached, exit 3
+    end
+    if err then
+      err.message = ("storage bucket %q: %s; the plan is unfinished: nothing was deleted"):format(bucket,
+        tostring(err.message))
+      return nil, err
+    end
+    local ok
+    ok, err = self:plan_page(conn, store, ctx, page.keys or {}, db_now, cutoff, range)
+    if not ok then return nil, err end
+    token = page.truncated and page.next_continuation or nil
+  until not token or sys.stopping()
+  if sys.stopping() then return true end
+  return self:check_range(conn, store, ctx.owners, range.lo, nil, {})
+end
+
+-- Row-level security that hides rows (M.hidden_rows): a warn line naming
+-- the tables and what lets the role see every row; with --apply, the
+-- refusal. Returns true to go on, or nil, err.
+function Run:check_hidden(conn, ctx)
+  local hidden, forced, role = M.hidden_rows(conn, ctx)
+  if not hidden then return nil, forced end
+  if #hidden == 0 then return true end
+  local force = #forced > 0
+  local msg = ("row-level security hides rows of %s from role %s%s: objects those rows name would look orphaned. "
+    .. "Let the role see every row: ALTER ROLE %s BYPASSRLS, or a policy such as CREATE POLICY resclean_reads_all "
+    .. "ON %s FOR SELECT TO %s USING (true), or run reconcile as the table's owner%s"):format(
+    table.concat(hidden, ", "), role,
+    force and (" (FORCE ROW LEVEL SECURITY on %s: it applies to the owner too)"):format(table.concat(forced, ", "))
+      or "", role, hidden[1], role, force and " without FORCE ROW LEVEL SECURITY" or "")
+  log.warn("row_security", { run_id = self.run_id, tables = table.concat(hidden, ", "), message = msg })
+  if self.apply then return nil, "reconcile --apply refused, nothing deleted: " .. msg end
+  self:say("warning: %s; until then --apply refuses", msg)
+  return true
+end
+
 -- Why the plan cannot be applied (keys named by tables that are not owners,
 -- keys whose owner cannot be proven): logs each such key and returns the
 -- operator's message, or nil.
@@ -695,7 +820,41 @@ function Run:refusal()
     .. " (an object a row names is never deleted)"
 end
 
--- Apply the plan: re-ask the owners, then one DeleteObjects per page.
+-- Just before chunk's keys are deleted, asks again every table that could
+-- name them (the owners, then every readable table: M.named): a row may
+-- have appeared since the plan. Logs the keys now kept; returns the entries
+-- still orphaned, or nil, err.
+function Run:recheck(conn, ctx, chunk)
+  local keys = {}
+  for i, e in ipairs(chunk) do keys[i] = e.key end
+  local owned, err = M.owned(conn, self.policy, ctx.owners, keys)
+  if not owned then return nil, err end
+  local rest, rkeys = {}, {}
+  for _, e in ipairs(chunk) do
+    if owned[e.key] then
+      self.counts.orphans = self.counts.orphans - 1
+      self:orphan(e, "kept", "owned_now", { owner = owned[e.key] })
+    else
+      rest[#rest + 1] = e
+      rkeys[#rkeys + 1] = e.key
+    end
+  end
+  local named
+  named, err = M.named(conn, ctx.tables, rkeys)
+  if not named then return nil, err end
+  local del = {}
+  for _, e in ipairs(rest) do
+    if named[e.key] then
+      self.counts.orphans = self.counts.orphans - 1
+      self:orphan(e, "kept", "named_now", { named_by = names_of(named[e.key]) })
+    else
+      del[#del + 1] = e
+    end
+  end
+  return del
+end
+
+-- Apply the plan: one DeleteObjects per page, each after Run:recheck.
 -- Returns true or nil, err.
 function Run:apply_plan(conn, store, ctx)
   local plan = self.plan
@@ -706,24 +865,12 @@ function Run:apply_plan(conn, store, ctx)
       return nil, errors.new("config", "the log cannot be written (" .. tostring(why)
         .. "): stopped before deleting more")
     end
-    local chunk, keys = {}, {}
-    for i = first, math.min(first + self.page_size - 1, #plan) do
-      chunk[#chunk + 1] = plan[i]
-      keys[#keys + 1] = plan[i].key
-    end
-    local owned, err = M.owned(conn, self.policy, ctx.owners, keys)
-    if not owned then return nil, err end
-    local del, dkeys = {}, {}
-    for _, e in ipairs(chunk) do
-      if owned[e.key] then
-        self.counts.orphans = self.counts.orphans - 1
-        self:orphan(e, "kept", "owned_now", { owner = owned[e.key] })
-      else
-        del[#del + 1] = e
-        dkeys[#dkeys + 1] = e.key
-      end
-    end
+    local del, err = self:recheck(conn, ctx, table.move(plan, first, math.min(first + self.page_size - 1, #plan),
+      1, {}))
+    if not del then return nil, err end
     if #del > 0 then
+      local dkeys = {}
+      for i, e in ipairs(del) do dkeys[i] = e.key end
       log.hold()
       local results = store:delete_many(dkeys, self.policy.concurrency)
       local unreachable, last = 0, nil
@@ -789,52 +936,46 @@ function M.reconcile(conn, store, ctx, p, opts)
         o.table, p.id_column)
     end
   end
+  local ok
+  ok, err = run:check_hidden(conn, ctx)
+  if not ok then return run:stop_on(err) end
   -- 1. Plan every page; nothing is deleted.
-  local range, token = {}, nil
-  repeat
-    local page
-    page, err = store.client:list({ continuation = token, max = run.page_size })
-    if not page then
-      return run:stop_on({ kind = err.kind, code = err.code, status = err.status, retryable = err.retryable,
-        message = ("storage bucket %q: %s"):format(p.bucket, tostring(err.message)) })
-    end
-    local ok
-    ok, err = run:plan_page(conn, store, ctx, page.keys or {}, db_now, cutoff, range)
-    if not ok then return run:stop_on(err) end
-    token = page.truncated and page.next_continuation or nil
-  until not token or sys.stopping()
+  ok, err = run:plan_all(conn, store, ctx, db_now, cutoff)
+  if not ok then return run:stop_on(err) end
   if sys.stopping() then
     run:summary({ stopped = true })
     return errors.EXIT.ok
   end
-  local ok
-  ok, err = run:check_range(conn, store, ctx.owners, range.lo, nil, {})
-  if not ok then return run:stop_on(err) end
   local c = run.counts
   -- 2. Refuse a plan that would delete what a row names, or that is too big.
   local refusal = run:refusal()
-  local within, limit_or_msg = M.valve(#run.plan, c.listed, p.reconcile_max_delete_fraction, opts.max_delete)
+  local within, limit_or_msg = M.valve(#run.plan, c.candidates, p.reconcile_max_delete_fraction, opts.max_delete)
   if refusal or (opts.apply and not within) then
     if opts.apply then
       for _, e in ipairs(run.plan) do run:orphan(e, "planned") end
     end
     return run:stop_on(refusal or limit_or_msg)
   end
-  -- 3. Apply.
+  -- 3. Apply, after asking again about row-level security (switched on
+  -- while planning, it would hide rows from the re-checks).
   if opts.apply then
-    ok, err = run:apply_plan(conn, store, ctx)
+    ok, err = run:check_hidden(conn, ctx)
+    if ok then ok, err = run:apply_plan(conn, store, ctx) end
     if not ok then return run:stop_on(err) end
   end
   local s = run:summary({ older_than_s = opts.older_than, delete_limit = opts.apply and limit_or_msg or nil,
                           stopped = sys.stopping() or nil })
-  run:say("listed %d objects: %d match key_pattern, %d too recent, %d owned, %d kept (named by a row), "
-    .. "%d orphaned; %d confirmed rows without object",
-    c.listed, c.considered, c.recent, c.owned, c.kept, c.orphans, c.missing_objects)
+  run:say("listed %d objects: %d match key_pattern, %d too recent; of the %d candidates %d owned, %d kept "
+    .. "(named by a row), %d orphaned; %d confirmed rows without object",
+    c.listed, c.considered, c.recent, c.candidates, c.owned, c.kept, c.orphans, c.missing_objects)
   if opts.apply then
     run:say("deleted: %d, failed: %d", c.object_deleted, c.failed)
   elseif c.orphans > 0 then
     run:say("plan only: nothing was deleted; run with --apply to delete the orphaned objects")
-    if not within then
+    if within then
+      run:say("mass-delete limit: %d of %d candidates (%.1f%%), within the limit %d", #run.plan, c.candidates,
+        #run.plan * 100 / math.max(c.candidates, 1), limit_or_msg)
+    else
       run:say("note: %s", (limit_or_msg:gsub("reconcile %-%-apply refused", "reconcile --apply would refuse")
         :gsub("; nothing was deleted", "")))
     end
@@ -842,12 +983,23 @@ function M.reconcile(conn, store, ctx, p, opts)
   return s.failed > 0 and errors.EXIT.failed or errors.EXIT.ok
 end
 
+local STANDBY_REFUSAL = "reconcile must run against the primary: a standby replays the primary's changes "
+  .. "with a delay, so it may lack the newest rows, and the objects they own would look orphaned and be deleted; "
+  .. "point DATABASE_URL at the primary (or list every host with target_session_attrs=read-write)"
+
 -- Every statement in a READ ONLY transaction of its own with the timeout
 -- SET LOCAL: nothing stays on the server connection (a transaction pool
 -- hands it to the application next).
 local function connect(p)
   local conn, err = require("resclean.pg").connect(config.conninfo())
   if not conn then return nil, err end
+  -- A lagging standby lacks the newest rows: their objects would look orphaned.
+  local ok_role
+  ok_role, err = require("resclean.session").server_role(conn, { refuse = STANDBY_REFUSAL })
+  if not ok_role then
+    conn:close()
+    return nil, err
+  end
   conn:per_transaction(("SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = %d")
     :format(math.ceil(p.statement_timeout * 1000)))
   return conn

@@ -9,6 +9,8 @@
 -- LOCAL in every transaction (conn:per_transaction), statements outside one
 -- run in a transaction of their own, and the "prepared" statements are SQL
 -- kept per session and run unnamed (resclean.pg).
+local errors = require("resclean.errors")
+local log = require("resclean.log")
 local runs = require("resclean.run")
 
 local M = {}
@@ -48,20 +50,55 @@ function M.per_transaction(p, read_only)
   return table.concat(s, "; ")
 end
 
--- Open the session: fresh connection, timeouts, schema check, prepared
--- statements. read_only: every transaction READ ONLY (status). Returns
--- conn, sql or nil, err.
-function M.open(pg, conninfo, p, read_only)
+-- Open the session: fresh connection, the server checked (a standby is
+-- refused: M.server_role), timeouts (per transaction), schema check,
+-- prepared statements. how.read_only (status): a standby is accepted,
+-- sql.standby says so, and every transaction is READ ONLY.
+-- Returns conn, sql or nil, err.
+function M.open(pg, conninfo, p, how)
   local conn, err = pg.connect(conninfo)
   if not conn then return nil, err end
-  conn:per_transaction(M.per_transaction(p, read_only))
+  local role
+  role, err = M.server_role(conn, how)
+  -- After server_role, which reads transaction_read_only as the server has it.
+  conn:per_transaction(M.per_transaction(p, how and how.read_only))
   local sql
-  sql, err = prepare(conn, p)
+  if role then sql, err = prepare(conn, p) end
   if not sql then
     conn:close()
     return nil, err
   end
+  sql.standby = role ~= "primary" and role or nil
   return conn, sql
+end
+
+-- What the server is, asked right after connecting: "primary", or for a
+-- read-only script (how.read_only) "standby" (pg_is_in_recovery()) or
+-- "read_only" (transaction_read_only on a primary). A script that writes is
+-- refused there, before anything is prepared, with a message that names
+-- the standby and target_session_attrs (errors.STANDBY_HINT): transient
+-- (exit 3), so that a failover in progress heals at the next cycle; how.refuse
+-- (reconcile) makes a standby a configuration error (exit 2) with that text.
+-- Returns the role or nil, err.
+function M.server_role(conn, how)
+  how = how or {}
+  local res, err = conn:query("SELECT pg_is_in_recovery() AS standby, "
+    .. "current_setting('transaction_read_only') = 'on' AS read_only, "
+    .. "coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'a local socket') AS server")
+  if not res then return nil, err end
+  local r = res[1]
+  local role = r.standby and "standby" or r.read_only and "read_only" or "primary"
+  if role == "primary" then M.note_failover(conn, r.server) end
+  if role == "primary" or how.read_only then return role end
+  if r.standby and how.refuse then
+    return nil, errors.new("config", ("the server at %s is a standby (pg_is_in_recovery() is true): %s")
+      :format(r.server, how.refuse), { code = "standby" })
+  end
+  local what = r.standby and "a standby (pg_is_in_recovery() is true)"
+    or "read-only (transaction_read_only is on: default_transaction_read_only is set for the role, the "
+      .. "database or the server)"
+  return nil, errors.new("transient", ("the server at %s is %s"):format(r.server, what),
+    { code = "standby", hint = errors.STANDBY_HINT })
 end
 
 function prepare(conn, p)
@@ -129,6 +166,30 @@ function M.singleton(conn, run, opts)
   end })
 end
 
+-- A failover seen from one process (a long-running sweep): the cluster's
+-- timeline (the first 8 hex digits of the current WAL file's name) grew
+-- since its last session, so a standby was promoted. Logged once per
+-- change (failover), saying what the log shows next: a batch the old
+-- primary acknowledged just before may not have reached the standby
+-- (asynchronous replication), its rows come back and are logged
+-- record_only. Best effort: a server that refuses the query is not asked.
+local seen_timeline
+function M.note_failover(conn, server)
+  local res = conn:query("SELECT (SELECT system_identifier FROM pg_control_system())::text AS system, "
+    .. "pg_walfile_name(pg_current_wal_lsn()) AS walfile")
+  if not res or not res[1].walfile then return end
+  local now = { system = res[1].system, timeline = tonumber(res[1].walfile:sub(1, 8), 16) }
+  local before = seen_timeline
+  seen_timeline = now
+  if before and before.system == now.system and now.timeline and before.timeline
+      and now.timeline > before.timeline then
+    log.warn("failover", { server = server, timeline = now.timeline, previous_timeline = before.timeline,
+      message = "the database's timeline changed since the last session: a standby was promoted. A batch the "
+        .. "old primary acknowledged just before may not have reached it (asynchronous replication): its "
+        .. "objects are gone, its rows are back, and the sweep removes them now, logged record_only" })
+  end
+end
+
 -- The columns a claimed row comes with (the shape key(row) sees, which
 -- reconcile gives it too): id, _created, age_s, the key columns, _type.
 function M.row_columns(conn, p)
@@ -185,7 +246,16 @@ function M.check_schema(conn, p)
     return nil, { kind = "policy", field = field,
                   message = ("policy %s: field '%s': %s"):format(p.source or "(defaults)", field, msg) }
   end
-  if #res == 0 then return bad("table", ("table %q does not exist"):format(p.table)) end
+  if #res == 0 then
+    -- information_schema shows only what the role may use: say which it is.
+    local seen = conn:query("SELECT to_regclass($1) IS NOT NULL AS e, current_user::text AS role",
+      conn:quote_ident(p.table))
+    if seen and seen[1] and seen[1].e then
+      return bad("table", ("table %q exists but role %s has no privilege on it: grant it the privileges in the README "
+        .. "(Deploy: least privilege)"):format(p.table, seen[1].role))
+    end
+    return bad("table", ("table %q does not exist"):format(p.table))
+  end
   local have = {}
   for _, r in ipairs(res) do have[r.c] = r.t end
   local need = { id_column = p.id_column, uploaded_column = p.uploaded_column,

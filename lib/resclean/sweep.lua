@@ -22,12 +22,13 @@ local M = {}
 M.EXIT = errors.EXIT
 M.OUTCOMES = runs.OUTCOMES
 
-local batches, pipeline, lane_for
+local batches, pipeline, second_lane, lane_for
 
 -- One sweep cycle. opts: pg (module), store (storage adapter), policy,
--- conninfo, dry_run, run_id, check_plan (hook), between_batches (hook,
--- run with no batch of the cycle in flight; when cancels_waiting is given,
--- only when it says that cancels wait), emit. Returns exit code, summary fields.
+-- conninfo, dry_run, run_id, check_plan (hook), between_batches(lane,
+-- store) (hook, run with no batch of the cycle in flight, on the cycle's
+-- first session {conn, sql}; when cancels_waiting is given, only when it
+-- says that cancels wait), emit. Returns exit code, summary fields.
 function M.cycle(opts)
   local code, summary = session.with(opts, "sweep", function(conn, sql, run)
     return M.sweep_batches(conn, sql, opts.store, run, opts)
@@ -67,6 +68,7 @@ function batches(conn, sql, store, run, opts)
   run.oldest_age_s = res[1].oldest
   if opts.check_plan then opts.check_plan(conn, sql, run) end
   local pipe = { lanes = { { conn = conn, sql = sql } } }
+  second_lane(pipe, run, opts)
   local ended
   ended, err = pipeline(pipe, store, run, opts)
   for i = 2, #pipe.lanes do pipe.lanes[i].conn:close() end
@@ -79,8 +81,9 @@ end
 -- deletes sent; then the first is finished (outcomes, commit, log). The
 -- storage never waits for the database or the log, and each batch keeps
 -- the invariant on its own (its rows commit after its objects are gone).
--- The second session is opened when a batch comes back full; without it
--- (it could not be opened) batches go one after the other.
+-- The second session is opened before the first claim (second_lane);
+-- without it (not needed, or it could not be opened) batches go one after
+-- the other.
 function pipeline(pipe, store, run, opts)
   local p = run.policy
   local inflight -- a started batch whose deletes are out
@@ -122,9 +125,9 @@ function pipeline(pipe, store, run, opts)
     if opts.between_batches and (not opts.cancels_waiting or opts.cancels_waiting()) then
       local ok, err = finish_inflight()
       if not ok then return nil, err end
-      opts.between_batches()
+      opts.between_batches(pipe.lanes[1], store)
     end
-    local lane = lane_for(pipe, inflight, run, opts)
+    local lane = lane_for(pipe, inflight)
     if not lane then
       local ok, err = finish_inflight()
       if not ok then return nil, err end
@@ -144,26 +147,35 @@ function pipeline(pipe, store, run, opts)
   end
 end
 
--- The session the next batch runs on while `inflight` is out: the other
--- one, opened on first need; lane 1 when nothing is in flight. nil: finish
--- the batch in flight first, then use lane 1 (it came back short, so
--- little is left; or no second session could be opened).
-function lane_for(pipe, inflight, run, opts)
-  if not inflight then return pipe.lanes[1] end
-  if not inflight.full or pipe.off then return nil end
-  for _, lane in ipairs(pipe.lanes) do
-    if lane ~= inflight.lane then return lane end
-  end
-  local conn, sql = session.open(opts.pg, opts.conninfo, run.policy)
+-- The second session, opened at the start of the cycle, before any batch
+-- claims, or not at all: opened later it could wait (a pool with no server
+-- connection free, a full connection limit) while a batch holds its rows
+-- locked. Only when more than one batch is due. A session that cannot be
+-- opened (pipeline_off) costs this cycle its overlap, not the next one:
+-- every cycle tries again, so a sweep that hit a connection limit goes
+-- back to two sessions once others free up.
+function second_lane(pipe, run, opts)
+  local p = run.policy
+  local due = run.eligible or 0
+  if p.max_deletes_per_run then due = math.min(due, p.max_deletes_per_run) end
+  if due <= p.batch_size then return end
+  local conn, sql = session.open(opts.pg, opts.conninfo, p)
   if not conn then
-    pipe.off = true
     run.emit("info", "pipeline_off", { run_id = run.run_id, message = "a second database session could not be "
-      .. "opened: batches go one after the other", detail = errors.message(sql) })
-    return nil
+      .. "opened: this cycle's batches go one after the other (the next cycle tries again)",
+      detail = errors.message(sql) })
+    return
   end
-  local lane = { conn = conn, sql = sql }
-  pipe.lanes[#pipe.lanes + 1] = lane
-  return lane
+  pipe.lanes[2] = { conn = conn, sql = sql }
+end
+
+-- The session the next batch runs on while `inflight` is out: the other
+-- one. nil: finish the batch in flight first, then use lane 1 (it came
+-- back short, so little is left; or there is no second session).
+function lane_for(pipe, inflight)
+  if not inflight then return pipe.lanes[1] end
+  if not inflight.full or not pipe.lanes[2] then return nil end
+  return inflight.lane == pipe.lanes[1] and pipe.lanes[2] or pipe.lanes[1]
 end
 
 -- Names the scripts and other modules use.

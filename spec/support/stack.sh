@@ -5,6 +5,8 @@
 #   stack.sh stop DIR         stop what `start` started (by recorded PID) and remove DIR; idempotent
 #   stack.sh restart-rgw DIR  (re)start radosgw, e.g. after a spec killed it; prints the new PID
 #   stack.sh pg-ctl DIR ARGS  run pg_ctl ARGS on the stack's cluster as the right user
+#   stack.sh standby DIR      start a streaming standby of its PostgreSQL (see "streaming standby")
+#   stack.sh promote DIR      promote it;  stack.sh standby-stop DIR: stop it and remove its data
 #   stack.sh pgbouncer DIR    start Debian's pgbouncer in front of the stack's PostgreSQL (only when
 #                             asked: the pooler specs call it); idempotent; prints NAME=value lines
 #
@@ -298,6 +300,7 @@ EOF
 SET log_min_error_statement = panic;
 CREATE ROLE resclean LOGIN PASSWORD :'pw';
 CREATE ROLE resclean_tls LOGIN PASSWORD :'pw' IN ROLE resclean;
+CREATE ROLE resclean_app NOLOGIN; -- the application's grants (examples/cancel-requests.sql)
 CREATE DATABASE resclean OWNER resclean;
 SQL
         tail_log "$pgroot/setup.out" "$PG_LOG"
@@ -307,7 +310,8 @@ SQL
     # Loaded as resclean over TCP with the password: the objects belong to resclean, and the
     # same path DATABASE_URL will take is proven to work.
     if ! PGPASSWORD=$PG_PASSWORD psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
-        -U resclean -d resclean -f "$SCHEMA" >"$pgroot/schema.out" 2>&1; then
+        -U resclean -d resclean -f "$SCHEMA" -v app_role=resclean_app -v sweeper_role=resclean \
+        -f "$REPO/examples/cancel-requests.sql" >"$pgroot/schema.out" 2>&1; then
         tail_log "$pgroot/schema.out"
         log "could not load $SCHEMA"
         return 1
@@ -507,10 +511,123 @@ ceph_up() {
     log "rgw up in $(since "$t0") (S3 user ready)"
 }
 
+# --- streaming standby (on demand) -----------------------------------------------------------
+# `stack.sh standby DIR`: a hot standby of the stack's PostgreSQL, made with pg_basebackup -R
+# (streaming replication over the primary's socket as postgres, which initdb's pg_hba.conf
+# admits; wal_level=replica and max_wal_senders=10 are the defaults) into DIR/pg-standby/data,
+# started on a free port. Its lines go to DIR/env and, as NAME=value, to stdout:
+#   RESCLEAN_STANDBY_URL       DATABASE_URL's user, password and database at the standby
+#   RESCLEAN_FAILOVER_URL      both hosts, primary first, target_session_attrs=read-write
+#   RESCLEAN_STANDBY_{PORT,PID,PGDATA,SOCKDIR,LOG}
+# It returns once the standby has replayed what the primary had written at the call.
+# `stack.sh promote DIR` promotes it (pg_ctl promote -w); `stack.sh standby-stop DIR` stops it
+# (immediate) and removes its data, so that a later spec can make a fresh one; stop stops it too.
+
+SB_ROOT='' SB_DATA='' SB_LOG='' SB_RUN=''
+standby_paths() {
+    SB_ROOT=$DIR/pg-standby
+    SB_DATA=$SB_ROOT/data
+    SB_LOG=$SB_ROOT/postgres.log
+    SB_RUN=$SB_ROOT/run
+}
+
+# NAME VALUE pairs: into DIR/env, and NAME=value on stdout.
+standby_env() {
+    while (($# >= 2)); do
+        set_env_var "$1" "$2"
+        printf '%s=%s\n' "$1" "$2"
+        shift 2
+    done
+}
+
+cmd_standby() {
+    local t0 port pid lsn deadline url hosts
+    t0=$(now_us)
+    [[ -f $DIR/env && -e $DIR/$MARKER ]] || die "no running stack in $DIR"
+    # shellcheck disable=SC1091
+    source "$DIR/env"
+    standby_paths
+    [[ ! -e $SB_DATA ]] || die "$SB_DATA exists: stop it first (stack.sh standby-stop $DIR)"
+    mkdir -p "$SB_RUN"
+    chmod 755 "$SB_ROOT" "$SB_RUN"
+    if ((EUID == 0)); then chown -R postgres: "$SB_ROOT"; fi
+    if ! as_pg "$PG_BIN/pg_basebackup" -h "$RESCLEAN_PG_SOCKDIR" -p "$RESCLEAN_PG_PORT" -U postgres \
+        -D "$SB_DATA" -R -X stream -c fast --no-sync >"$SB_ROOT/basebackup.out" 2>&1; then
+        tail_log "$SB_ROOT/basebackup.out"
+        die "pg_basebackup failed"
+    fi
+    port=$(free_port "$RESCLEAN_PG_PORT" "$RESCLEAN_RGW_PORT" "$RESCLEAN_MON_PORT")
+    # The copied postgresql.conf names the primary's port and socket dir: later lines win.
+    printf '%s\n' '' '# resclean throwaway stack: the standby' "port = $port" \
+        "unix_socket_directories = '$SB_RUN'" 'hot_standby = on' |
+        as_pg tee -a "$SB_DATA/postgresql.conf" >/dev/null
+    if ! as_pg "$PG_BIN/pg_ctl" -D "$SB_DATA" -l "$SB_LOG" -w -t "$STEP_TIMEOUT" start \
+        >"$SB_ROOT/pg_ctl.out" 2>&1; then
+        tail_log "$SB_ROOT/pg_ctl.out" "$SB_LOG"
+        die "the standby did not start"
+    fi
+    pid=$(head -n 1 "$SB_DATA/postmaster.pid")
+    record_pid postgres-standby "$pid"
+    # Caught up: it has replayed what the primary had written when we asked.
+    lsn=$(psql -X -At -h "$RESCLEAN_PG_SOCKDIR" -p "$RESCLEAN_PG_PORT" -U postgres -d postgres \
+        -c 'SELECT pg_current_wal_lsn()')
+    deadline=$(($(now_us) + STEP_TIMEOUT * 1000000))
+    until [[ $(psql -X -At -h "$SB_RUN" -p "$port" -U postgres -d postgres \
+        -c "SELECT pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn" 2>/dev/null) == t ]]; do
+        (($(now_us) < deadline)) || { tail_log "$SB_LOG"; die "the standby did not catch up"; }
+        sleep 0.1
+    done
+    # shellcheck disable=SC2153 # PGPASSWORD comes from DIR/env
+    url="postgres://resclean:$PGPASSWORD@127.0.0.1:$port/resclean?sslmode=disable"
+    hosts="127.0.0.1:$RESCLEAN_PG_PORT,127.0.0.1:$port"
+    standby_env RESCLEAN_STANDBY_URL "$url" \
+        RESCLEAN_FAILOVER_URL "postgres://resclean:$PGPASSWORD@$hosts/resclean?sslmode=disable&target_session_attrs=read-write" \
+        RESCLEAN_STANDBY_PORT "$port" RESCLEAN_STANDBY_PID "$pid" RESCLEAN_STANDBY_PGDATA "$SB_DATA" \
+        RESCLEAN_STANDBY_SOCKDIR "$SB_RUN" RESCLEAN_STANDBY_LOG "$SB_LOG"
+    log "standby up in $(since "$t0") (port $port, pid $pid)"
+}
+
+cmd_promote() {
+    standby_paths
+    [[ -f $SB_DATA/postmaster.pid ]] || die "no standby running in $SB_ROOT"
+    as_pg "$PG_BIN/pg_ctl" -D "$SB_DATA" -w -t "$STEP_TIMEOUT" promote >/dev/null ||
+        die "pg_ctl promote failed"
+    log "standby promoted"
+}
+
+# Stop the standby (if it runs) and remove its data.
+stop_standby() {
+    local pid
+    standby_paths
+    [[ -d $SB_ROOT ]] || return 0
+    if [[ -f $SB_DATA/postmaster.pid ]]; then
+        pid=$(head -n 1 "$SB_DATA/postmaster.pid")
+        if ours "$pid"; then
+            as_pg "$PG_BIN/pg_ctl" -D "$SB_DATA" -m immediate -w -t 20 stop >/dev/null 2>&1 ||
+                log "pg_ctl stop (standby) failed"
+            terminate postgres-standby "$pid"
+        fi
+    fi
+    rm -rf -- "$SB_ROOT"
+}
+
+cmd_standby_stop() {
+    local tmp
+    [[ -e $DIR/$MARKER ]] || die "no stack in $DIR"
+    stop_standby
+    if [[ -f $DIR/env ]]; then
+        tmp=$(mktemp "$DIR/env.XXXXXX")
+        grep -v '^export RESCLEAN_\(STANDBY_[A-Z]*\|FAILOVER_URL\)=' "$DIR/env" >"$tmp" || true
+        chmod 600 "$tmp"
+        mv -f "$tmp" "$DIR/env"
+    fi
+    log "standby stopped"
+}
+
 # --- subcommands ------------------------------------------------------------------------------
 
 set_dir() {
-    [[ -n ${1:-} ]] || die "usage: $0 {start|stop|restart-rgw|pg-ctl|pgbouncer} DIR"
+    [[ -n ${1:-} ]] || die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop|pgbouncer} DIR"
     DIR=$(realpath -m -- "$1")
     [[ $DIR != / ]] || die "refusing DIR=/"
     CEPH_BASE=$DIR/ceph
@@ -572,6 +689,7 @@ stop_stack() {
     terminate radosgw "$(recorded_pid radosgw)"
     terminate ceph-osd "$(recorded_pid ceph-osd)"
     terminate ceph-mon "$(recorded_pid ceph-mon)"
+    stop_standby
     if [[ -f $PGDATA/postmaster.pid ]]; then
         pidfile_pid=$(head -n 1 "$PGDATA/postmaster.pid")
         if ours "$pidfile_pid"; then
@@ -844,8 +962,11 @@ main() {
     stop) set_dir "${1:-}" && stop_stack ;;
     restart-rgw) set_dir "${1:-}" && cmd_restart_rgw ;;
     pg-ctl) set_dir "${1:-}" && shift && cmd_pg_ctl "$@" ;;
+    standby) set_dir "${1:-}" && cmd_standby ;;
+    promote) set_dir "${1:-}" && cmd_promote ;;
+    standby-stop) set_dir "${1:-}" && cmd_standby_stop ;;
     pgbouncer) set_dir "${1:-}" && pgbouncer_up ;;
-    *) die "usage: $0 {start|stop|restart-rgw|pg-ctl|pgbouncer} DIR [ARGS]" ;;
+    *) die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop|pgbouncer} DIR [ARGS]" ;;
     esac
 }
 
