@@ -9,6 +9,7 @@
 #   stack.sh promote DIR      promote it;  stack.sh standby-stop DIR: stop it and remove its data
 #   stack.sh pgbouncer DIR    start Debian's pgbouncer in front of the stack's PostgreSQL (only when
 #                             asked: the pooler specs call it); idempotent; prints NAME=value lines
+#   stack.sh pgbouncer-stop DIR  stop it (by its recorded PID): its server connections end with it
 #
 # PgBouncer (stack.sh pgbouncer): one pgbouncer on a free loopback port, run as postgres, with two
 # databases onto the stack's one: resclean in transaction pooling and resclean_session in session
@@ -627,7 +628,7 @@ cmd_standby_stop() {
 # --- subcommands ------------------------------------------------------------------------------
 
 set_dir() {
-    [[ -n ${1:-} ]] || die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop|pgbouncer} DIR"
+    [[ -n ${1:-} ]] || die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop|pgbouncer|pgbouncer-stop} DIR"
     DIR=$(realpath -m -- "$1")
     [[ $DIR != / ]] || die "refusing DIR=/"
     CEPH_BASE=$DIR/ceph
@@ -966,7 +967,8 @@ main() {
     promote) set_dir "${1:-}" && cmd_promote ;;
     standby-stop) set_dir "${1:-}" && cmd_standby_stop ;;
     pgbouncer) set_dir "${1:-}" && pgbouncer_up ;;
-    *) die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop|pgbouncer} DIR [ARGS]" ;;
+    pgbouncer-stop) set_dir "${1:-}" && pgbouncer_stop ;;
+    *) die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop|pgbouncer|pgbouncer-stop} DIR [ARGS]" ;;
     esac
 }
 
