@@ -65,11 +65,13 @@ static const char usage_text[] =
 static const luaL_Reg preloads[] = {{"cjson", luaopen_cjson},
                                     {"cjson.safe", luaopen_cjson_safe},
                                     {"resclean.sys", luaopen_resclean_sys},
+                                    {"resclean.httpd", luaopen_resclean_httpd},
                                     {NULL, NULL}};
 
 static const char *const net_modules[][2] = {{"resclean.pg", "luaopen_resclean_pg"},
                                              {"resclean.s3", "luaopen_resclean_s3"},
-                                             {"resclean.sigv4", "luaopen_resclean_sigv4"}};
+                                             {"resclean.sigv4", "luaopen_resclean_sigv4"},
+                                             {"resclean.push", "luaopen_resclean_push"}};
 
 /* Message handler: turn the error into "message + traceback". Error tables
  * from the primitives ({kind, code, message}) are rendered readably. */
