@@ -71,7 +71,7 @@ static const luaL_Reg preloads[] = {{"cjson", luaopen_cjson},
 static const char *const net_modules[][2] = {{"resclean.pg", "luaopen_resclean_pg"},
                                              {"resclean.s3", "luaopen_resclean_s3"},
                                              {"resclean.sigv4", "luaopen_resclean_sigv4"},
-                                             {"resclean.push", "luaopen_resclean_push"}};
+                                             {"resclean.push_http", "luaopen_resclean_push_http"}};
 
 /* Message handler: turn the error into "message + traceback". Error tables
  * from the primitives ({kind, code, message}) are rendered readably. */

@@ -1,5 +1,5 @@
 /*
- * resclean.push: one HTTP request with a body, for pushing a run's metrics to a Prometheus
+ * resclean.push_http: one HTTP request with a body, for pushing a run's metrics to a Prometheus
  * Pushgateway (`--metrics-push URL`). libcurl's easy interface: one request, no retries
  * (a --once run ends soon after; the next run pushes again), bounded by a timeout.
  * The URL's user info (basic authentication) is used by curl but never echoed: errors
@@ -79,7 +79,7 @@ static int push_request(lua_State *L) {
     return 2;
 }
 
-int luaopen_resclean_push(lua_State *L) {
+int luaopen_resclean_push_http(lua_State *L) {
     lua_newtable(L);
     lua_pushcfunction(L, push_request);
     lua_setfield(L, -2, "request");

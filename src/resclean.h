@@ -25,7 +25,7 @@ void resclean_guard_stdio(void);
 int luaopen_resclean_pg(lua_State *L);
 int luaopen_resclean_s3(lua_State *L);
 int luaopen_resclean_sigv4(lua_State *L);
-int luaopen_resclean_push(lua_State *L);
+int luaopen_resclean_push_http(lua_State *L);
 int resclean_net_init(void);
 void resclean_net_cleanup(void);
 

@@ -27,7 +27,8 @@ local batches, pipeline, second_lane, lane_for
 -- One sweep cycle. opts: pg (module), store (storage adapter), policy,
 -- conninfo, dry_run, run_id, check_plan (hook), between_batches (hook,
 -- run with no batch of the cycle in flight; when cancels_waiting is given,
--- only when it says that cancels wait), emit. Returns exit code, summary fields.
+-- only when it says that cancels wait), heartbeat (hook, before each batch),
+-- emit. Returns exit code, summary fields.
 function M.cycle(opts)
   local code, summary = session.with(opts, "sweep", function(conn, sql, run)
     return M.sweep_batches(conn, sql, opts.store, run, opts)
@@ -109,6 +110,7 @@ function pipeline(pipe, store, run, opts)
   local last
   local limit_left = p.max_deletes_per_run
   while true do
+    if opts.heartbeat then opts.heartbeat() end -- the watchdog and /healthz: the loop is alive
     if sys.stopping() then return stop({ stopped = sys.stopping() }) end
     -- No audit trail, no deletes: a log that cannot be written stops the
     -- sweep before the next claim.
