@@ -129,7 +129,7 @@ soak: deps $(BIN) $(NET_SO)
 	@bash spec/support/with-stack.sh ./$(BIN) run spec/bench/soak.lua $(SOAK_ARGS)
 
 # Installed: the binary, resclean_net.so, the Lua library, the operator scripts (scripts/ holds
-# only sweep, cancel, status and reconcile), the examples and two manuals, whose paths follow
+# only check, sweep, cancel, status and reconcile), the examples and two manuals, whose paths follow
 # PREFIX (@BINDIR@, @LIBDIR@, @SHAREDIR@ and the examples' /usr/local/bin/resclean replaced).
 # The folders install had to create are listed in SHAREDIR/installed-dirs: uninstall removes
 # them again once empty, and no others.

@@ -3,6 +3,9 @@
 -- restart; an edit that does not validate is logged and the previous policy
 -- is kept. Every field is optional: what is left out keeps its default,
 -- shown here. Durations are seconds or strings such as "90s", "15m", "24h", "7d".
+-- The file (and key()) runs without io, os.exit, os.execute or debug; it has
+-- os.getenv, os.time, string, table, math and require("resclean.policy").
+-- `resclean run check --policy FILE` tries it against the database and bucket.
 return {
   -- Where pending uploads live.
   table = "attack_resource_files",
@@ -25,7 +28,8 @@ return {
 
   bucket = os.getenv("RESCLEAN_BUCKET") or "cipherswarm-resources",
 
-  -- When a pending upload is stale, and how often to look.
+  -- When a pending upload is stale (never below url_lifetime: an upload may
+  -- still be in progress), and how often to look.
   max_age = "24h",
   interval = "1h",
   jitter = "60s",                    -- random extra wait, so replicas spread out
@@ -77,9 +81,13 @@ return {
   -- --max-delete N allows up to N instead.
   reconcile_max_delete_fraction = 0.10,
 
-  -- The long-running sweep LISTENs on this channel: an application cancels
-  -- an upload with SELECT pg_notify('resclean_cancel', '<id>') in its own
-  -- transaction (see examples/cancel_endpoint.py). false: no listening.
+  -- Cancels from the application: it INSERTs a row into this table (the
+  -- grant to do so is the right to cancel; examples/cancel-requests.sql
+  -- creates it, examples/cancel-endpoint.py writes one). Every sweep takes
+  -- pending requests at the start of a cycle; the long-running one also
+  -- LISTENs on cancel_channel, where the table's trigger wakes it (a
+  -- NOTIFY's payload is ignored: anyone may send one). false: off.
+  cancel_requests_table = "resclean_cancel_requests",
   cancel_channel = "resclean_cancel",
 
   log_level = "info",                -- debug, info, warn or error

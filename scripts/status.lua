@@ -59,17 +59,6 @@ local function pending_by_type(conn, p)
   return conn:query(sql, p.max_age)
 end
 
--- Valid indexes of the table whose first column is created_column.
-local function created_indexes(conn, p)
-  return conn:query([[
-    SELECT i.relname::text AS name, pg_get_indexdef(i.oid) AS def, x.indpred IS NOT NULL AS partial
-    FROM pg_index x
-    JOIN pg_class i ON i.oid = x.indexrelid
-    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
-    WHERE x.indrelid = to_regclass($1) AND a.attname = $2 AND x.indisvalid
-    ORDER BY 1]], conn:quote_ident(p.table), p.created_column)
-end
-
 local function index_in_plan(text)
   return text:match("Index Only Scan using (%S+)") or text:match("Index Scan Backward using (%S+)")
     or text:match("Index Scan using (%S+)") or text:match("Bitmap Index Scan on (%S+)")
@@ -89,7 +78,7 @@ local function collect(conn, sql, p)
   info, err = plan.inspect(conn, sql, p)
   if not info then return nil, err end
   local idx
-  idx, err = created_indexes(conn, p)
+  idx, err = plan.created_indexes(conn, p)
   if not idx then return nil, err end
 
   local report = {

@@ -11,9 +11,11 @@
 -- Transient trouble (unreachable, timeouts, 5xx) is retried, sooner at
 -- first and backing off to the interval while it lasts. SIGTERM, SIGINT
 -- and SIGHUP finish the batch in hand, log the summary and exit 0.
--- It also LISTENs on the policy's cancel_channel: ids an application sends
--- (SELECT pg_notify('resclean_cancel', id)) are cancelled within a second,
--- between cycles and between the batches of a cycle (lib/resclean/notify.lua).
+-- Cancels the application asked for (rows of the policy's
+-- cancel_requests_table, examples/cancel-requests.sql) are taken at the
+-- start of every cycle; without --once it also LISTENs on cancel_channel
+-- for the table's wake-up and takes them within a second, between cycles
+-- and between the batches of a cycle (lib/resclean/notify.lua).
 local app = require("resclean.app")
 local cli = require("resclean.cli")
 local config = require("resclean.config")
@@ -27,8 +29,9 @@ local sys = require("resclean.sys")
 
 local EPILOG = [[
 Without --once it runs a cycle at once, then one every interval (policy) until
-SIGTERM, SIGINT or SIGHUP, and cancels the ids applications send on the policy's
-cancel_channel. Exit codes: 0 ok, 1 some resources failed or were refused,
+SIGTERM, SIGINT or SIGHUP. Every cycle first takes the cancel requests applications
+wrote (policy cancel_requests_table); without --once they are also taken within a
+second, woken on cancel_channel. Exit codes: 0 ok, 1 some resources failed or were refused,
 2 configuration to fix (usage, policy, schema, credentials, bucket),
 3 database or storage unreachable.]]
 
@@ -70,9 +73,6 @@ local function main(...)
     end
   end
 
-  local p, err = app.load_policy(opts)
-  if not p then return app.fail(app.EXIT.usage, err.message) end
-  if push_to then push_to.policy = p end
   -- Supervised (long-running): systemd's notify socket and watchdog, and --metrics-listen.
   local d
   if not opts.once then
@@ -95,24 +95,32 @@ local function main(...)
     local ok, merr = metrics:check()
     if not ok then return app.fail(app.EXIT.usage, merr.message) end
   end
+  local p, err = app.load_policy(opts)
+  if not p then
+    -- Written even before the first cycle: the exit code and resclean_policy_invalid.
+    if metrics then metrics:record_policy_failure(app.EXIT.usage) end
+    return app.fail(app.EXIT.usage, err.message)
+  end
+  if push_to then push_to.policy = p end
   -- The audit trail first: a start line, its write checked, before any claim.
   local ok_log, why = app.start_line("sweep", p, { once = opts.once or nil, dry_run = opts["dry-run"] or nil })
   if not ok_log then return sweep.log_failed(why) end
 
-  -- Cancels from the application (NOTIFY on cancel_channel), long-running only.
-  local listener
-  if not opts.once and p.cancel_channel and not opts["dry-run"] then
-    listener = notify.listener({ pg = pg, conninfo = config.conninfo(), channel = p.cancel_channel })
-    listener:ensure()
+  -- Cancels from the application: requests taken at each cycle's start and,
+  -- long-running, when the table's NOTIFY on cancel_channel wakes us.
+  local cancels
+  if p.cancel_requests_table and not opts["dry-run"] then
+    cancels = notify.new({
+      pg = pg, conninfo = config.conninfo(), policy = function() return p end,
+      channel = not opts.once and p.cancel_channel or nil, quiet_missing = opts.once,
+      open_store = function(cp) return app.open_store(cp, false) end,
+      on_result = function(_, summary)
+        app.report(summary)
+        if metrics then metrics:record_resources(summary) end
+      end,
+    })
+    cancels:ensure()
   end
-  local cancel_opts = {
-    pg = pg, conninfo = config.conninfo(), policy = function() return p end,
-    open_store = function(cp) return app.open_store(cp, false) end,
-    on_result = function(_, summary)
-      app.report(summary)
-      if metrics then metrics:record_resources(summary) end
-    end,
-  }
 
   local function cycle()
     if d then d:cycle_started() end
@@ -123,6 +131,8 @@ local function main(...)
     else
       log.error("policy_invalid", { message = perr.message, detail = "keeping the previous policy" })
     end
+    if metrics then metrics:policy_valid(fresh ~= nil) end
+    if cancels then cancels:cycle_start() end
     local store, code, msg = app.open_store(p, true)
     if not store then
       app.fail(code, msg)
@@ -134,8 +144,8 @@ local function main(...)
       pg = pg, store = store, policy = p, conninfo = config.conninfo(),
       dry_run = opts["dry-run"], check_plan = require("resclean.plan").check,
       run_id = opts.once and app.run_id or nil,
-      cancels_waiting = listener and function() return listener:waiting() end or nil,
-      between_batches = listener and function() listener:cancel_queued(cancel_opts) end or nil,
+      cancels_waiting = cancels and function() return cancels:waiting() end or nil,
+      between_batches = cancels and function(lane, st) cancels:between_batches(lane, st) end or nil,
       heartbeat = d and function() d:tick(true) end or nil,
     })
     store:close()
@@ -145,6 +155,7 @@ local function main(...)
     return code
   end
 
+  local inner_sleep = cancels and cancels.channel and cancels:sleeper() or nil
   local code = schedule.loop({
     once = opts.once,
     cycle = cycle,
@@ -154,8 +165,7 @@ local function main(...)
       log.error("stopping", { exit_code = code,
         message = "configuration error before the first good cycle: fix it and start again" })
     end,
-    sleep = d and d:sleeper(listener and listener:sleeper(cancel_opts) or sys.sleep)
-      or listener and listener:sleeper(cancel_opts) or nil,
+    sleep = d and d:sleeper(inner_sleep or sys.sleep) or inner_sleep,
     on_wait = d and function(wait, c) d:waiting(wait, c) end or nil,
   })
   if d then

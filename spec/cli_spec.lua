@@ -58,7 +58,7 @@ describe("resclean command line", function()
       local r = h.run({ cmd })
       assert.are.equal(0, r.code)
       assert.matches("usage: resclean", r.stdout, 1, true)
-      for _, script in ipairs({ "sweep", "cancel", "status", "reconcile" }) do
+      for _, script in ipairs({ "check", "sweep", "cancel", "status", "reconcile" }) do
         assert.matches("\n  resclean run " .. script .. " [", r.stdout, 1, true)
       end
       assert.is_nil(r.stdout:find("scripts/", 1, true), "help names a path that works only in the source tree")

@@ -40,6 +40,21 @@ describe("the error classification", function()
     end
   end)
 
+  it("calls TLS required but not offered configuration (exit 2), naming sslmode", function()
+    local e = pg("connection", 'connection to server at "127.0.0.1", port 5432 failed: server does not support SSL, '
+      .. "but SSL was required", true)
+    assert.are.equal(2, errors.exit_code(e))
+    assert.matches("sslmode", errors.message(e), 1, true)
+    assert.is_nil(errors.message(e):find("is PostgreSQL up", 1, true))
+  end)
+
+  it("says a statement timeout is a timeout, not an unreachable server (still transient)", function()
+    local e = pg("57014", "ERROR:  canceling statement due to statement timeout", true)
+    assert.are.equal(3, errors.exit_code(e))
+    assert.matches("statement_timeout", errors.message(e), 1, true)
+    assert.is_nil(errors.message(e):find("is PostgreSQL up", 1, true))
+  end)
+
   it("names the connection limit when the server has no session left (transient)", function()
     for _, e in ipairs({
       pg("53300", "too many connections for role \"resclean\""),

@@ -374,6 +374,65 @@ describe("the metrics file", function()
     assert.are.equal(0, promtool(fresh))
   end)
 
+  it("counts cycles in a row that removed nothing, by reason, leaving it unchanged for dry runs and errors",
+    function()
+    local path = h.tmpdir() .. "/resclean.prom"
+    local m = metrics.new(path, { fresh = true })
+    local function stuck()
+      local s = parse_prom(h.readall(path))
+      return s['resclean_sweep_stuck_cycles{reason="nothing_removed"}'],
+        s['resclean_sweep_stuck_cycles{reason="singleton_busy"}']
+    end
+    local typo = { eligible = 5, duration_ms = 5, total = 5, skipped = 5, skipped_reasons = { bad_key = 5 } }
+    m:record(typo, 0, POLICY)
+    m:record(typo, 0, POLICY)
+    assert.are.same({ 2, 0 }, { stuck() })
+    m:record({ dry_run = true, eligible = 5, duration_ms = 5 }, 0, POLICY)       -- unchanged
+    m:record({ eligible = 0, duration_ms = 5, error = "08006: lost" }, 3, POLICY) -- unchanged
+    m:record_failure(POLICY, 3)                                                   -- unchanged
+    m:record(typo, 0, POLICY)
+    assert.are.same({ 3, 0 }, { stuck() })
+    -- rows still referenced by attacks are kept on purpose: nothing to remove, not stuck
+    m:record({ eligible = 2, duration_ms = 5, skipped = 2, skipped_reasons = { referenced = 2 } }, 0, POLICY)
+    assert.are.same({ 0, 0 }, { stuck() })
+    m:record(typo, 1, POLICY)
+    m:record(SUMMARY, 0, POLICY)                                                   -- removed some
+    assert.are.same({ 0, 0 }, { stuck() })
+    for _ = 1, 3 do m:record({ eligible = 0, duration_ms = 3, singleton_busy = true }, 0, POLICY) end
+    assert.are.same({ 0, 3 }, { stuck() })
+    -- a new process (--once) continues from the file
+    metrics.new(path):record({ eligible = 0, duration_ms = 3, singleton_busy = true }, 0, POLICY)
+    assert.are.same({ 0, 4 }, { stuck() })
+    metrics.new(path):record({ eligible = 0, duration_ms = 3, rate = 0 }, 0, POLICY)
+    assert.are.same({ 0, 0 }, { stuck() })
+    assert.are.equal(0, promtool(path))
+  end)
+
+  it("writes resclean_policy_invalid, and a start that fails on its policy keeps the policy figures", function()
+    local path = h.tmpdir() .. "/resclean.prom"
+    local m = metrics.new(path, { fresh = true })
+    m:record(SUMMARY, 0, POLICY)
+    assert.are.equal(0, parse_prom(h.readall(path)).resclean_policy_invalid)
+    m:policy_valid(false)
+    m:record(SUMMARY, 0, POLICY)
+    assert.are.equal(1, parse_prom(h.readall(path)).resclean_policy_invalid)
+    m:policy_valid(true)
+    m:record(SUMMARY, 0, POLICY)
+    assert.are.equal(0, parse_prom(h.readall(path)).resclean_policy_invalid)
+    local info = 'resclean_info{table="attack_resource_files",bucket="cipherswarm-resources"}'
+    metrics.new(path):record(SUMMARY, 0, { max_age = 86400, interval = 1800, table = "attack_resource_files",
+                                           bucket = "cipherswarm-resources" })
+    assert.is_true(metrics.new(path):record_policy_failure(2))
+    local s = parse_prom(h.readall(path))
+    assert.are.equal(1, s.resclean_policy_invalid)
+    assert.are.equal(2, s.resclean_sweep_last_exit_code)
+    assert.are.equal(1, s['resclean_sweep_cycles_total{exit_code="2"}'])
+    assert.are.equal(1800, s.resclean_policy_interval_seconds)
+    assert.are.equal(86400, s.resclean_policy_max_age_seconds)
+    assert.are.equal(1, s[info])
+    assert.are.equal(0, promtool(path))
+  end)
+
   it("reports an unwritable folder as an error value instead of raising", function()
     local m = metrics.new("/nonexistent-dir/resclean.prom")
     local ok, err = m:write()
@@ -571,6 +630,63 @@ describe("sweep --metrics-file", function()
       s.resclean_sweep_last_success_timestamp_seconds)
     assert.is_true(s.resclean_sweep_last_run_timestamp_seconds > before.resclean_sweep_last_run_timestamp_seconds)
     assert.are.equal(0, promtool(path))
+  end)
+
+  it("writes the exit code of a --once run that fails on its policy, and resclean_policy_invalid 1", function()
+    local path = h.tmpdir() .. "/resclean.prom"
+    fx.objects(client, fx.rows(conn, 1))
+    assert.are.equal(0, sweep(path).code)
+    local bad = h.tmpfile("return { max_age = ", "policy.lua")
+    local r = sweep(path, nil, { "--policy", bad })
+    assert.are.equal(2, r.code, r.stderr)
+    local s = parse_prom(h.readall(path))
+    assert.are.equal(2, s.resclean_sweep_last_exit_code)
+    assert.are.equal(1, s['resclean_sweep_cycles_total{exit_code="2"}'])
+    assert.are.equal(1, s.resclean_policy_invalid)
+    assert.are.equal(3600, s.resclean_policy_interval_seconds)
+    -- a first deployment: no file before
+    local first = h.tmpdir() .. "/first.prom"
+    r = sweep(first, nil, { "--policy", bad })
+    assert.are.equal(2, r.code, r.stderr)
+    s = parse_prom(h.readall(first))
+    assert.are.equal(2, s.resclean_sweep_last_exit_code)
+    assert.are.equal(1, s.resclean_policy_invalid)
+    assert.are.equal(0, promtool(first))
+  end)
+
+  it("counts the cycles of a key() that fits no row as stuck, the rows kept as bad_key", function()
+    local path = h.tmpdir() .. "/resclean.prom"
+    fx.objects(client, fx.rows(conn, 3))
+    local typo = h.tmpfile("return { key = function(row) return row.ID end }", "policy.lua")
+    for _ = 1, 3 do sweep(path, nil, { "--policy", typo }) end
+    local s = parse_prom(h.readall(path))
+    assert.are.equal(3, s['resclean_sweep_stuck_cycles{reason="nothing_removed"}'])
+    assert.are.equal(3, s['resclean_sweep_kept{reason="bad_key"}'])
+    assert.are.equal(3, fx.count(conn))
+    assert.are.equal(0, sweep(path).code)
+    s = parse_prom(h.readall(path))
+    assert.are.equal(0, s['resclean_sweep_stuck_cycles{reason="nothing_removed"}'])
+  end)
+
+  it("sets resclean_policy_invalid while a live edit does not load, and clears it when fixed", function()
+    local path = h.tmpdir() .. "/resclean.prom"
+    local pol = h.tmpfile("return { interval = 1, jitter = 0 }", "policy.lua")
+    local p = h.spawn({ "run", "scripts/sweep.lua", "--policy", pol, "--metrics-file", path }, h.script_env(bucket))
+    finally(function() if p.alive() then p.kill("KILL") end end)
+    local function invalid()
+      local f = io.open(path)
+      if not f then return nil end
+      local v = f:read("a"):match("\nresclean_policy_invalid (%d+)")
+      f:close()
+      return tonumber(v)
+    end
+    h.wait_for(function() return invalid() == 0 end, 20, "the first cycle's metrics")
+    h.write(pol, "return { interval = 1, jitter = 0, ")
+    h.wait_for(function() return invalid() == 1 end, 20, "resclean_policy_invalid 1 after a broken edit")
+    h.write(pol, "return { interval = 1, jitter = 0 }")
+    h.wait_for(function() return invalid() == 0 end, 20, "resclean_policy_invalid 0 after the fix")
+    p.kill("TERM")
+    assert.are.equal(0, p.wait(10))
   end)
 
   it("does not count a dry run's outcomes as work done", function()

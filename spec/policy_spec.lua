@@ -122,4 +122,85 @@ describe("the policy", function()
     end
     assert.are.equal("ouroboros-resources", policy.load("examples/ouroboros.lua").bucket)
   end)
+
+  describe("guards against foot-guns", function()
+    it("refuses max_age below url_lifetime (minutes meant as seconds), naming both", function()
+      local path = h.tmpfile("return { max_age = 1440 }", "policy.lua")
+      local p, err = policy.load(path)
+      assert.is_nil(p)
+      assert.are.equal("policy", err.kind)
+      assert.are.equal("max_age", err.field)
+      assert.matches(path, err.message, 1, true)
+      assert.matches("max_age", err.message, 1, true)
+      assert.matches("url_lifetime", err.message, 1, true)
+      assert.matches("1440", err.message, 1, true)
+      assert.matches("3600", err.message, 1, true)
+      local r = h.run({ "run", "scripts/sweep.lua", "--once", "--policy", path }, { RESCLEAN_LOG_LEVEL = false })
+      assert.are.equal(2, r.code, r.stderr)
+      assert.matches("url_lifetime", r.stderr, 1, true)
+    end)
+
+    it("accepts max_age equal to url_lifetime, and a short url_lifetime with a short max_age", function()
+      assert.is_truthy(policy.build({ max_age = "1h" }))
+      assert.is_truthy(policy.build({ max_age = 60, url_lifetime = 60 }))
+      assert.is_nil(policy.build({ max_age = 60, url_lifetime = 61 }))
+    end)
+
+    local forbidden = {
+      { "os.exit", "os.exit(0) return {}" },
+      { "os.execute", 'os.execute("true") return {}' },
+      { "os.remove", 'os.remove("/tmp/x") return {}' },
+      { "io.open", 'io.open("/etc/passwd") return {}' },
+      { "io.write", 'io.write("x") return {}' },
+      { "debug.sethook", "debug.sethook() return {}" },
+      { "print", 'print("x") return {}' },
+      { "load", 'load("return 1")() return {}' },
+      { "dofile", 'dofile("/dev/null") return {}' },
+      { 'require("os")', 'require("os") return {}' },
+    }
+    for _, c in ipairs(forbidden) do
+      it("makes a policy file that calls " .. c[1] .. " a policy error naming the file", function()
+        local path = h.tmpfile(c[2], "policy.lua")
+        local p, err = policy.load(path)
+        assert.is_nil(p)
+        assert.are.equal("policy", err.kind)
+        assert.matches(path, err.message, 1, true)
+        assert.matches(c[1] .. " is not available in a policy file", err.message, 1, true)
+      end)
+    end
+
+    it("stops no sweep: a policy that calls os.exit(0) exits 2 with the reason, not 0 in silence", function()
+      local path = h.tmpfile("os.exit(0) return {}", "policy.lua")
+      local r = h.run({ "run", "scripts/sweep.lua", "--once", "--policy", path }, { RESCLEAN_LOG_LEVEL = false })
+      assert.are.equal(2, r.code, r.stderr)
+      assert.matches("os.exit is not available", r.stderr, 1, true)
+    end)
+
+    it("keeps what policies use: os.getenv, os.time, string, table, math, require(\"resclean.policy\")", function()
+      local p, err = policy.load(h.tmpfile([[
+        local P = require("resclean.policy")
+        assert(os.time() > 0 and os.clock() >= 0 and os.date("!%Y") ~= nil)
+        local prefix = (os.getenv("RESCLEAN_NO_SUCH_VARIABLE") or "up"):upper()
+        return { key_pattern = P.UUID_PATTERN, max_age = math.max(2 * 3600, 60),
+                 upload_types = { table.concat({ "WORD", "LIST" }, "_"), string.format("%s", "CHARSET") },
+                 key = function(row) return prefix:lower() .. "/" .. row.id end }]], "policy.lua"))
+      assert.is_truthy(p, err and err.message)
+      assert.are.equal(7200, p.max_age)
+      assert.are.equal("up/x", p.key({ id = "x" }))
+    end)
+
+    it("makes a key() that calls os.exit a bad key, not the end of the process", function()
+      local p = assert(policy.load(h.tmpfile("return { key = function(row) os.exit(0) return row.id end }",
+        "policy.lua")))
+      local key, why = policy.row_key(p, { id = "0a1b2c3d-4e5f-6789-abcd-ef0123456789" })
+      assert.is_nil(key)
+      assert.matches("os.exit is not available", why, 1, true)
+    end)
+
+    it("keeps a policy's changes to string away from the rest of the process", function()
+      local before = string.format
+      assert.is_truthy(policy.load(h.tmpfile("string.format = nil return {}", "policy.lua")))
+      assert.are.equal(before, string.format)
+    end)
+  end)
 end)

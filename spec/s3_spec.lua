@@ -88,6 +88,17 @@ describe("resclean.s3 on RGW", function()
     assert.equal(1, rec.count())
   end)
 
+  it("gives the server's clock (Date) as server_time, on a missing key and in an answered error", function()
+    local r = assert(c:head("obj/never-written"))
+    assert.are.equal("integer", math.type(r.server_time))
+    assert.is_true(math.abs(r.server_time - os.time()) <= 5, "server_time " .. r.server_time)
+    local bad = h.client(bucket, { secret_key = "wrong-" .. env.AWS_SECRET_ACCESS_KEY:reverse() })
+    local _, err = bad:head("obj/never-written")
+    bad:close()
+    assert.equal(403, err.status)
+    assert.is_true(math.abs(err.server_time - os.time()) <= 5, "server_time " .. tostring(err.server_time))
+  end)
+
   it("round-trips awkward keys through put, head, get, list and delete_many", function()
     for _, k in ipairs(AWKWARD) do
       assert(c:put(k, k), k)

@@ -39,8 +39,9 @@ void http_req_reset(http_req *r) {
     free(r->h_lastmod);
     free(r->h_reqid);
     free(r->h_ctype);
+    free(r->h_date);
     free(r->errmsg);
-    r->h_etag = r->h_lastmod = r->h_reqid = r->h_ctype = r->errmsg = NULL;
+    r->h_etag = r->h_lastmod = r->h_reqid = r->h_ctype = r->h_date = r->errmsg = NULL;
     r->h_len = 0;
     r->has_len = r->too_large = r->oom = 0;
     r->status = 0;
@@ -120,7 +121,8 @@ size_t http_on_header(char *p, size_t size, size_t n, void *ud) {
         free(r->h_lastmod);
         free(r->h_reqid);
         free(r->h_ctype);
-        r->h_etag = r->h_lastmod = r->h_reqid = r->h_ctype = NULL;
+        free(r->h_date);
+        r->h_etag = r->h_lastmod = r->h_reqid = r->h_ctype = r->h_date = NULL;
         r->has_len = 0;
         return len;
     }
@@ -141,6 +143,8 @@ size_t http_on_header(char *p, size_t size, size_t n, void *ud) {
         rc = set_header(&r->h_lastmod, v, vl);
     else if (nl == 16 && strncasecmp(p, "x-amz-request-id", 16) == 0)
         rc = set_header(&r->h_reqid, v, vl);
+    else if (nl == 4 && strncasecmp(p, "date", 4) == 0)
+        rc = set_header(&r->h_date, v, vl);
     else if (nl == 12 && strncasecmp(p, "content-type", 12) == 0)
         rc = set_header(&r->h_ctype, v, vl);
     else if (nl == 14 && strncasecmp(p, "content-length", 14) == 0 && on_content_length(r, v, vl) != 0)

@@ -35,7 +35,7 @@ typedef struct http_req {
     char *url;
     struct curl_slist *hdrs;
     buf resp;
-    char *h_etag, *h_lastmod, *h_reqid, *h_ctype;
+    char *h_etag, *h_lastmod, *h_reqid, *h_ctype, *h_date;
     long long h_len;
     int has_len, too_large, oom;
     long status;

@@ -289,6 +289,18 @@ static void read_answer_error(const http_req *h, answer_error *a) {
     a->request_id = a->e.request_id[0] != '\0' ? a->e.request_id : h->h_reqid;
 }
 
+/* The server's clock, from the reply's Date header (RFC 9110: every origin server with a clock
+ * sends it), as server_time (Unix seconds) in the table on top; nothing without one. */
+static void set_server_time(lua_State *L, const http_req *h) {
+    if (h->h_date == NULL)
+        return;
+    time_t t = curl_getdate(h->h_date, NULL);
+    if (t == (time_t)-1)
+        return;
+    lua_pushinteger(L, (lua_Integer)t);
+    lua_setfield(L, -2, "server_time");
+}
+
 /* Push the error table of a request that failed: refused, no answer, or an HTTP error. The
  * overrides (NULL: none) replace the code and message. */
 static void push_req_error(lua_State *L, const s3_req *r, const char *op, const char *code_override,
@@ -318,6 +330,7 @@ static void push_req_error(lua_State *L, const s3_req *r, const char *op, const 
         lua_pushinteger(L, h->status);
         lua_setfield(L, -2, "status");
         luax_setstr(L, "request_id", a.request_id);
+        set_server_time(L, h);
     }
     lua_pushinteger(L, h->attempts);
     lua_setfield(L, -2, "attempts");
@@ -418,9 +431,10 @@ static void copy_keys(lua_State *L, int idx, s3_batch *b, size_t n, size_t total
 
 static void push_head_result(lua_State *L, const s3_req *r) {
     const http_req *h = &r->http;
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
     lua_pushboolean(L, h->status != 404);
     lua_setfield(L, -2, "exists");
+    set_server_time(L, h);
     if (h->status / 100 != 2)
         return;
     if (h->has_len) {

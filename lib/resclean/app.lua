@@ -58,6 +58,37 @@ function M.check_ca_bundle(path)
   return true
 end
 
+-- An endpoint whose scheme does not fit its port answers in a way that looks
+-- transient: plain HTTP to a TLS port gets an empty reply (or a reset), TLS to
+-- a plain port a "wrong version number". Returns what to fix, or nil.
+local SCHEME_MISMATCH = {
+  { "^http://", "Empty reply from server",
+    "an empty reply to plain HTTP: the port of AWS_ENDPOINT_URL_S3 %s serves TLS? write https://" },
+  { "^https://", "wrong version number",
+    "a TLS handshake answered in plain HTTP: the port of AWS_ENDPOINT_URL_S3 %s serves http://, not https://" },
+}
+function M.scheme_mismatch(endpoint, err)
+  local msg = type(err) == "table" and tostring(err.message or "") or ""
+  for _, m in ipairs(SCHEME_MISMATCH) do
+    if endpoint:find(m[1]) and msg:find(m[2], 1, true) then return m[3]:format(endpoint) end
+  end
+  return nil
+end
+
+-- A failed bucket check: exit code, message (naming endpoint and bucket) and
+-- what to fix (nil when unreachable).
+function M.store_check_failure(endpoint, p, err)
+  local where = ("storage %s bucket %q: "):format(endpoint, p.bucket)
+  local mismatch = M.scheme_mismatch(endpoint, err)
+  if mismatch then return M.EXIT.usage, where .. errors.message({ message = err.message, no_hint = true })
+    .. " (" .. mismatch .. ")", mismatch end
+  -- A reply to the bucket check that is not S3's (an HTML page, a cut
+  -- listing) says the storage could not be checked: transient.
+  local class, hint = errors.classify(err)
+  local code = class == "item" and M.EXIT.unreachable or errors.exit_code(err)
+  return code, where .. errors.message(err), code == M.EXIT.usage and (hint or "see the message") or nil
+end
+
 -- The storage adapter for a policy, checked reachable. Returns store or
 -- nil, code, message.
 function M.open_store(p, check)
@@ -78,10 +109,8 @@ function M.open_store(p, check)
     ok, err = store:check()
     if not ok then
       store:close()
-      -- A reply to the bucket check that is not S3's (an HTML page, a cut
-      -- listing) says the storage could not be checked: transient.
-      local code = errors.classify(err) == "item" and M.EXIT.unreachable or errors.exit_code(err)
-      return nil, code, ("storage %s bucket %q: %s"):format(sopts.endpoint, p.bucket, errors.message(err))
+      local code, msg = M.store_check_failure(sopts.endpoint, p, err)
+      return nil, code, msg
     end
   end
   return store

@@ -57,6 +57,7 @@ local PG_CONNECT_MESSAGES = {
   { "does not match host name", "sslrootcert" },
   { "could not read root certificate", "sslrootcert" },
   { "invalid sslmode", "sslmode" },
+  { "server does not support SSL, but SSL was required", "ssl_not_offered" },
   { "invalid connection option", "conninfo" },
   { "invalid URI", "conninfo" },
   { "invalid integer value", "conninfo" },
@@ -79,6 +80,8 @@ local PG_CONNECT_HINT = {
   sslrootcert = "point sslrootcert= in DATABASE_URL, or PGSSLROOTCERT, at the CA that signed the server's "
     .. "certificate (a service user has no ~/.postgresql/root.crt)",
   sslmode = "check sslmode in DATABASE_URL",
+  ssl_not_offered = "the server offers no TLS while sslmode (DATABASE_URL or PGSSLMODE) requires it: enable ssl "
+    .. "on the server, or point DATABASE_URL at a host that offers TLS",
   conninfo = "check DATABASE_URL (postgresql://user:password@host:port/dbname?sslmode=...)",
   host = "check the host in DATABASE_URL",
 }
@@ -110,6 +113,11 @@ local S3_TRANSIENT = { InternalError = true, ServiceUnavailable = true, SlowDown
                        dns = true }
 local S3_TRANSIENT_HINT = "is the S3 endpoint up and reachable? check AWS_ENDPOINT_URL_S3"
 local PG_TRANSIENT_HINT = "is PostgreSQL up and reachable? check the host and port in DATABASE_URL"
+-- Transient codes whose cause is not reachability.
+local PG_TRANSIENT_HINTS = {
+  ["57014"] = "a statement was cancelled: it ran longer than the policy's statement_timeout, or an operator "
+    .. "cancelled it; a slow claim wants the partial index (resclean run status)",
+}
 
 -- The class of an error, and a hint naming what to check.
 local function classify_pg(err)
@@ -128,7 +136,9 @@ local function classify_pg(err)
   end
   if PG_ITEM[code] then return "item" end
   if PG_CONFIG[code] then return "config", PG_CONFIG[code] end
-  if PG_TRANSIENT[code] or PG_TRANSIENT_CLASS[code:sub(1, 2)] then return "transient", PG_TRANSIENT_HINT end
+  if PG_TRANSIENT[code] or PG_TRANSIENT_CLASS[code:sub(1, 2)] then
+    return "transient", PG_TRANSIENT_HINTS[code] or PG_TRANSIENT_HINT
+  end
   if PG_CONFIG_CLASS[code:sub(1, 2)] then return "config" end
   if err.retryable then return "transient", PG_TRANSIENT_HINT end
   -- Anything else the database refuses (a constraint, a trigger) will

@@ -7,6 +7,8 @@
 --   local m = require("resclean.metrics").new("/var/lib/node_exporter/textfile/resclean.prom")
 --   m:record(summary, exit_code, policy)   -- after a cycle
 --   m:record_failure(policy, code)         -- a cycle that failed before sweeping (2 or 3)
+--   m:policy_valid(ok)                     -- the policy file loaded (or not) this cycle
+--   m:record_policy_failure(code)          -- a start that failed on its policy (exit 2)
 --
 -- Counters continue from the values already in the file, so a sweep run
 -- hourly with --once (a new process each time) still exposes counters that
@@ -21,6 +23,9 @@ M.EXIT_CODES = { 0, 1, 2, 3 }
 -- Why the sweep keeps a resource on purpose (outcome skipped); each is
 -- written every cycle, 0 included, so alert expressions always match.
 M.KEPT_REASONS = { "referenced", "locked", "bad_key", "row_vanished" }
+-- Why cycles in a row removed nothing (resclean_sweep_stuck_cycles): each is
+-- written every cycle, 0 included.
+M.STUCK_REASONS = { "nothing_removed", "singleton_busy" }
 
 -- name -> {type, help}; rendered in this order.
 M.FAMILIES = {
@@ -46,6 +51,13 @@ M.FAMILIES = {
   { "resclean_sweep_dry_run", "gauge", "1 when the last cycle was a dry run (nothing changed)." },
   { "resclean_sweep_singleton_busy", "gauge",
     "1 when the last cycle did not sweep because another sweeper held the singleton lock." },
+  { "resclean_sweep_stuck_cycles", "gauge",
+    "Cycles in a row that removed nothing, by reason: nothing_removed (stale resources to remove, not referenced, "
+      .. "none removed: a key() that fits no row, refused deletes), singleton_busy (another sweeper held the "
+      .. "singleton lock). Dry runs and cycles that failed before counting leave it as it was." },
+  { "resclean_policy_invalid", "gauge",
+    "1 when the policy file did not load or validate at the last attempt (a long-running sweep keeps the last "
+      .. "good policy; a start exits 2)." },
   { "resclean_policy_max_age_seconds", "gauge", "The policy's max_age: pending longer than this is stale." },
   { "resclean_policy_interval_seconds", "gauge", "The policy's interval between cycles." },
   { "resclean_info", "gauge", "The table and bucket this sweeper works on (value 1)." },
@@ -85,7 +97,7 @@ end
 -- removed), so a symbolic link or a FIFO planted at path is never opened;
 -- check() and write() report it.
 function M.read_state(path)
-  local state = { resources = {}, cycles = {} }
+  local state = { resources = {}, cycles = {}, stuck = {}, policy = {} }
   if not sys.write_file(path) then return state end
   local f = io.open(path, "rb")
   if not f then return state end
@@ -99,13 +111,30 @@ function M.read_state(path)
       if code then
         state.cycles[tonumber(code)] = parse_num(v)
       else
+        local reason
+        reason, v = line:match('^resclean_sweep_stuck_cycles{reason="([%w_]+)"} (%S+)$')
+        if reason then state.stuck[reason] = math.tointeger(parse_num(v)) end
         v = line:match("^resclean_sweep_last_success_timestamp_seconds (%S+)$")
         if v then state.last_success = parse_num(v) end
+        -- The policy's figures, for a run that fails on its policy: alerts keep their thresholds.
+        v = line:match("^resclean_policy_max_age_seconds (%S+)$")
+        if v then state.policy.max_age = parse_num(v) end
+        v = line:match("^resclean_policy_interval_seconds (%S+)$")
+        if v then state.policy.interval = parse_num(v) end
+        local t, b = line:match('^resclean_info{table="([%w_]+)",bucket="([a-z0-9.%-]*)"} 1$')
+        if t then state.policy.table, state.policy.bucket = t, b end
       end
     end
   end
   f:close()
   return state
+end
+
+local function policy_gauges(g, p)
+  if not p then return end
+  g.max_age = p.max_age
+  g.interval = p.interval
+  g.table, g.bucket = p.table, p.bucket
 end
 
 -- opts.now: clock for timestamps (specs); opts.fresh: ignore the old file;
@@ -115,7 +144,8 @@ end
 function M.new(path, opts)
   assert(path == nil or (type(path) == "string" and path ~= ""), "metrics: a file path is needed")
   opts = opts or {}
-  local state = (opts.fresh or not path) and { resources = {}, cycles = {} } or M.read_state(path)
+  local state = (opts.fresh or not path) and { resources = {}, cycles = {}, stuck = {}, policy = {} }
+    or M.read_state(path)
   local m = setmetatable({
     path = path,
     on_update = opts.on_update,
@@ -124,7 +154,10 @@ function M.new(path, opts)
     cycles = {},
     last_success = state.last_success,
     gauges = {},
+    stuck = {},
   }, Metrics)
+  for _, r in ipairs(M.STUCK_REASONS) do m.stuck[r] = state.stuck[r] or 0 end
+  policy_gauges(m.gauges, state.policy.interval and state.policy or nil)
   for _, o in ipairs(M.OUTCOMES) do m.resources[o] = state.resources[o] or 0 end
   for o, v in pairs(state.resources) do m.resources[o] = v end
   for _, c in ipairs(M.EXIT_CODES) do m.cycles[c] = state.cycles[c] or 0 end
@@ -132,12 +165,6 @@ function M.new(path, opts)
   return m
 end
 
-local function policy_gauges(g, p)
-  if not p then return end
-  g.max_age = p.max_age
-  g.interval = p.interval
-  g.table, g.bucket = p.table, p.bucket
-end
 
 -- Kept on purpose, by reason, from a summary: skipped_reasons when the
 -- sweep gives them; skipped resources it does not explain are "other".
@@ -200,11 +227,46 @@ function Metrics:record(summary, code, p)
   end
   g.dry_run = summary.dry_run and 1 or 0
   g.singleton_busy = summary.singleton_busy and 1 or 0
+  self:count_stuck(summary)
   policy_gauges(g, p)
   if (code == 0 or code == 1) and not summary.error and not summary.dry_run then
     self.last_success = now
   end
   return self:flush()
+end
+
+-- Cycles in a row that removed nothing, by reason (see FAMILIES).
+function Metrics:count_stuck(summary)
+  local st = self.stuck
+  if summary.singleton_busy then
+    st.singleton_busy = st.singleton_busy + 1
+    return
+  end
+  local counted = math.type(summary.eligible) == "integer" and not (summary.error and summary.eligible == 0)
+  if summary.dry_run or not counted then return end
+  st.singleton_busy = 0
+  local function n(v) return math.type(v) == "integer" and v or 0 end
+  local reasons = summary.skipped_reasons or {}
+  local removable = summary.eligible - n(reasons.referenced) - n(reasons.row_vanished)
+  local removed = n(summary.object_deleted) + n(summary.record_only) + n(summary.deleted)
+  if removed > 0 or removable <= 0 then
+    st.nothing_removed = 0
+  else
+    st.nothing_removed = st.nothing_removed + 1
+  end
+end
+
+-- Did the policy file load and validate (this cycle, or at start)? Written
+-- with the next record or flush.
+function Metrics:policy_valid(ok)
+  self.gauges.policy_invalid = ok and 0 or 1
+end
+
+-- A start that failed on its policy (before any cycle): its exit code counted
+-- as a cycle's, resclean_policy_invalid 1, the last policy figures kept.
+function Metrics:record_policy_failure(code)
+  self:policy_valid(false)
+  return self:record_failure(nil, code or 2)
 end
 
 -- Resources handled outside a cycle (cancels an application notified):
@@ -285,6 +347,7 @@ function Metrics:render()
     resclean_sweep_singleton_busy = g.singleton_busy,
     resclean_policy_max_age_seconds = g.max_age,
     resclean_policy_interval_seconds = g.interval,
+    resclean_policy_invalid = g.policy_invalid or 0,
   }
   local out = {}
   local function add(s) out[#out + 1] = s end
@@ -311,6 +374,10 @@ function Metrics:render()
       table.sort(reasons)
       for _, r in ipairs(reasons) do
         samples[#samples + 1] = ('%s{reason="%s"} %s'):format(name, label(r), num(g.kept[r]))
+      end
+    elseif name == "resclean_sweep_stuck_cycles" then
+      for _, r in ipairs(M.STUCK_REASONS) do
+        samples[#samples + 1] = ('%s{reason="%s"} %s'):format(name, r, num(self.stuck[r] or 0))
       end
     elseif name == "resclean_info" then
       if g.table then

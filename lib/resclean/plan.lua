@@ -15,6 +15,18 @@ function M.index_sql(conn, p)
     conn:quote_ident(p.created_column), conn:quote_ident(p.uploaded_column))
 end
 
+-- Valid indexes of the policy's table whose first column is created_column (the claim
+-- orders by it): {name, def, partial} rows, or nil, err.
+function M.created_indexes(conn, p)
+  return conn:query([[
+    SELECT i.relname::text AS name, pg_get_indexdef(i.oid) AS def, x.indpred IS NOT NULL AS partial
+    FROM pg_index x
+    JOIN pg_class i ON i.oid = x.indexrelid
+    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+    WHERE x.indrelid = to_regclass($1) AND a.attname = $2 AND x.indisvalid
+    ORDER BY 1]], conn:quote_ident(p.table), p.created_column)
+end
+
 -- Returns {seq_scan=bool, rows=estimate, plan=text} or nil, err.
 function M.inspect(conn, sql, p)
   local res, err = conn:query("EXPLAIN " .. sql.claim_first, p.max_age, p.upload_types, p.batch_size)

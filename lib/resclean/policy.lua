@@ -54,7 +54,8 @@ function M.defaults()
       { table = "attack_resource_files", key_column = "id" },
       { table = "upload_resource_files", key_column = "id" },
     },
-    cancel_channel = "resclean_cancel",    -- LISTEN channel of the long-running sweep; false: off
+    cancel_channel = "resclean_cancel",    -- wake-up channel the long-running sweep LISTENs on; false: off
+    cancel_requests_table = "resclean_cancel_requests", -- cancels the application asked for; false: off
     log_level = getenv("RESCLEAN_LOG_LEVEL") or "info",
   }
 end
@@ -160,6 +161,8 @@ local FIELDS = {
     "a number from 0 to 1 (0.10: at most 10% of the candidates)" },
   cancel_channel = { function(v) return v == false or ident(v) end,
     "a channel name (letters, digits, _; at most 63 bytes), or false for none" },
+  cancel_requests_table = { function(v) return v == false or ident(v) end,
+    "a table name (letters, digits, _; at most 63 bytes; see examples/cancel-requests.sql), or false for none" },
   log_level = { function(v) return v == "debug" or v == "info" or v == "warn" or v == "error" end,
     "one of debug, info, warn, error" },
 }
@@ -197,6 +200,14 @@ function M.validate(p, source)
     end
     out[k] = norm ~= nil and norm or p[k]
   end
+  -- A presigned URL lets its upload start until url_lifetime after the row was made: a
+  -- max_age below it deletes uploads still in progress (max_age = 1440 meant as minutes).
+  if out.max_age < out.url_lifetime then
+    return nil, perr(source, "max_age", ("%s (%s) is below url_lifetime %s (%s): a pending upload whose "
+      .. "presigned URL is still valid would be deleted; make max_age at least url_lifetime (durations are "
+      .. "seconds unless written \"24h\", \"90m\")"):format(describe(p.max_age), M.human_age(out.max_age),
+      describe(p.url_lifetime), M.human_age(out.url_lifetime)))
+  end
   if out.type_column == false then out.type_column = nil end
   out.source = source -- for messages about the policy found later (a missing table)
   if out.max_deletes_per_run == 0 then out.max_deletes_per_run = nil end
@@ -210,8 +221,53 @@ function M.build(overrides, source)
   return M.validate(p, source)
 end
 
--- Load a policy file: Lua returning a table. The file sees the standard
--- library (read-only view), so os.getenv works in it.
+-- What a policy file (and the key() it defines, called every batch) may use: no way
+-- out of the process or onto the file system. os keeps getenv, time, clock, date and
+-- difftime; require gives resclean.policy only. A name left out raises, naming it.
+local SAFE_GLOBALS = { "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget",
+  "rawlen", "rawset", "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type", "xpcall",
+  "_VERSION", "string", "table", "math", "utf8", "coroutine" }
+local SAFE_OS = { "getenv", "time", "clock", "date", "difftime" }
+local DENIED_GLOBALS = { io = true, debug = true, load = true, loadfile = true, dofile = true, print = true,
+  collectgarbage = true, package = true }
+
+local function denied(what)
+  error(("%s is not available in a policy file (it may use os.getenv, os.time, string, table, math and "
+    .. "require(\"resclean.policy\"))"):format(what), 3)
+end
+
+local function refuse_table(name)
+  return setmetatable({}, { __index = function(_, k) denied(name .. "." .. tostring(k)) end,
+                            __newindex = function() denied(name) end })
+end
+
+function M.sandbox()
+  local env = {}
+  for _, k in ipairs(SAFE_GLOBALS) do
+    local v = _G[k]
+    if type(v) == "table" then -- a copy: a policy cannot change string.format for the whole process
+      v = {}
+      for name, f in pairs(_G[k]) do v[name] = f end
+    end
+    env[k] = v
+  end
+  local os_ = {}
+  for _, k in ipairs(SAFE_OS) do os_[k] = os[k] end
+  env.os = setmetatable(os_, { __index = function(_, k) denied("os." .. tostring(k)) end })
+  env.io, env.debug, env.package = refuse_table("io"), refuse_table("debug"), refuse_table("package")
+  env.require = function(name)
+    if name == "resclean.policy" then return M end
+    denied(("require(%q)"):format(tostring(name)))
+  end
+  env._G = env
+  return setmetatable(env, { __index = function(_, k)
+    if DENIED_GLOBALS[k] then denied(tostring(k)) end
+    return nil
+  end })
+end
+
+-- Load a policy file: Lua returning a table, run in M.sandbox() (os.getenv and
+-- the string, table and math libraries; no io, os.exit, os.execute or debug).
 function M.load(path)
   if path == nil then return M.build({}, "(defaults)") end
   -- A FIFO or a device would block the open (at start and every cycle).
@@ -220,8 +276,7 @@ function M.load(path)
   if kind ~= "file" then
     return nil, perr(path, nil, ("is a %s, expected a regular file of Lua"):format(kind))
   end
-  local env = setmetatable({}, { __index = _G })
-  local chunk, err = loadfile(path, "t", env)
+  local chunk, err = loadfile(path, "t", M.sandbox())
   if not chunk then
     local missing = err:match("cannot open") and "cannot be read: " or "has a syntax error: "
     return nil, perr(path, nil, missing .. err)

@@ -187,7 +187,16 @@ function M.check_schema(conn, p)
     return nil, { kind = "policy", field = field,
                   message = ("policy %s: field '%s': %s"):format(p.source or "(defaults)", field, msg) }
   end
-  if #res == 0 then return bad("table", ("table %q does not exist"):format(p.table)) end
+  if #res == 0 then
+    -- information_schema shows only what the role may use: say which it is.
+    local seen = conn:query("SELECT to_regclass($1) IS NOT NULL AS e, current_user::text AS role",
+      conn:quote_ident(p.table))
+    if seen and seen[1] and seen[1].e then
+      return bad("table", ("table %q exists but role %s has no privilege on it: grant it the privileges in the README "
+        .. "(Deploy: least privilege)"):format(p.table, seen[1].role))
+    end
+    return bad("table", ("table %q does not exist"):format(p.table))
+  end
   local have = {}
   for _, r in ipairs(res) do have[r.c] = r.t end
   local need = { id_column = p.id_column, uploaded_column = p.uploaded_column,

@@ -25,10 +25,11 @@ M.OUTCOMES = runs.OUTCOMES
 local batches, pipeline, second_lane, lane_for
 
 -- One sweep cycle. opts: pg (module), store (storage adapter), policy,
--- conninfo, dry_run, run_id, check_plan (hook), between_batches (hook,
--- run with no batch of the cycle in flight; when cancels_waiting is given,
--- only when it says that cancels wait), heartbeat (hook, before each batch),
--- emit. Returns exit code, summary fields.
+-- conninfo, dry_run, run_id, check_plan (hook), between_batches(lane,
+-- store) (hook, run with no batch of the cycle in flight, on the cycle's
+-- first session {conn, sql}; when cancels_waiting is given, only when it
+-- says that cancels wait), heartbeat (hook, before each batch), emit.
+-- Returns exit code, summary fields.
 function M.cycle(opts)
   local code, summary = session.with(opts, "sweep", function(conn, sql, run)
     return M.sweep_batches(conn, sql, opts.store, run, opts)
@@ -127,7 +128,7 @@ function pipeline(pipe, store, run, opts)
     if opts.between_batches and (not opts.cancels_waiting or opts.cancels_waiting()) then
       local ok, err = finish_inflight()
       if not ok then return nil, err end
-      opts.between_batches()
+      opts.between_batches(pipe.lanes[1], store)
     end
     local lane = lane_for(pipe, inflight)
     if not lane then

@@ -1,7 +1,8 @@
--- `make bench`, second part: how soon a cancel sent by the application is
+-- `make bench`, second part: how soon a cancel the application asks for is
 -- acted on. A long-running sweeper listens on cancel_channel; the bench
--- commits `SELECT pg_notify('resclean_cancel', id)` for a fresh pending row
--- (with an object) and measures the time from the commit to the sweeper's
+-- commits a cancel request (INSERT INTO resclean_cancel_requests, whose
+-- trigger wakes the sweeper) for a fresh pending row (with an object) and
+-- measures the time from the commit to the sweeper's
 -- resource line for that id (the line's ts, milliseconds, same host clock).
 --   idle        the sweeper is waiting between cycles
 --   mid-cycle   the sweeper is working through a stale backlog in batches
@@ -80,12 +81,12 @@ local function measure(proc, client, n, keep_going)
     local id = fx.rows(conn, 1, { age_s = 120 })[1]
     fx.objects(client, { id })
     local tx = assert(conn:begin())
-    fx.check(conn:query("SELECT pg_notify('resclean_cancel', $1)", id))
+    fx.check(conn:query("INSERT INTO resclean_cancel_requests (resource_ids) VALUES ($1::uuid[])", { id }))
     fx.check(tx:commit())
     local sent = sys.time()
     local rec = h.wait_for(function() return read()[id] end, 30, "the cancel of " .. id)
-    if rec.outcome ~= "object_deleted" or rec.via ~= "notify" then
-      error(("cancel of %s ended %s (via %s), expected object_deleted via notify"):format(id, tostring(rec.outcome),
+    if rec.outcome ~= "object_deleted" or rec.via ~= "request" then
+      error(("cancel of %s ended %s (via %s), expected object_deleted via request"):format(id, tostring(rec.outcome),
         tostring(rec.via)))
     end
     local at = reconcile.parse_time(rec.ts)
@@ -111,7 +112,7 @@ local function stop(proc)
   proc.wait(60)
 end
 
-say("notify bench: %d cancels each, commit of the NOTIFY to the sweeper's resource line", N)
+say("notify bench: %d cancels each, commit of the request to the sweeper's resource line", N)
 local results = {}
 
 -- Idle: nothing stale, the sweeper waits for the next cycle.

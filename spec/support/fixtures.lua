@@ -87,7 +87,7 @@ end
 function M.reset(conn)
   local ok, why = M.throwaway(conn)
   if not ok then error("fixtures.reset refused: " .. why, 2) end
-  check(conn:query("TRUNCATE attacks, attack_resource_files, upload_resource_files"))
+  check(conn:query("TRUNCATE attacks, attack_resource_files, upload_resource_files, resclean_cancel_requests"))
 end
 
 -- A fresh start for one spec: empty tables and a client on a new bucket named after tag.

@@ -289,6 +289,7 @@ EOF
 SET log_min_error_statement = panic;
 CREATE ROLE resclean LOGIN PASSWORD :'pw';
 CREATE ROLE resclean_tls LOGIN PASSWORD :'pw' IN ROLE resclean;
+CREATE ROLE resclean_app NOLOGIN; -- the application's grants (examples/cancel-requests.sql)
 CREATE DATABASE resclean OWNER resclean;
 SQL
         tail_log "$pgroot/setup.out" "$PG_LOG"
@@ -298,7 +299,8 @@ SQL
     # Loaded as resclean over TCP with the password: the objects belong to resclean, and the
     # same path DATABASE_URL will take is proven to work.
     if ! PGPASSWORD=$PG_PASSWORD psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
-        -U resclean -d resclean -f "$SCHEMA" >"$pgroot/schema.out" 2>&1; then
+        -U resclean -d resclean -f "$SCHEMA" -v app_role=resclean_app -v sweeper_role=resclean \
+        -f "$REPO/examples/cancel-requests.sql" >"$pgroot/schema.out" 2>&1; then
         tail_log "$pgroot/schema.out"
         log "could not load $SCHEMA"
         return 1
