@@ -130,8 +130,11 @@ describe("--metrics-listen", function()
       local out, code = h.sh("promtool check metrics <" .. h.q(file))
       assert(code == 0, "promtool check metrics:\n" .. out)
     end
-    -- Loopback only unless told, and only GET /metrics and /healthz.
+    -- Only GET /metrics and /healthz, and requests of at most 8 KiB.
     assert.are.equal(404, (get(("http://127.0.0.1:%d/"):format(port))))
+    local out = h.sh(("curl -s -m 10 -o /dev/null -w '%%{http_code}' -H %s http://127.0.0.1:%d/metrics")
+      :format(h.q("X-Big: " .. ("b"):rep(9000)), port))
+    assert.are.equal("431", out)
   end)
 
   it("answers /healthz 200 while the loop keeps time, 503 naming the cycle a table lock stalls, 200 again after",
