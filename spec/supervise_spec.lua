@@ -199,8 +199,11 @@ describe("--metrics-push", function()
     if not h.have("prometheus-pushgateway") then return end
     gw_port = free_port()
     local dir = h.tmpdir()
-    assert(os.execute(("prometheus-pushgateway --web.listen-address=127.0.0.1:%d >%s 2>&1 & echo $! >%s")
-      :format(gw_port, h.q(dir .. "/log"), h.q(dir .. "/pid"))))
+    -- Its own persistence file: Debian's default (/var/lib/prometheus/pushgateway.data) would
+    -- hand this gateway what an earlier run pushed.
+    assert(os.execute(("prometheus-pushgateway --web.listen-address=127.0.0.1:%d --persistence.file=%s "
+      .. ">%s 2>&1 & echo $! >%s"):format(gw_port, h.q(dir .. "/gateway.data"), h.q(dir .. "/log"),
+      h.q(dir .. "/pid"))))
     gw = tonumber(h.wait_for(function() return h.readall(dir .. "/pid"):match("%d+") end, 10, "the gateway's pid"))
     h.wait_for(function() return get(("http://127.0.0.1:%d/-/ready"):format(gw_port)) == 200 end, 20,
       "the Pushgateway to be ready")
@@ -219,10 +222,12 @@ describe("--metrics-push", function()
   it("pushes a --once run's series under job resclean and this host's name as instance", function()
     need_gateway()
     stale(conn, client, 4)
+    local _, body = get(("http://127.0.0.1:%d/metrics"):format(gw_port))
+    assert.is_nil(body:find("resclean_", 1, true), "the gateway holds resclean series before any push")
     local r = fs.sweep(bucket, { "--once", "--metrics-push", ("http://127.0.0.1:%d"):format(gw_port) })
     assert.are.equal(0, r.code, r.stderr)
     assert.are.equal(1, #(r.by.metrics_pushed or {}))
-    local _, body = get(("http://127.0.0.1:%d/metrics"):format(gw_port))
+    _, body = get(("http://127.0.0.1:%d/metrics"):format(gw_port))
     local key = ('instance="%s",job="resclean"'):format(sys.hostname())
     assert.matches(("resclean_sweep_last_exit_code{%s} 0"):format(key), body, 1, true)
     assert.matches(('resclean_resources_total{%s,outcome="object_deleted"} 4'):format(key), body, 1, true)
