@@ -64,6 +64,9 @@ function batches(conn, sql, store, run, opts)
       return { singleton_busy = true }
     end
   end
+  -- Commits in doubt from an earlier cycle (their answer was lost) first.
+  local settled, serr = batch.settle_in_doubt(conn, run)
+  if not settled then return nil, serr end
   local res, err = conn:query(sql.eligible, p.max_age, p.upload_types)
   if not res then return nil, err end
   run.eligible = res[1].n
