@@ -13,7 +13,7 @@ local log = require("resclean.log")
 local pg = require("resclean.pg")
 local plan = require("resclean.plan")
 local policy_mod = require("resclean.policy")
-local sweep = require("resclean.sweep")
+local session = require("resclean.session")
 
 local EPILOG = [[
 Reads the database only (DATABASE_URL, else libpq's PG* variables); errors go to
@@ -240,7 +240,7 @@ local function main(...)
   local p, err = app.load_policy(opts)
   if not p then return app.fail(app.EXIT.usage, err.message) end
   -- read_only: a standby is fine, and every transaction is READ ONLY.
-  local conn, sql = sweep.open(pg, config.conninfo(), p, { read_only = true })
+  local conn, sql = session.open(pg, config.conninfo(), p, { read_only = true })
   if not conn then
     err = sql
     return app.fail_on(err, "database: ")

@@ -122,7 +122,7 @@ end
 -- The run id goes on every line of the process (a cycle's own lines carry
 -- the cycle's id: with --once, the same one); M.run_id keeps it.
 function M.start_line(script, p, fields)
-  M.run_id = require("resclean.sweep").run_id()
+  M.run_id = require("resclean.run").id()
   log.set_base({ run_id = M.run_id })
   local f = { script = script, pid = sys.pid(), host = sys.hostname(), policy = p.source,
               table = p.table, bucket = p.bucket, version = M.version() }

@@ -41,7 +41,7 @@ local errors = require("resclean.errors")
 local log = require("resclean.log")
 local config = require("resclean.config")
 local policy_mod = require("resclean.policy")
-local sweep = require("resclean.sweep")
+local runs = require("resclean.run")
 local sys = require("resclean.sys")
 
 local M = {}
@@ -101,7 +101,7 @@ function M.embedded_uuids(key)
 end
 
 -- The row fields key(row) receives, as the sweep builds them
--- (sweep.build_sql): field "id" is id_column::text, then each key column
+-- (session.build_sql): field "id" is id_column::text, then each key column
 -- other than "id" under its own name. Returns list of {field, column}.
 function M.key_fields(p)
   local f = { { "id", p.id_column } }
@@ -587,7 +587,7 @@ function M.new_run(opts)
   local r = setmetatable({
     policy = opts.policy, apply = opts.apply, human = opts.human, out = opts.out or io.stdout,
     page_size = opts.page_size or M.PAGE,
-    run_id = sweep.run_id(), started = sys.monotime(), counts = {},
+    run_id = runs.id(), started = sys.monotime(), counts = {},
     plan = {},       -- orphans to delete, in listing order
     refusals = {},   -- {entry, cols}: keys named by a column no owner covers
     unprovable = {}, -- entries whose owner cannot be proven

@@ -183,22 +183,6 @@ function lane_for(pipe, inflight)
   return inflight.lane == pipe.lanes[1] and pipe.lanes[2] or pipe.lanes[1]
 end
 
--- Names the scripts and other modules use.
-
-M.open = session.open
-M.build_sql = session.build_sql
-M.check_schema = session.check_schema
-M.check_upload_types = session.check_upload_types
-M.referenced_sql = session.referenced_sql
-M.new_run = runs.new
-M.run_id = runs.id
-M.errmsg = errors.message
-
--- "could not reach the database or the storage": worth retrying.
-function M.is_unreachable(err)
-  return type(err) == "table" and errors.classify(err) == "transient"
-end
-
 -- The log cannot be written (before a run): exit 2, the reason on stderr.
 -- Returns exit code, summary fields.
 function M.log_failed(why)
