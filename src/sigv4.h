@@ -88,7 +88,6 @@ int sigv4_unreserved(unsigned char c);
 /* "YYYYMMDDTHHMMSSZ" of now (UTC); -1 outside years 0-9999. */
 int sigv4_format_date(time_t now, char amz_date[17]);
 
-/* sigv4_lua.c: the Lua module, and a userdata owning a zeroed result (its __gc frees it). */
+/* sigv4_lua.c: the Lua module. */
 int luaopen_resclean_sigv4(struct lua_State *L);
-struct sigv4_result *sigv4_lua_newresult(struct lua_State *L);
 #endif

@@ -22,8 +22,8 @@ static int result_gc(lua_State *L) {
     return 0;
 }
 
-/* Also s3.c's, for presigned URLs. */
-sigv4_result *sigv4_lua_newresult(lua_State *L) {
+/* A zeroed result in a box on the stack (its __gc frees what it holds). */
+static sigv4_result *sigv4_lua_newresult(lua_State *L) {
     sigv4_result *r = lua_newuserdatauv(L, sizeof *r, 0);
     memset(r, 0, sizeof *r);
     if (luaL_newmetatable(L, RESULT_MT)) {
