@@ -243,8 +243,33 @@ describe("resclean run check", function()
     assert.matches("SELECT and DELETE granted", r.items.cancel.message, 1, true)
   end)
 
-  it("on a standby: pending until the stack has one (another change adds it)", function()
-    pending("the stack starts no standby yet: check's primary item fails on pg_is_in_recovery() true")
+  it("fails with exit 2 on a standby, naming target_session_attrs=read-write, and deletes nothing", function()
+    local fs = require("support.faults_support")
+    -- bash stack.sh CMD DIR: its stdout (NAME=value lines for `standby`), asserting success.
+    local function stack(cmd)
+      local _, dir = fs.stack_env()
+      local err = h.tmpdir() .. "/stack.err"
+      local p = assert(io.popen(("bash %s %s %s 2>%s"):format(h.q(fs.here .. "/stack.sh"), cmd, h.q(dir), h.q(err))))
+      local out = p:read("a")
+      assert(p:close(), ("stack.sh %s failed:\n%s"):format(cmd, h.readall(err)))
+      return out
+    end
+    local sb = {}
+    for k, v in stack("standby"):gmatch("([%w_]+)=([^\n]*)") do sb[k] = v end
+    finally(function() stack("standby-stop") end)
+    assert(sb.RESCLEAN_STANDBY_URL, "stack.sh standby printed no RESCLEAN_STANDBY_URL")
+    -- The standby has replayed the rows (stack.sh standby returns once caught up with what
+    -- the primary had then; these rows were written before).
+    local r = run_check(bucket, {}, { DATABASE_URL = sb.RESCLEAN_STANDBY_URL })
+    assert.are.equal(2, r.code, report(r))
+    assert.are.equal("fail", r.items.primary.status, report(r))
+    assert.matches("standby", r.items.primary.message, 1, true)
+    assert.matches("target_session_attrs=read-write", r.items.primary.fix, 1, true)
+    assert.are.equal("primary", failing(r), report(r))
+    assert.are.equal("skip", r.items.cancel.status, report(r)) -- LISTEN is refused during recovery
+    assert.is_nil(r.stdout:find(sb.RESCLEAN_STANDBY_URL:match("://[^:]*:([^@]*)@") or "\0", 1, true))
+    assert.are.equal(6, fx.count(conn))
+    assert.are.equal(2, fx.count_set(fx.existing_objects(client, ids)))
   end)
 end)
 

@@ -352,7 +352,8 @@ end
 -- ------------------------------------------------------------------ the run
 
 -- The database items, through add. Returns the session (kept for the cancel item; nil
--- when none), the host clock's offset from the database's, and keys of pending rows.
+-- when none), the host clock's offset from the database's, keys of pending rows, and
+-- whether the server is a standby.
 local function check_database(p, opts, add)
   local conn, err = opts.pg.connect(opts.conninfo)
   local res, skew, sample_keys
@@ -384,14 +385,14 @@ local function check_database(p, opts, add)
     for _, name in ipairs({ "grants", "index", "keys" }) do
       add({ item = name, status = "skip", message = "not checked: the schema check failed" })
     end
-    return conn, skew
+    return conn, skew, nil, info.standby
   end
   add(check_grants(conn, p))
   add(check_index(conn, p))
   local keys_item
   keys_item, sample_keys = check_keys(conn, p)
   add(keys_item)
-  return conn, skew, sample_keys
+  return conn, skew, sample_keys, info.standby
 end
 
 -- HEAD of the probe key (and S3's clock from its reply), then of keys of pending rows:
@@ -513,7 +514,7 @@ function M.run(opts)
           p.batch_size, tostring(p.verify)) })
   add(check_max_age(p))
 
-  local conn, db_skew, sample_keys = check_database(p, opts, add)
+  local conn, db_skew, sample_keys, standby = check_database(p, opts, add)
   local s3_skew, s3_refused = check_storage(p, opts, add, sample_keys)
   add(check_clock(db_skew, s3_skew, s3_refused))
 
@@ -529,7 +530,11 @@ function M.run(opts)
     add({ item = "metrics", status = "skip", message = "not configured (check --metrics-file FILE checks it)" })
   end
 
-  if conn then
+  if conn and standby then
+    -- LISTEN is refused during recovery: the primary item already says what to fix.
+    add({ item = "cancel", status = "skip", message = "not checked: the database is a standby" })
+    conn:close()
+  elseif conn then
     add(check_cancel(conn, p))
     conn:close()
   else
