@@ -61,7 +61,8 @@ local function deny(client, bucket, action)
 end
 
 local ITEMS = { "policy", "max_age", "database", "primary", "pooler", "schema", "grants", "index", "keys",
-  "bucket", "head", "delete", "clock", "metrics", "cancel" }
+  "bucket", "head", "delete", "clock", "metrics", "cancel",
+  "sweepers" }
 
 describe("resclean run check", function()
   local conn, bucket, client, ids

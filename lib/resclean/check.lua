@@ -1,7 +1,7 @@
 -- The preflight (resclean run check): everything a sweep needs, verified
 -- without deleting anything, one item at a time:
 --   policy, max_age, database, primary, pooler, schema, grants, index, keys,
---   bucket, head, delete, clock, metrics, cancel
+--   bucket, head, delete, clock, metrics, cancel, sweepers
 -- Each item is {item, status, message[, fix][, details...]}, status one of
 --   ok           nothing to do
 --   warn         works, but worth a look (exit code unchanged)
@@ -15,6 +15,7 @@ local errors = require("resclean.errors")
 local log = require("resclean.log")
 local plan = require("resclean.plan")
 local policy_mod = require("resclean.policy")
+local presence = require("resclean.presence")
 local session = require("resclean.session")
 local sys = require("resclean.sys")
 
@@ -271,6 +272,15 @@ local function check_cancel(conn, p)
       item.requests_table = tbl
       if r.usable then
         parts[#parts + 1] = ("requests table %s: SELECT and DELETE granted"):format(tbl)
+        -- A listener shows itself with a lock every role sees (presence.lua).
+        local l = presence.listeners(conn, tbl)
+        if l then
+          item.listeners = #l
+          parts[#parts + 1] = #l > 0 and ("%d sweeper session%s listening now (pid %d)"):format(#l,
+            #l > 1 and "s" or "", l[1].pid)
+            or "no sweeper listening now: an application's cancel waits for the next cycle of a sweep (a --once "
+              .. "deployment: its next run)"
+        end
       else
         item.status = "warn"
         parts[#parts + 1] = ("requests table %s: role %s lacks SELECT or DELETE on it"):format(tbl, r.who)
@@ -284,6 +294,29 @@ local function check_cancel(conn, p)
   end
   item.message = table.concat(parts, "; ")
   return item
+end
+
+-- Other sweepers of the table, seen by the locks their sessions hold
+-- (presence.lua): one with another bucket, key or upload_types is to fix
+-- (rows it deletes keep objects this policy would remove, or the other way
+-- round); another max_age alone is a warning (a rolling change of it).
+local function check_sweepers(conn, p)
+  local others, err = presence.others(conn, p)
+  if not others then return from_error("sweepers", err, "database: ") end
+  local fp = presence.fingerprint(p)
+  if #others == 0 then
+    return { item = "sweepers", status = "ok", fingerprint = fp,
+             message = ("no sweeper of %s with another policy is running (this policy's fingerprint: %s)")
+               :format(p.table, fp) }
+  end
+  local serious = false
+  for _, o in ipairs(others) do
+    for _, d in ipairs(o.differs) do serious = serious or d ~= "max_age" end
+  end
+  return { item = "sweepers", status = serious and "fail" or "warn", fingerprint = fp,
+           other_pid = others[1].pid, other_fingerprint = others[1].fingerprint,
+           message = presence.describe(p, others),
+           fix = "run one policy per table: stop the other sweeper or give both the same policy file" }
 end
 
 -- ------------------------------------------------------------------ storage
@@ -533,12 +566,15 @@ function M.run(opts)
   if conn and standby then
     -- LISTEN is refused during recovery: the primary item already says what to fix.
     add({ item = "cancel", status = "skip", message = "not checked: the database is a standby" })
+    add({ item = "sweepers", status = "skip", message = "not checked: the database is a standby" })
     conn:close()
   elseif conn then
     add(check_cancel(conn, p))
+    add(check_sweepers(conn, p))
     conn:close()
   else
     add({ item = "cancel", status = "skip", message = "not checked: no database session" })
+    add({ item = "sweepers", status = "skip", message = "not checked: no database session" })
   end
   return items, M.exit_code(items)
 end
