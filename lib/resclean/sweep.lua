@@ -75,6 +75,7 @@ function batches(conn, sql, store, run, opts)
   local ended
   ended, err = pipeline(pipe, store, run, opts)
   for i = 2, #pipe.lanes do pipe.lanes[i].conn:close() end
+  batch.cycle_warnings(run)
   return ended, err
 end
 
