@@ -38,7 +38,7 @@ return {
   batch_size = 1000,                 -- rows claimed and locked per transaction (1-10000)
   verify = true,                     -- HEAD each object first: outcomes say whether it existed
   verify_list = true,                -- a bucket small next to the backlog is listed instead (false: HEADs)
-  quiet_deletes = true,              -- S3 lists only the keys it could not delete (false: every key)
+  quiet_deletes = false,             -- S3 lists every key deleted (true: only failures; see resclean(1))
   concurrency = 64,                  -- most HEAD requests at once: starts at 16, grows while that helps
   max_deletes_per_run = 0,           -- 0: no limit
 

@@ -111,7 +111,9 @@ describe("under faults, the sweep", function()
     local rows = fs.rows(w)
     local cleaned = 0
     for _, l in ipairs(r.by.resource or {}) do
-      if l.outcome == "object_deleted" or l.outcome == "record_only" then cleaned = cleaned + 1 end
+      if l.outcome == "object_deleted" or l.outcome == "record_only" or l.outcome == "deleted" then
+        cleaned = cleaned + 1
+      end
     end
     local left = 0
     for _, id in ipairs(w.stale) do if rows[id] then left = left + 1 end end

@@ -577,6 +577,7 @@ describe("a resource's outcome (pure)", function()
       -- exists (HEAD), deleted, outcome, reason
       { true, true, "object_deleted" },
       { false, true, "record_only" },
+      { "unlisted", true, "deleted", "not_listed" }, -- not in a listing: it may have landed after
       { nil, true, "deleted" },                  -- verify off: not checked
       { transient, true, "deleted" },            -- HEAD failed: not known
       { true, per_key, "failed", "InternalError" },

@@ -2,7 +2,7 @@
  * resclean.sys: clocks, an interruptible sleep, stop signals, and a few
  * facts about the process. The signal handler only sets a flag.
  */
-#define _DEFAULT_SOURCE
+#define _GNU_SOURCE /* fallocate, FALLOC_FL_KEEP_SIZE */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -215,6 +215,43 @@ static int sys_is_journal(lua_State *L) {
     return 1;
 }
 
+/* reserve(fd, n) -> true when room for n more bytes at the end of the
+ * regular file fd writes to is allocated (fallocate with KEEP_SIZE: the size
+ * stays, the blocks are there for the next writes), false when that cannot
+ * be done here (not a regular file, a file system without fallocate), or
+ * nil, message when the file system has no room. The sweep asks before a
+ * commit whose resource lines must follow it: a full disk then stops the
+ * batch before its rows go, not after. */
+static int sys_reserve(lua_State *L) {
+    int fd = (int)luaL_checkinteger(L, 1);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    struct stat st;
+    off_t at;
+    int flags;
+    if (n <= 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    flags = fcntl(fd, F_GETFL);
+    at = (flags >= 0 && (flags & O_APPEND)) ? st.st_size : lseek(fd, 0, SEEK_CUR);
+    if (at < 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (fallocate(fd, FALLOC_FL_KEEP_SIZE, at, (off_t)n) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (errno == ENOSPC || errno == EDQUOT || errno == EFBIG || errno == EIO) {
+        int en = errno;
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(en));
+        return 2;
+    }
+    lua_pushboolean(L, 0); /* EOPNOTSUPP, ENOSYS, ...: cannot tell here */
+    return 1;
+}
+
 /* file_kind(path) -> "file", "directory", "fifo", "socket", "device", "link"
  * (lstat: a symlink is "link" only when it dangles; else its target's kind)
  * or nil, message. Lets Lua refuse a FIFO before an open() that would block. */
@@ -357,15 +394,23 @@ static int sys_version(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg sys_funcs[] = {
-    {"file_kind", sys_file_kind},   {"getenv", sys_getenv},
-    {"hostname", sys_hostname},     {"is_journal", sys_is_journal},
-    {"monotime", sys_monotime},     {"pid", sys_pid},
-    {"reset_stop", sys_reset_stop}, {"rusage", sys_rusage},
-    {"sleep", sys_sleep},           {"stdio_closed", sys_stdio_closed},
-    {"stopping", sys_stopping},     {"time", sys_time},
-    {"version", sys_version},       {"wait_readable", sys_wait_readable},
-    {"write_file", sys_write_file}, {NULL, NULL}};
+static const luaL_Reg sys_funcs[] = {{"file_kind", sys_file_kind},
+                                     {"getenv", sys_getenv},
+                                     {"hostname", sys_hostname},
+                                     {"is_journal", sys_is_journal},
+                                     {"monotime", sys_monotime},
+                                     {"pid", sys_pid},
+                                     {"reserve", sys_reserve},
+                                     {"reset_stop", sys_reset_stop},
+                                     {"rusage", sys_rusage},
+                                     {"sleep", sys_sleep},
+                                     {"stdio_closed", sys_stdio_closed},
+                                     {"stopping", sys_stopping},
+                                     {"time", sys_time},
+                                     {"version", sys_version},
+                                     {"wait_readable", sys_wait_readable},
+                                     {"write_file", sys_write_file},
+                                     {NULL, NULL}};
 
 int luaopen_resclean_sys(lua_State *L) {
     install_handlers();

@@ -16,11 +16,12 @@ local errors = require("resclean.errors")
 local log = require("resclean.log")
 local outcome = require("resclean.outcome")
 local policy_mod = require("resclean.policy")
+local runs = require("resclean.run")
 local sys = require("resclean.sys")
 
 local M = {}
 
-local claim, keys_of, delete_rows, delete_part, named_item, storage_start, decide, restore
+local claim, keys_of, delete_rows, delete_part, named_item, storage_start, decide, restore, line_bytes
 
 local function to_ms(seconds) return math.floor(seconds * 1000 + 0.5) end
 local function nothing() end
@@ -49,6 +50,10 @@ end
 -- or nil, err (rolled back, its items logged).
 function M.start(conn, sql, store, run, last, n, pump)
   local t0 = sys.monotime()
+  -- No audit trail, no claim: a log write failed (in the batch before, or
+  -- in this turn's lines) stops the sweep here.
+  local ok_log, why = log.healthy()
+  if not ok_log then return nil, runs.log_unwritable(why) end
   local tx, err = conn:begin()
   if not tx then return nil, err end
   -- stale: every row is older than max_age (cancel's are not)
@@ -141,15 +146,171 @@ function M.end_settle(ctx)
   if run.dry_run then
     tx:rollback()
   else
+    -- No deletion without its line: the room for the lines is taken (a
+    -- full disk fails here) and the log checked right before the commit;
+    -- a log that failed rolls the batch back, in flight or not (its rows
+    -- stay; objects already deleted make them record_only next run).
+    local ok_log, why = log.reserve(line_bytes(run, done))
+    if not ok_log then
+      close_tx(tx)
+      return nil, runs.log_unwritable(why)
+    end
     local ok, err = tx:commit()
     if not ok then
-      for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
-      run:log_decided(done)
+      if M.answer_lost(err) then
+        M.resolve(ctx, done, err)
+      else
+        for _, it in ipairs(done) do it.outcome, it.reason = "failed", "commit" end
+        run:log_decided(done)
+      end
       return nil, err
     end
   end
   ctx.phase.commit_s = sys.monotime() - t
   return done
+end
+
+-- Bytes the resource lines of items take, generously: one line encoded as
+-- it will be, the others from its length and their own id's and key's.
+function line_bytes(run, items)
+  if #items == 0 then return 0 end
+  local function len(it) return #tostring(it.id) + #tostring(it.key or "") end
+  local first = items[1]
+  local fixed = #log.encode("info", "resource", { run_id = run.run_id, resource_id = first.id, key = first.key,
+    age_s = 9999999999, outcome = "object_deleted", reason = "InternalErrorInternalError" }) - len(first)
+  local n = 4096
+  for _, it in ipairs(items) do n = n + fixed + 2 * len(it) + 16 end
+  return n
+end
+
+-- ---------------------------------------------------------- commits in doubt
+--
+-- The connection failed on COMMIT (err.code "connection": no answer came
+-- back): the server may have committed or not. A server's own refusal
+-- (a serialization failure, a deferred constraint) is an answer: rolled
+-- back, failed/commit as ever.
+function M.answer_lost(err)
+  return type(err) == "table" and err.kind == "pg" and err.code == "connection"
+end
+
+-- Ids whose outcome waits for the database, across the cycles of this
+-- process: { id, key, age_s, outcome, reason, run_id } each. The next
+-- cycle settles them first (settle_in_doubt). At most IN_DOUBT_MAX kept.
+M.in_doubt = {}
+M.IN_DOUBT_MAX = 100000
+
+-- Which of ids still have a row, asked on conn in a transaction of its
+-- own. FOR KEY SHARE waits (at most lock_timeout) for a transaction that
+-- still holds their rows, the one whose COMMIT is in doubt included, so
+-- the answer is that transaction's end, never a view from before it.
+-- Returns the set of ids still there, or nil, err.
+function M.rows_there(conn, p, ids)
+  local there = {}
+  if #ids == 0 then return there end
+  local tx, err = conn:begin()
+  if not tx then return nil, err end
+  local q = function(x) return conn:quote_ident(x) end
+  local res
+  res, err = conn:query(("SET LOCAL lock_timeout = %d"):format(math.ceil(p.lock_timeout * 1000)))
+  if res then
+    res, err = conn:query(("SET LOCAL statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)))
+  end
+  if res then
+    res, err = conn:query(("SELECT %s::text AS id FROM %s WHERE %s = ANY($1) FOR KEY SHARE")
+      :format(q(p.id_column), q(p.table), q(p.id_column)), ids)
+  end
+  close_tx(tx)
+  if not res then return nil, err end
+  for _, r in ipairs(res) do there[r.id] = true end
+  return there
+end
+
+-- The answer to this batch's COMMIT was lost: ask a fresh session which of
+-- its deleted rows are still there, and log each item as what happened:
+-- its decided outcome when its row is gone (the commit happened), failed
+-- (commit) when its row is still there (it did not). When the database
+-- cannot be asked, in_doubt (reason commit): remembered, and the next cycle
+-- of a long-running sweep settles it (settle_in_doubt).
+function M.resolve(ctx, done, err)
+  local run = ctx.run
+  local ids, asked = {}, {}
+  for _, it in ipairs(done) do
+    if it.outcome ~= "failed" then -- failed: its row was put back before the commit
+      ids[#ids + 1] = it.id
+      asked[#asked + 1] = it
+    end
+  end
+  local there, why
+  if #ids > 0 then
+    if run.pg and run.conninfo then
+      local conn
+      conn, why = run.pg.connect(run.conninfo)
+      if conn then
+        there, why = M.rows_there(conn, run.policy, ids)
+        conn:close()
+      end
+    else
+      why = "no session to ask on"
+    end
+  end
+  local gone = 0
+  for _, it in ipairs(asked) do
+    if not there then
+      if #M.in_doubt < M.IN_DOUBT_MAX then
+        M.in_doubt[#M.in_doubt + 1] = { id = it.id, key = it.key, age_s = it.age_s, outcome = it.outcome,
+                                        reason = it.reason, run_id = run.run_id }
+      end
+      it.outcome, it.reason = "in_doubt", "commit"
+    elseif there[it.id] then
+      it.outcome, it.reason = "failed", "commit"
+    else
+      gone = gone + 1
+    end
+  end
+  if #asked > 0 then
+    run.emit("warn", "commit_lost", { run_id = run.run_id, resources = #asked,
+      committed = there and (gone == #asked) or nil, detail = errors.message(err),
+      message = there and ("the answer to COMMIT was lost; asked on a new session: %d of %d rows are gone")
+        :format(gone, #asked)
+        or ("the answer to COMMIT was lost and the database could not be asked (%s): logged in_doubt")
+          :format(errors.message(why)) })
+  end
+  run:log_decided(done)
+end
+
+-- The ids a lost COMMIT left in doubt, settled at the start of a cycle on
+-- its session: a row gone is logged with the outcome its batch decided
+-- (field in_doubt_run_id names the run that logged it in_doubt); a row still
+-- there gets an in_doubt_settled line (outcome kept) and is swept again as
+-- usual. Returns true (those still in doubt kept for the next cycle when
+-- the rows are locked), or nil, err.
+function M.settle_in_doubt(conn, run)
+  local list = M.in_doubt
+  if #list == 0 then return true end
+  local ids = {}
+  for i, d in ipairs(list) do ids[i] = d.id end
+  local there, err = M.rows_there(conn, run.policy, ids)
+  if not there then
+    if type(err) == "table" and err.code == "55P03" then
+      run.emit("info", "in_doubt_wait", { run_id = run.run_id, resources = #list,
+        message = "rows of a commit in doubt are still locked: settled at the next cycle" })
+      return true
+    end
+    return nil, err
+  end
+  M.in_doubt = {}
+  log.hold()
+  for _, d in ipairs(list) do
+    if there[d.id] then
+      run.emit("info", "in_doubt_settled", { run_id = run.run_id, resource_id = d.id, key = d.key,
+        outcome = "kept", in_doubt_run_id = d.run_id,
+        message = "its row is still there: that commit did not happen; swept again as usual" })
+    else
+      run:outcome({ id = d.id, key = d.key, age_s = d.age_s, in_doubt_run_id = d.run_id }, d.outcome, d.reason)
+    end
+  end
+  log.release()
+  return true
 end
 
 -- Database trouble mid-batch: the transaction rolls back; objects already
@@ -357,7 +518,8 @@ function storage_start(ctx, items)
   local t0 = sys.monotime()
   if p.verify and #keys > 0 then
     -- A small bucket may be listed instead (storage.lua): only for stale
-    -- keys, whose upload URLs expired, so no object can appear meanwhile.
+    -- keys, whose upload URLs expired. A key the listing lacks is logged
+    -- deleted (not_listed), never record_only: an object may land after.
     local opts
     if ctx.stale and p.verify_list ~= false and p.max_age >= (p.url_lifetime or math.huge) then
       opts = { expected = math.max((run.eligible or 0) - (run.claimed or 0) + #keys, #keys) }
@@ -373,9 +535,9 @@ function storage_start(ctx, items)
     for i = 1, #keys do results[i] = true end
     ctx.results = results
   else
-    -- Quiet replies (storage.lua): a key counts as deleted unless listed
-    -- as an error; quiet_deletes = false: only when listed as deleted.
-    local dopts = { quiet = p.quiet_deletes ~= false }
+    -- Verbose replies (storage.lua): a key counts as deleted only when
+    -- listed as deleted; quiet_deletes = true: unless listed as an error.
+    local dopts = { quiet = p.quiet_deletes == true }
     if store.delete_start then
       ctx.pending = store:delete_start(keys, p.concurrency, dopts)
     else

@@ -228,6 +228,22 @@ function M.flush()
   return M.healthy()
 end
 
+-- Room for `bytes` more of the log, asked before a commit whose resource
+-- lines follow it: held lines are pushed out, and when the output is a
+-- regular file its file system allocates the room now (sys.reserve), so a
+-- full disk fails here, before the rows go, instead of in the lines after
+-- them. Elsewhere (a pipe, the journal) only the writes so far are checked.
+-- Returns healthy().
+function M.reserve(bytes)
+  local ok, err = out:flush()
+  if not ok then record_failure(err) end
+  if M.healthy() and out_fd and bytes > 0 then
+    local done, why = sys.reserve(out_fd, bytes)
+    if done == nil then record_failure(why) end
+  end
+  return M.healthy()
+end
+
 function M.emit(level, event, fields)
   if LEVELS[level] < threshold then return end
   if out == io.stdout and stdout_closed then

@@ -18,7 +18,7 @@ local sys = require("resclean.sys")
 
 local M = {}
 
-M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused" }
+M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused", "in_doubt" }
 M.EXIT_CODES = { 0, 1, 2, 3 }
 -- Why the sweep keeps a resource on purpose (outcome skipped); each is
 -- written every cycle, 0 included, so alert expressions always match.

@@ -6,11 +6,16 @@ local errors = require("resclean.errors")
 local M = {}
 
 -- exists: the object's HEAD result (true, false; nil when not checked, an
--- error table when the HEAD failed). deleted: its delete result (true, or
--- an error). Returns outcome, reason:
+-- error table when the HEAD failed; "unlisted" when a listing of the
+-- bucket taken before the delete did not hold it). deleted: its delete
+-- result (true, or an error). Returns outcome, reason:
 --   object_deleted  the object was there and is deleted
---   record_only     there was no object (the row alone is deleted)
+--   record_only     there was no object (a HEAD said so; the row alone is
+--                   deleted)
 --   deleted         the object is deleted, whether it was there unknown;
+--                   reason not_listed: not in the listing, which cannot tell
+--                   of an object that landed after it (and a delete reply
+--                   says Deleted for a key that was never there);
 --                   reason head_refused: its HEAD was refused for
 --                   permission (403: no s3:GetObject), so unverified
 --   failed          the delete failed: row and object stay for the next
@@ -19,6 +24,7 @@ function M.decide(exists, deleted)
   if deleted ~= true then
     return "failed", type(deleted) == "table" and (deleted.code or deleted.kind) or tostring(deleted)
   end
+  if exists == "unlisted" then return "deleted", "not_listed" end
   if type(exists) == "table" then return "deleted", M.refused(exists) and "head_refused" or nil end
   if exists == nil then return "deleted" end
   return exists and "object_deleted" or "record_only"

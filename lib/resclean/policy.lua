@@ -36,7 +36,7 @@ function M.defaults()
     batch_size = 1000,                     -- rows claimed (and locked) per transaction
     verify = true,                         -- HEAD objects first for honest outcomes
     verify_list = true,                    -- verify by listing a bucket small next to the backlog
-    quiet_deletes = true,                  -- DeleteObjects replies list only the keys not deleted
+    quiet_deletes = false,                 -- true: Quiet replies, trusting what they leave out
     concurrency = 64,                      -- most S3 requests at once (HEADs adapt from 16 up to this)
     max_deletes_per_run = 0,               -- 0: no limit
     lock_timeout = 5,                      -- seconds; cancel waits this long on a locked row

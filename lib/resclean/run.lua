@@ -9,17 +9,21 @@ local sys = require("resclean.sys")
 
 local M = {}
 
-M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused" }
+M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused", "in_doubt" }
 
 M.EXIT = errors.EXIT
 
 local Run = {}
 Run.__index = Run
 
--- opts: policy, dry_run, run_id (else a new one), emit (else log.emit).
+-- opts: policy, dry_run, run_id (else a new one), emit (else log.emit),
+-- pg and conninfo (a fresh session, to settle a commit whose answer was
+-- lost: batch.lua).
 function M.new(opts)
   local r = setmetatable({
     policy = opts.policy,
+    pg = opts.pg,
+    conninfo = opts.conninfo,
     dry_run = opts.dry_run or false,
     run_id = opts.run_id or M.id(),
     counts = {},
@@ -49,13 +53,15 @@ end
 -- The log cannot be written: the reason goes to stderr (where the log
 -- itself cannot go), and the error ends the run before it deletes anything
 -- further (no audit trail, no deletes): a config error, exit 2.
+local told -- the reason already on stderr
 function M.log_unwritable(why)
   local msg = ("the log cannot be written (%s): stopping before deleting anything further"):format(tostring(why))
-  io.stderr:write("resclean: ", msg, "\n")
+  if told ~= msg then io.stderr:write("resclean: ", msg, "\n") end
+  told = msg
   return errors.new("config", msg, { log_failed = true })
 end
 
-local LEVEL = { failed = "warn", refused = "warn" }
+local LEVEL = { failed = "warn", refused = "warn", in_doubt = "warn" }
 
 -- One log line per resource; counted.
 function Run:outcome(item, outcome, reason)
@@ -70,6 +76,7 @@ function Run:outcome(item, outcome, reason)
     run_id = self.run_id, resource_id = item.id, key = item.key,
     age_s = item.age_s and math.floor(item.age_s) or nil,
     outcome = outcome, reason = reason, dry_run = self.dry_run or nil,
+    in_doubt_run_id = item.in_doubt_run_id,
   })
 end
 
@@ -108,8 +115,10 @@ function Run:summary(event, extra)
   return f
 end
 
--- Exit code from the counts: 1 when anything failed or was refused.
+-- Exit code from the counts: 3 when a commit is in doubt (the database
+-- could not be asked), else 1 when anything failed or was refused.
 function Run:exit_code()
+  if self.counts.in_doubt > 0 then return M.EXIT.unreachable end
   if self.counts.failed > 0 or self.counts.refused > 0 then return M.EXIT.failed end
   return M.EXIT.ok
 end

@@ -1,6 +1,7 @@
 -- The sweep's view of object storage: a thin adapter over resclean.s3 that
 -- answers per key, in the order of the keys given:
---   head_many(keys, n[, opts]) -> { true | false | err, ... }  (exists? at most n at once)
+--   head_many(keys, n[, opts]) -> { true | false | err, ... }  (exists? at most n at once;
+--                                 "unlisted" for a key a listing did not hold, opts.expected)
 --   delete_many(keys, n[, opts]) -> { true | err, ... }        (up to n requests at once;
 --                                 opts.quiet: Quiet replies, see Store:delete_many)
 --   check()                    -> true | nil, err   (bucket reachable with these credentials)
@@ -87,12 +88,14 @@ end
 -- LIST_KEYS_PER_PAGE expected keys (and at most LIST_MAX_KEYS keys held);
 -- else (or when a listing fails) it gives up listing for this store's
 -- life (one cycle) and HEADs. The listing
--- answers for LIST_MAX_AGE seconds. A listing is as honest as HEADs for a
--- stale key: its upload URL expired long before (policy url_lifetime <
--- max_age), so no object can appear for it in between; one deleted
--- meanwhile by someone else is reported object_deleted instead of
--- record_only, as a HEAD just before that delete would. Only the sweep asks
--- for it; a HEAD that must be fresh (reconcile's re-check) never lists.
+-- answers for LIST_MAX_AGE seconds. A key in the listing existed when it
+-- was taken (true: object_deleted; one deleted meanwhile by someone else is
+-- reported object_deleted, as a HEAD just before that delete would). A key
+-- not in it is "unlisted", never false: an object can land after the
+-- listing (a stale key's upload URL expired, but anyone with write access
+-- can still put one), so its outcome is deleted (reason not_listed), not
+-- record_only. Only the sweep asks for it; a HEAD that must be fresh
+-- (reconcile's re-check) never lists.
 M.LIST_MIN_KEYS = 500
 M.LIST_KEYS_PER_PAGE = 250
 M.LIST_MAX_KEYS = 50000 -- about 8 MiB of keys held (measured ~165 bytes a key)
@@ -139,8 +142,10 @@ function Store:head_many(keys, concurrency, opts)
   if opts and opts.expected and #keys > 0 then
     local set = self:listing(math.max(opts.expected, #keys))
     if set then
+      -- Absent from a listing is not "no object": it may land after the
+      -- listing. "unlisted" (outcome deleted, reason not_listed).
       local out = {}
-      for i, k in ipairs(keys) do out[i] = set[k] == true end
+      for i, k in ipairs(keys) do out[i] = set[k] == true or "unlisted" end
       return out
     end
   end
@@ -244,13 +249,15 @@ end
 -- Verbose replies by default: a key counts as deleted only when the reply
 -- says so (<Deleted>), and one a reply leaves out is failed (NotInReply).
 -- opts.quiet asks for Quiet replies, which S3 defines to list only the keys
--- it could not delete: a key not listed counts as deleted. The sweep uses
--- them (policy quiet_deletes, default true): across a network a verbose
--- reply costs a TCP segment a key (RGW flushes each <Deleted>), 10-20% of
--- the sweep's rate in the bench's remote profile. Quiet also works with
--- servers that ignore it (they list <Deleted> keys: deleted) and with those
--- that never list <Deleted> keys (Baidu BOS is reported to). Reconcile
--- keeps verbose replies.
+-- it could not delete: a key not listed counts as deleted. A Quiet reply
+-- proves only that no error was listed: an empty one reads the same
+-- whether every key was deleted or none was processed (a proxy that strips
+-- <Error> entries, or answers without forwarding). The sweep asks for them
+-- only with policy quiet_deletes = true (default false since the bench put
+-- verbose's cost at a fraction of the remote rate; resclean(1)). Quiet also
+-- works with servers that ignore it (they list <Deleted> keys: deleted) and
+-- with those that never list <Deleted> keys (Baidu BOS is reported to).
+-- Reconcile keeps verbose replies.
 function Store:delete_many(keys, concurrency, opts)
   local quiet = opts and opts.quiet
   return self:retry_keys(keys, self:delete_round(keys, concurrency, self.client, quiet), concurrency, self.client,

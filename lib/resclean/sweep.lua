@@ -65,6 +65,9 @@ function batches(conn, sql, store, run, opts)
     end
   end
   M.policy_presence(conn, run)
+  -- Commits in doubt from an earlier cycle (their answer was lost) first.
+  local settled, serr = batch.settle_in_doubt(conn, run)
+  if not settled then return nil, serr end
   local res, err = conn:query(sql.eligible, p.max_age, p.upload_types)
   if not res then return nil, err end
   run.eligible = res[1].n
