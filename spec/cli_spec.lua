@@ -75,7 +75,7 @@ describe("resclean command line", function()
   it("prints its own version and its libraries' versions", function()
     local r = h.run({ "version" })
     assert.are.equal(0, r.code)
-    assert.matches("^resclean %d+%.%d+%.%d+\n", r.stdout)
+    assert.matches("^resclean %d+%.%d+%.%d+[%w+.]*\n", r.stdout) -- 0.2.0, or 0.2.0+g<commit> from git
     for _, lib in ipairs({ "Lua 5%.4", "libpq %d+", "libcurl %d", "OpenSSL %d", "expat_%d" }) do
       assert.matches(lib, r.stdout)
     end

@@ -10,6 +10,8 @@ local ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/[^/]*$") or ".")
 
 local sh, have = h.sh, h.have
 
+local function first_line_of(s) return s:match("^[^\n]*") end
+
 local function ls(dir)
   local names = {}
   local p = assert(io.popen("ls -A " .. h.q(dir) .. " 2>/dev/null"))
@@ -207,5 +209,103 @@ describe("the installed resclean (make install PREFIX=$tmp, run from /)", functi
     local out, code = sh(("make -s -C %s uninstall PREFIX=%s"):format(h.q(ROOT), h.q(tmp)))
     assert.are.equal(0, code, out)
     assert.are.same({}, ls(tmp), "left behind in " .. tmp)
+  end)
+end)
+
+-- Upgrades by `make install`: SHAREDIR/MANIFEST names what an install put; the next install
+-- removes what it listed and the new version does not install, and the files of 0.1.0 (which
+-- wrote no manifest); only the install's own paths, whatever a manifest says.
+describe("make install over an older install (PREFIX=$tmp)", function()
+  local tmp, share, manifest
+
+  local function make(target)
+    local out, code = sh(("make -s -C %s %s PREFIX=%s"):format(h.q(ROOT), target, h.q(tmp)))
+    assert(code == 0, "make " .. target .. " failed: " .. out)
+    return out
+  end
+
+  -- Every file and link under $tmp, as paths.
+  local function files()
+    local list = {}
+    local p = assert(io.popen("find " .. h.q(tmp) .. " ! -type d | LC_ALL=C sort"))
+    for path in p:lines() do list[#list + 1] = path end
+    p:close()
+    return list
+  end
+
+  local function exists(path) return select(2, sh("test -e " .. h.q(path))) == 0 end
+
+  local function listed()
+    local list = {}
+    for line in h.readall(manifest):gmatch("[^\n]+") do
+      if not line:match("^#") then list[#list + 1] = line end
+    end
+    table.sort(list)
+    return list
+  end
+
+  local function resclean(args)
+    return sh(("cd / && env -i PATH=/usr/bin:/bin %s %s"):format(h.q(tmp .. "/bin/resclean"), args))
+  end
+
+  setup(function()
+    tmp = h.tmpdir()
+    share = tmp .. "/share/resclean"
+    manifest = share .. "/MANIFEST"
+    make("install")
+  end)
+
+  it("writes SHAREDIR/MANIFEST: the version, then every file the install put", function()
+    local version = first_line_of(h.run({ "--version" }).stdout):match("^resclean (%S+)")
+    assert.matches("^# resclean " .. version:gsub("%p", "%%%0") .. ":", h.readall(manifest))
+    local expected = {}
+    for _, f in ipairs(files()) do
+      if f ~= manifest and f ~= share .. "/installed-dirs" then expected[#expected + 1] = f end
+    end
+    assert.are.same(expected, listed())
+  end)
+
+  it("removes the files 0.1.0 installed that this version does not (0.1.0 wrote no MANIFEST)", function()
+    -- As 0.1.0 left an install: demo and bench among the scripts, and no MANIFEST.
+    os.remove(manifest)
+    h.write(share .. "/scripts/demo.lua", "return 0\n")
+    h.write(share .. "/scripts/bench.lua", "return 0\n")
+    h.write(share .. "/examples/README-operations.md", "0.1.0's operations notes\n")
+    local out, code = resclean("run demo")
+    assert.are.equal(0, code, "the stale script should run before the upgrade: " .. out)
+    out = make("install")
+    for _, f in ipairs({ "scripts/demo.lua", "scripts/bench.lua", "examples/README-operations.md" }) do
+      assert.is_false(exists(share .. "/" .. f), f .. " of 0.1.0 is still installed")
+      assert.matches("RM  " .. share .. "/" .. f, out, 1, true)
+    end
+    out, code = resclean("run demo")
+    assert.are.equal(2, code, out)
+    assert.matches("cannot open demo", out, 1, true)
+  end)
+
+  it("removes what an earlier MANIFEST lists and this version does not install, and nothing not its own", function()
+    local retired = { share .. "/examples/retired.example", share .. "/lib/resclean/retired.lua",
+      tmp .. "/lib/resclean/resclean_old.so" }
+    -- Listed too, but not the install's to remove: a file of PREFIX outside SHAREDIR and LIBDIR,
+    -- and one reached through "..".
+    local foreign = { tmp .. "/share/operator-notes.txt", share .. "/../operator-notes2.txt" }
+    for _, f in ipairs(retired) do h.write(f, "an earlier version's\n") end
+    for _, f in ipairs(foreign) do h.write(f, "not resclean's\n") end
+    local f = assert(io.open(manifest, "a"))
+    f:write(table.concat(retired, "\n"), "\n", table.concat(foreign, "\n"), "\n")
+    f:close()
+    local out = make("install")
+    for _, path in ipairs(retired) do assert.is_false(exists(path), path .. " is still installed") end
+    for _, path in ipairs(foreign) do
+      assert.is_true(exists(path), path .. " was removed")
+      assert.matches("SKIP " .. path, out, 1, true)
+    end
+    for _, path in ipairs(listed()) do assert.is_true(exists(path), path .. " listed, not installed") end
+    assert.is_nil(h.readall(manifest):find("retired", 1, true), "the new MANIFEST still lists the retired files")
+  end)
+
+  it("make uninstall then leaves only what was not resclean's", function()
+    make("uninstall")
+    assert.are.same({ tmp .. "/share/operator-notes.txt", tmp .. "/share/operator-notes2.txt" }, files())
   end)
 end)

@@ -127,6 +127,8 @@ static int is_dir(const char *path) {
 /* Where resclean's own Lua library and scripts live: next to the binary in
  * the source tree (./resclean, build/asan/resclean), else the installed
  * share folder. Found from /proc/self/exe so no environment is needed.
+ * A home has both lib/resclean and scripts: /usr/bin/../../lib/resclean alone is
+ * /usr/lib/resclean (resclean_net.so's folder) where /lib is /usr/lib.
  * Pushes the lib folder and the scripts folder. */
 static void push_home(lua_State *L) {
     char dir[PATH_MAX];
@@ -135,6 +137,9 @@ static void push_home(lua_State *L) {
         for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
             const char *probe = lua_pushfstring(L, "%s%s/lib/resclean", dir, rel[i]);
             int found = is_dir(probe);
+            lua_pop(L, 1);
+            probe = lua_pushfstring(L, "%s%s/scripts", dir, rel[i]);
+            found = found && is_dir(probe);
             lua_pop(L, 1);
             if (found) {
                 lua_pushfstring(L, "%s%s/lib", dir, rel[i]);

@@ -4,7 +4,8 @@
 
 #include <lua.h>
 
-#define RESCLEAN_VERSION "0.1.0"
+/* RESCLEAN_VERSION ("0.2.0", or "0.2.0+g<commit>" from a git tree) is given by the Makefile, from
+ * the VERSION file, to the units that print it (main.c, sys.c): see VERSION_DEF there. */
 
 #ifndef RESCLEAN_SHAREDIR
 #define RESCLEAN_SHAREDIR "/usr/local/share/resclean"

@@ -4,11 +4,11 @@ server's discovery documents to map a manifest's kinds to resources even when it
 
     fake_kube_api.py DIR
 
-Serves the legacy discovery documents for the core group (Secret, ConfigMap) and batch/v1
-(CronJob, Job) on a free loopback port written to DIR/port, answers 404 to every object GET
-(nothing exists yet, so a client dry run reports "created"), and 404 to the OpenAPI documents
-(kubectl is run with --validate=false: the real schemas need a real cluster). Every request is
-appended to DIR/requests, so a spec can tell kubectl really asked here.
+Serves the legacy discovery documents for the core group (Secret, ConfigMap), batch/v1
+(CronJob, Job) and apps/v1 (Deployment) on a free loopback port written to DIR/port, answers 404
+to every object GET (nothing exists yet, so a client dry run reports "created"), and 404 to the
+OpenAPI documents (kubectl is run with --validate=false: the real schemas need a real cluster).
+Every request is appended to DIR/requests, so a spec can tell kubectl really asked here.
 """
 import json
 import os
@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 RESOURCES = {
     "/api/v1": [("secrets", "Secret"), ("configmaps", "ConfigMap")],
     "/apis/batch/v1": [("cronjobs", "CronJob"), ("jobs", "Job")],
+    "/apis/apps/v1": [("deployments", "Deployment")],
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
@@ -37,8 +38,8 @@ DOCS = {
     "/api": {"kind": "APIVersions", "versions": ["v1"],
              "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]},
     "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-        "name": "batch", "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
-        "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}}]},
+        "name": g, "versions": [{"groupVersion": g + "/v1", "version": "v1"}],
+        "preferredVersion": {"groupVersion": g + "/v1", "version": "v1"}} for g in ("batch", "apps")]},
     "/version": {"major": "1", "minor": "32", "gitVersion": "v1.32.0"},
 }
 for p in RESOURCES:
