@@ -77,7 +77,7 @@ DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev lua
             libpq-dev libcurl4-openssl-dev libssl-dev libexpat1-dev
 DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
             radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl \
-            groff-base man-db systemd
+            groff-base man-db systemd pgbouncer
 DEB_BENCH = hyperfine clang libclang-rt-14-dev clang-format universal-ctags
 # To build and check the Debian package and the OCI image (make deb, make image, their specs), and
 # to read examples/compose.yaml (python3-yaml).

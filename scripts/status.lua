@@ -239,13 +239,21 @@ local function main(...)
   log.set_output(io.stderr)
   local p, err = app.load_policy(opts)
   if not p then return app.fail(app.EXIT.usage, err.message) end
+  -- read_only: a standby is fine, and every transaction is READ ONLY.
   local conn, sql = sweep.open(pg, config.conninfo(), p, { read_only = true })
   if not conn then
     err = sql
     return app.fail_on(err, "database: ")
   end
+  -- One READ ONLY transaction: one snapshot and one now() for every figure,
+  -- and nothing left on the server connection (a transaction pool's).
   local report
-  report, err = collect(conn, sql, p)
+  local tx
+  tx, err = conn:begin()
+  if tx then
+    report, err = collect(conn, sql, p)
+    tx:rollback()
+  end
   conn:close()
   if not report then return app.fail_on(err, "database: ") end
   if opts.json then

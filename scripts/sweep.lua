@@ -58,9 +58,15 @@ local function main(...)
   -- long-running, when the table's NOTIFY on cancel_channel wakes us.
   local cancels
   if p.cancel_requests_table and not opts["dry-run"] then
+    -- LISTEN needs a session: RESCLEAN_DIRECT_DATABASE_URL, or DATABASE_URL unless a transaction pool.
+    local listen_conninfo, can_listen
+    if not opts.once and p.cancel_channel then
+      listen_conninfo, can_listen = require("resclean.pool").listen_conninfo(pg, p.cancel_channel)
+    end
     cancels = notify.new({
       pg = pg, conninfo = config.conninfo(), policy = function() return p end,
-      channel = not opts.once and p.cancel_channel or nil, quiet_missing = opts.once,
+      listen_conninfo = listen_conninfo,
+      channel = can_listen and p.cancel_channel or nil, quiet_missing = opts.once,
       open_store = function(cp) return app.open_store(cp, false) end,
       on_result = function(_, summary)
         app.report(summary)

@@ -194,13 +194,14 @@ describe("the sweep's second session", function()
     assert.are.same({ 0, 0 }, { fs.stale_left(w) })
     -- Lines "TIME [PID] resclean@resclean LOG:  execute <unnamed>: SELECT ... FROM
     -- information_schema.columns ..." are a session being opened (its schema check);
-    -- "... LOG:  execute resclean_claim_first: ..." is the cycle's first claim.
+    -- "... LOG:  execute <unnamed>: SELECT ... FOR UPDATE SKIP LOCKED" is the cycle's first claim.
     local opened, claimed = {}, nil
     for line in h.readall(log_path):sub(offset + 1):gmatch("[^\n]+") do
       local pid = line:match("^%S+ %S+ %S+ %[(%d+)%] resclean@resclean ")
       if pid and line:find("FROM information_schema.columns", 1, true) and not claimed then
         opened[#opened + 1] = pid
-      elseif pid and line:find("execute resclean_claim_first", 1, true) and not claimed then
+      elseif pid and line:find("LOG:  execute ", 1, true) and line:find("FOR UPDATE SKIP LOCKED", 1, true)
+          and not claimed then
         claimed = pid
       end
     end

@@ -163,6 +163,7 @@ local function fake_db(n, opts)
     function conn:backend_pid() return 4242 end
     function conn:close() db.closes = db.closes + 1 end
     function conn:prepare() return true end
+    function conn:per_transaction() end
     function conn:query(sql, ...)
       local bad, e = aborted()
       if e then return bad, e end

@@ -52,6 +52,8 @@ static const char usage_text[] =
     "  DATABASE_URL           libpq URI or conninfo; unset: libpq's PG* variables\n"
     "                         (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE,\n"
     "                         PGSSLMODE, PGSSLROOTCERT, ...)\n"
+    "  RESCLEAN_DIRECT_DATABASE_URL  PostgreSQL itself, for LISTEN and the singleton\n"
+    "                         lock when DATABASE_URL is a transaction pool (PgBouncer)\n"
     "  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN  S3 credentials\n"
     "  AWS_REGION             else AWS_DEFAULT_REGION, else us-east-1\n"
     "  AWS_ENDPOINT_URL_S3    else AWS_ENDPOINT_URL, else AWS; e.g. http://minio:9000\n"

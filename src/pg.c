@@ -6,7 +6,13 @@
  *   local tx <close> = conn:begin()
  *   local res, err = tx:query("SELECT id FROM t WHERE id = ANY($1::uuid[]) FOR UPDATE", ids)
  *
- * Values are always bound with PQexecParams/PQexecPrepared (text format), never interpolated.
+ * Values are always bound with PQexecParams (text format), never interpolated.
+ *
+ * Nothing outlives a transaction on the server, so a connection through a transaction pool
+ * (PgBouncer pool_mode=transaction) hands its server connection back as it found it: a "prepared"
+ * statement is its SQL text kept here per connection and run unnamed, and the settings given with
+ * conn:per_transaction() are sent right after every BEGIN (in the same message) and around every
+ * statement run outside a transaction (BEGIN; settings; statement; COMMIT).
  * Misuse raises; the world failing returns nil, err with err = {kind="pg", code, message, ...}.
  *
  * Memory libpq hands us (results, conninfo arrays, escaped strings) is parked in the Conn before
@@ -64,7 +70,11 @@ typedef struct Tx {
     int nsavepoints; /* for generated savepoint names */
 } Tx;                /* user value 1: the connection */
 
-enum { Q_PARAMS, Q_PREPARED, Q_SIMPLE };
+/* A connection's user values: 1 the prepared statements' SQL by name, 2 the per-transaction
+   settings (a string; nil: none). */
+enum { UV_STATEMENTS = 1, UV_PER_TX = 2, NUV };
+
+enum { Q_PARAMS, Q_SIMPLE };
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -543,10 +553,34 @@ static int finish(lua_State *L, Conn *c, int want_rows) {
     return n;
 }
 
-/* Runs text (SQL, or a statement name for Q_PREPARED) with the n values at first..first+n-1. */
-static int run(lua_State *L, Conn *c, int mode, const char *text, int first, int n) {
+/* Sends sql (BEGIN and the per-transaction settings). Returns 1 when the transaction is open; 0
+   with the failure in c->res (NULL when libpq could not even build a result), rolled back. */
+static int open_tx(Conn *c, const char *sql) {
+    PGTransactionStatusType ts;
+    c->res = PQexec(c->pg, sql);
+    if (PQresultStatus(c->res) == PGRES_COMMAND_OK) {
+        PQclear(c->res);
+        c->res = NULL;
+        return 1;
+    }
+    ts = PQtransactionStatus(c->pg);
+    if (c->res != NULL && (ts == PQTRANS_INERROR || ts == PQTRANS_INTRANS))
+        PQclear(PQexec(c->pg, "ROLLBACK"));
+    return 0;
+}
+
+static int result_ok(const PGresult *r) {
+    ExecStatusType st = PQresultStatus(r);
+    return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY;
+}
+
+/* Runs text (SQL, simple or with the n values at first..first+n-1). per_tx (or NULL): the
+   connection's "BEGIN; settings", sent first when no transaction is open, the statement then
+   committed (rolled back when it failed). */
+static int run(lua_State *L, Conn *c, int mode, const char *text, int first, int n, const char *per_tx) {
     const char *small[SMALL_PARAMS];
     const char **values = small;
+    int wrap;
     if (n > MAX_PARAMS)
         return luaL_error(L, "too many parameters (%d, at most %d)", n, MAX_PARAMS);
     luaL_checkstack(L, n + LUA_MINSTACK, "too many parameters");
@@ -556,13 +590,41 @@ static int run(lua_State *L, Conn *c, int mode, const char *text, int first, int
         values[i] = param(L, first + i);
     if (!ready(L, c))
         return 2;
-    if (mode == Q_PREPARED)
-        c->res = PQexecPrepared(c->pg, text, n, values, NULL, NULL, 0);
-    else if (mode == Q_PARAMS)
+    wrap = per_tx != NULL && !c->intx && PQtransactionStatus(c->pg) == PQTRANS_IDLE;
+    if (wrap && !open_tx(c, per_tx))
+        return finish(L, c, 1);
+    if (mode == Q_PARAMS)
         c->res = PQexecParams(c->pg, text, n, NULL, values, NULL, NULL, 0);
     else
         c->res = PQexec(c->pg, text);
+    if (wrap) {
+        int ok = result_ok(c->res);
+        PGresult *end = PQexec(c->pg, ok ? "COMMIT" : "ROLLBACK");
+        if (ok && PQresultStatus(end) != PGRES_COMMAND_OK) {
+            PQclear(c->res);
+            c->res = end;
+        } else {
+            PQclear(end);
+        }
+    }
     return finish(L, c, 1);
+}
+
+/* The per-transaction settings of the connection at idx ("BEGIN; ..."), or NULL; pushed (kept on
+   the stack while used). */
+static const char *per_tx(lua_State *L, int idx) {
+    lua_getiuservalue(L, idx, UV_PER_TX);
+    return lua_tostring(L, -1);
+}
+
+/* The SQL of the statement prepared as name on the connection at idx (pushed), or NULL with
+   nil, err pushed (26000, as the server says of an unknown statement). */
+static const char *statement(lua_State *L, int idx, const char *name) {
+    lua_getiuservalue(L, idx, UV_STATEMENTS);
+    if (lua_getfield(L, -1, name) == LUA_TSTRING)
+        return lua_tostring(L, -1);
+    pusherror(L, "26000", 0, lua_pushfstring(L, "prepared statement \"%s\" does not exist", name));
+    return NULL;
 }
 
 /* A utility statement (BEGIN, SAVEPOINT, ...): true or nil, err. */
@@ -635,9 +697,11 @@ static int l_connect(lua_State *L) {
         conninfo = checktext(L, 1);
     }
     lua_settop(L, 1);
-    c = (Conn *)lua_newuserdatauv(L, sizeof *c, 0); /* closed until PQconnectdbParams succeeds */
+    c = (Conn *)lua_newuserdatauv(L, sizeof *c, NUV - 1); /* closed until PQconnectdbParams succeeds */
     memset(c, 0, sizeof *c);
     luaL_setmetatable(L, CONN_MT);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, UV_STATEMENTS);
     ud = lua_gettop(L);
     if (conninfo != NULL && looks_like_conninfo(conninfo)) {
         c->opts = PQconninfoParse(conninfo, &c->mem);
@@ -719,29 +783,59 @@ static int conn_tostring(lua_State *L) {
 static int conn_query(lua_State *L) {
     Conn *c = checkconn(L, 1);
     const char *sql = checktext(L, 2);
-    return run(L, c, Q_PARAMS, sql, 3, lua_gettop(L) - 2);
+    int n = lua_gettop(L) - 2;
+    return run(L, c, Q_PARAMS, sql, 3, n, per_tx(L, 1));
 }
 
 static int conn_exec(lua_State *L) {
     Conn *c = checkconn(L, 1);
     const char *sql = checktext(L, 2);
     luaL_argcheck(L, lua_gettop(L) == 2, 3, "exec takes no parameters (use query)");
-    return run(L, c, Q_SIMPLE, sql, 3, 0);
+    return run(L, c, Q_SIMPLE, sql, 3, 0, per_tx(L, 1));
 }
 
+/* prepare(name, sql): the server parses sql (an unnamed statement: nothing stays on the server
+   connection) and it is kept as name on this connection; exec_prepared(name, ...) runs it unnamed.
+   A name prepared twice is 42P05, as the server says. */
 static int conn_prepare(lua_State *L) {
     Conn *c = checkconn(L, 1);
     const char *name = checktext(L, 2), *sql = checktext(L, 3);
+    lua_settop(L, 3);
+    lua_getiuservalue(L, 1, UV_STATEMENTS);
+    if (lua_getfield(L, 4, name) != LUA_TNIL)
+        return pusherror(L, "42P05", 0,
+                         lua_pushfstring(L, "prepared statement \"%s\" already exists", name));
+    lua_pop(L, 1);
     if (!ready(L, c))
         return 2;
-    c->res = PQprepare(c->pg, name, sql, 0, NULL);
+    c->res = PQprepare(c->pg, "", sql, 0, NULL);
+    if (!result_ok(c->res))
+        return finish(L, c, 0);
+    lua_pushvalue(L, 3);
+    lua_setfield(L, 4, name);
     return finish(L, c, 0);
 }
 
 static int conn_exec_prepared(lua_State *L) {
     Conn *c = checkconn(L, 1);
-    const char *name = checktext(L, 2);
-    return run(L, c, Q_PREPARED, name, 3, lua_gettop(L) - 2);
+    const char *name = checktext(L, 2), *sql;
+    int n = lua_gettop(L) - 2;
+    const char *settings = per_tx(L, 1);
+    if ((sql = statement(L, 1, name)) == NULL)
+        return 2;
+    return run(L, c, Q_PARAMS, sql, 3, n, settings);
+}
+
+/* per_transaction(sql or nil): statements (SET LOCAL ..., SET TRANSACTION READ ONLY) sent after
+   every BEGIN, in its message, and around every statement run outside a transaction. */
+static int conn_per_transaction(lua_State *L) {
+    checkconn(L, 1);
+    if (lua_isnoneornil(L, 2))
+        lua_pushnil(L);
+    else
+        lua_pushfstring(L, "BEGIN; %s", checktext(L, 2));
+    lua_setiuservalue(L, 1, UV_PER_TX);
+    return 0;
 }
 
 static int conn_quote_ident(lua_State *L) {
@@ -850,12 +944,13 @@ static int conn_begin(lua_State *L) {
                                          "read uncommitted", NULL};
     Conn *c = checkconn(L, 1);
     Tx *t;
-    int n;
+    const char *settings;
     luaL_Buffer b;
     if (c->intx)
         return luaL_error(L, "a transaction is already open on this connection");
-    lua_settop(L, 2); /* conn opts; the buffer comes after */
-    luaL_buffinit(L, &b);
+    lua_settop(L, 2);
+    settings = per_tx(L, 1); /* "BEGIN; settings" (index 3): the settings go after our BEGIN */
+    luaL_buffinit(L, &b);    /* conn opts settings; the buffer comes after */
     luaL_addstring(&b, "BEGIN");
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
@@ -870,6 +965,8 @@ static int conn_begin(lua_State *L) {
         add_mode(L, &b, "read_only", " READ ONLY", " READ WRITE");
         add_mode(L, &b, "deferrable", " DEFERRABLE", " NOT DEFERRABLE");
     }
+    if (settings != NULL)
+        luaL_addstring(&b, settings + 5); /* "; ..." */
     luaL_pushresult(&b);
     t = (Tx *)lua_newuserdatauv(L, sizeof *t, 1); /* finished until BEGIN succeeds */
     t->state = TX_DONE;
@@ -878,10 +975,10 @@ static int conn_begin(lua_State *L) {
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
     /* sql tx */
-    n = command(L, c, lua_tostring(L, -2));
-    if (n == 2)
+    if (!ready(L, c))
         return 2;
-    lua_pop(L, 1);
+    if (!open_tx(c, lua_tostring(L, -2)))
+        return finish(L, c, 0);
     t->state = TX_OPEN;
     c->intx = 1;
     return 1;
@@ -968,15 +1065,19 @@ static int tx_query(lua_State *L) {
     const char *sql;
     checktx(L, &c);
     sql = checktext(L, 2);
-    return run(L, c, Q_PARAMS, sql, 3, lua_gettop(L) - 2);
+    return run(L, c, Q_PARAMS, sql, 3, lua_gettop(L) - 2, NULL);
 }
 
 static int tx_exec_prepared(lua_State *L) {
     Conn *c;
-    const char *name;
+    const char *name, *sql;
+    int n = lua_gettop(L) - 2;
     checktx(L, &c);
     name = checktext(L, 2);
-    return run(L, c, Q_PREPARED, name, 3, lua_gettop(L) - 2);
+    lua_getiuservalue(L, 1, 1); /* the connection */
+    if ((sql = statement(L, lua_gettop(L), name)) == NULL)
+        return 2;
+    return run(L, c, Q_PARAMS, sql, 3, n, NULL);
 }
 
 /* __close: roll back unless committed. Must not raise over the error that may be unwinding. */
@@ -1036,6 +1137,7 @@ static const luaL_Reg conn_methods[] = {{"backend_pid", conn_backend_pid},
                                         {"exec_prepared", conn_exec_prepared},
                                         {"info", conn_info},
                                         {"notifications", conn_notifications},
+                                        {"per_transaction", conn_per_transaction},
                                         {"prepare", conn_prepare},
                                         {"query", conn_query},
                                         {"quote_ident", conn_quote_ident},

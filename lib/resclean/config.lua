@@ -40,6 +40,18 @@ function M.conninfo()
   local c = env("DATABASE_URL")
   for _, s in ipairs(M.conninfo_secrets(c)) do log.add_secret(s) end
   log.add_secret(env("PGPASSWORD"))
+  M.direct_conninfo() -- its secrets too, whether it is used or not
+  return c
+end
+
+-- RESCLEAN_DIRECT_DATABASE_URL: a libpq conninfo to PostgreSQL itself (or a
+-- session pool) for what needs a session of its own, when DATABASE_URL
+-- goes through a transaction pool: LISTEN for notified cancels and the
+-- singleton's advisory lock (pool.lua). nil when unset. Its secrets are
+-- registered with the log.
+function M.direct_conninfo()
+  local c = env("RESCLEAN_DIRECT_DATABASE_URL")
+  for _, s in ipairs(M.conninfo_secrets(c)) do log.add_secret(s) end
   return c
 end
 

@@ -987,6 +987,9 @@ local STANDBY_REFUSAL = "reconcile must run against the primary: a standby repla
   .. "with a delay, so it may lack the newest rows, and the objects they own would look orphaned and be deleted; "
   .. "point DATABASE_URL at the primary (or list every host with target_session_attrs=read-write)"
 
+-- Every statement in a READ ONLY transaction of its own with the timeout
+-- SET LOCAL: nothing stays on the server connection (a transaction pool
+-- hands it to the application next).
 local function connect(p)
   local conn, err = require("resclean.pg").connect(config.conninfo())
   if not conn then return nil, err end
@@ -997,15 +1000,8 @@ local function connect(p)
     conn:close()
     return nil, err
   end
-  for _, s in ipairs({ ("SET statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)),
-                       "SET default_transaction_read_only = on" }) do
-    local ok
-    ok, err = conn:query(s)
-    if not ok then
-      conn:close()
-      return nil, err
-    end
-  end
+  conn:per_transaction(("SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = %d")
+    :format(math.ceil(p.statement_timeout * 1000)))
   return conn
 end
 

@@ -3,6 +3,12 @@
 -- touched: timeouts, the policy's table and columns checked (a typo is a
 -- configuration error, exit 2), the SQL built from the policy and the
 -- statements every batch runs prepared.
+--
+-- Nothing is left on the server connection, so DATABASE_URL may point at a
+-- transaction pool (PgBouncer pool_mode=transaction): the timeouts are SET
+-- LOCAL in every transaction (conn:per_transaction), statements outside one
+-- run in a transaction of their own, and the "prepared" statements are SQL
+-- kept per session and run unnamed (resclean.pg).
 local errors = require("resclean.errors")
 local log = require("resclean.log")
 local runs = require("resclean.run")
@@ -30,15 +36,32 @@ function M.with(opts, event, body)
   return code, run:summary(event, extra), run
 end
 
+-- The statements every transaction of a session starts with: the policy's
+-- timeouts (SET LOCAL: they end with the transaction), no idle timeout (a
+-- batch waits on the storage with its transaction open), and READ ONLY for
+-- a session that only reads.
+function M.per_transaction(p, read_only)
+  local s = {
+    ("SET LOCAL statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)),
+    ("SET LOCAL lock_timeout = %d"):format(math.ceil(p.lock_timeout * 1000)),
+    "SET LOCAL idle_in_transaction_session_timeout = 0",
+  }
+  if read_only then table.insert(s, 1, "SET TRANSACTION READ ONLY") end
+  return table.concat(s, "; ")
+end
+
 -- Open the session: fresh connection, the server checked (a standby is
--- refused: M.server_role), timeouts, schema check, prepared statements.
--- how.read_only (status): a standby is accepted, sql.standby says so.
+-- refused: M.server_role), timeouts (per transaction), schema check,
+-- prepared statements. how.read_only (status): a standby is accepted,
+-- sql.standby says so, and every transaction is READ ONLY.
 -- Returns conn, sql or nil, err.
 function M.open(pg, conninfo, p, how)
   local conn, err = pg.connect(conninfo)
   if not conn then return nil, err end
   local role
   role, err = M.server_role(conn, how)
+  -- After server_role, which reads transaction_read_only as the server has it.
+  conn:per_transaction(M.per_transaction(p, how and how.read_only))
   local sql
   if role then sql, err = prepare(conn, p) end
   if not sql then
@@ -79,19 +102,11 @@ function M.server_role(conn, how)
 end
 
 function prepare(conn, p)
-  local sets = {
-    ("SET statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)),
-    ("SET lock_timeout = %d"):format(math.ceil(p.lock_timeout * 1000)),
-    "SET idle_in_transaction_session_timeout = 0",
-  }
-  for _, s in ipairs(sets) do
-    local ok, err = conn:query(s)
-    if not ok then return nil, err end
-  end
   local ok, err = M.check_schema(conn, p)
   if not ok then return nil, err end
   local sql = build_sql(conn, p)
-  -- Prepared once per session: the claim and the delete run every batch.
+  -- Kept once per session (parsed by the server now, run unnamed): the
+  -- claim and the delete run every batch.
   for name, text in pairs({ resclean_claim_first = sql.claim_first .. " FOR UPDATE SKIP LOCKED",
                             resclean_claim_next = sql.claim_next .. " FOR UPDATE SKIP LOCKED",
                             resclean_delete = sql.delete }) do
@@ -105,6 +120,50 @@ function prepare(conn, p)
     sql.referenced = ref
   end
   return sql
+end
+
+-- The singleton's lock for a cycle (policy singleton = true; else a no-op
+-- lock at once): a session advisory lock, held until the returned value is closed
+-- (a to-be-closed variable) or the session ends. It needs a session: it is
+-- taken on a connection of its own to RESCLEAN_DIRECT_DATABASE_URL when
+-- set, else on conn once DATABASE_URL is shown not to be a transaction pool
+-- (pool.lua). Through one it is a configuration error (exit 2) naming the
+-- setting: never a lock left on a pooled server connection for whoever
+-- gets it next, never a silent no-op. Returns the lock, false when another
+-- sweeper holds it, or nil, err.
+local NO_LOCK = setmetatable({}, { __close = function() end })
+
+function M.singleton(conn, run, opts)
+  if not run.policy.singleton then return NO_LOCK end
+  local pool = require("resclean.pool")
+  local ci, which = require("resclean.config").direct_conninfo(), pool.SETTING
+  if not ci then ci, which = opts.conninfo, "DATABASE_URL" end
+  local ok, err = pool.check_session(opts.pg, ci, which, "policy field 'singleton' (an advisory lock held for "
+    .. "the cycle)", ", or set singleton = false (sweepers then share the work through SKIP LOCKED)",
+    which == "DATABASE_URL" and conn or nil)
+  if not ok then return nil, err end
+  local lconn = conn
+  if which == pool.SETTING then
+    lconn, err = opts.pg.connect(ci)
+    if not lconn then return nil, err end
+  end
+  local function done()
+    if lconn ~= conn then lconn:close() end
+  end
+  local key = run.policy.table
+  local res
+  res, err = lconn:query("SELECT pg_try_advisory_lock(hashtext('resclean:' || $1)::int8) AS got", key)
+  if not res or not res[1].got then
+    done()
+    if not res then return nil, err end
+    return false
+  end
+  return setmetatable({}, { __close = function()
+    if lconn:status() == "ok" then
+      lconn:query("SELECT pg_advisory_unlock(hashtext('resclean:' || $1)::int8)", key)
+    end
+    done()
+  end })
 end
 
 -- A failover seen from one process (a long-running sweep): the cluster's

@@ -56,13 +56,12 @@ end
 -- singleton_busy; empty when nothing was left), or nil, err.
 function batches(conn, sql, store, run, opts)
   local p = run.policy
-  if p.singleton then
-    local res, err = conn:query("SELECT pg_try_advisory_lock(hashtext('resclean:' || $1)::int8) AS got", p.table)
-    if not res then return nil, err end
-    if not res[1].got then
-      log.info("singleton_busy", { run_id = run.run_id, message = "another sweeper holds the singleton lock" })
-      return { singleton_busy = true }
-    end
+  -- Held until the cycle ends (session.singleton: never through a transaction pool).
+  local lock <close>, lerr = session.singleton(conn, run, opts)
+  if lock == nil then return nil, lerr end
+  if lock == false then
+    log.info("singleton_busy", { run_id = run.run_id, message = "another sweeper holds the singleton lock" })
+    return { singleton_busy = true }
   end
   M.policy_presence(conn, run)
   -- Commits in doubt from an earlier cycle (their answer was lost) first.

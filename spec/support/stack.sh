@@ -7,6 +7,18 @@
 #   stack.sh pg-ctl DIR ARGS  run pg_ctl ARGS on the stack's cluster as the right user
 #   stack.sh standby DIR      start a streaming standby of its PostgreSQL (see "streaming standby")
 #   stack.sh promote DIR      promote it;  stack.sh standby-stop DIR: stop it and remove its data
+#   stack.sh pgbouncer DIR    start Debian's pgbouncer in front of the stack's PostgreSQL (only when
+#                             asked: the pooler specs call it); idempotent; prints NAME=value lines
+#   stack.sh pgbouncer-stop DIR  stop it (by its recorded PID): its server connections end with it
+#
+# PgBouncer (stack.sh pgbouncer): one pgbouncer on a free loopback port, run as postgres, with two
+# databases onto the stack's one: resclean in transaction pooling and resclean_session in session
+# pooling, default_pool_size 2 (so the same server connections are handed from client to client),
+# auth_type scram-sha-256 against an auth_file written at start (DIR/pgbouncer, mode 600). Adds to
+# DIR/env (and prints): RESCLEAN_PGBOUNCER_TX_URL, RESCLEAN_PGBOUNCER_SESSION_URL (sslmode=disable,
+# the same resclean role and password as DATABASE_URL), RESCLEAN_PGBOUNCER_PID,
+# RESCLEAN_PGBOUNCER_PORT, RESCLEAN_PGBOUNCER_LOG. Its PID is recorded in DIR/pids; stop stops it
+# first, by that PID.
 #
 # DIR/env (mode 600) has `export NAME=value` lines:
 #   DATABASE_URL (postgres://resclean:PASSWORD@127.0.0.1:PORT/resclean?sslmode=disable: plain TCP),
@@ -616,7 +628,7 @@ cmd_standby_stop() {
 # --- subcommands ------------------------------------------------------------------------------
 
 set_dir() {
-    [[ -n ${1:-} ]] || die "usage: $0 {start|stop|restart-rgw|pg-ctl} DIR"
+    [[ -n ${1:-} ]] || die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop|pgbouncer|pgbouncer-stop} DIR"
     DIR=$(realpath -m -- "$1")
     [[ $DIR != / ]] || die "refusing DIR=/"
     CEPH_BASE=$DIR/ceph
@@ -674,6 +686,7 @@ stop_stack() {
         return 0
     fi
     [[ -e $DIR/$MARKER ]] || die "$DIR is not a stack directory (no $MARKER); not touching it"
+    pgbouncer_stop
     terminate radosgw "$(recorded_pid radosgw)"
     terminate ceph-osd "$(recorded_pid ceph-osd)"
     terminate ceph-mon "$(recorded_pid ceph-mon)"
@@ -842,6 +855,105 @@ cmd_pg_ctl() {
     return "$rc"
 }
 
+# --- PgBouncer (only when asked: stack.sh pgbouncer DIR) -------------------------------------
+
+# One query through the pool on port $1 (it answers once pgbouncer reached PostgreSQL).
+# shellcheck disable=SC2153  # PGPASSWORD comes from DIR/env, sourced by pgbouncer_up
+pgbouncer_answers() {
+    PGPASSWORD=$PGPASSWORD PGCONNECT_TIMEOUT=5 psql -X -q -At -h 127.0.0.1 -p "$1" -U resclean \
+        -d resclean -c 'SELECT 1' >/dev/null 2>&1
+}
+
+pgbouncer_up() {
+    local t0 root=$DIR/pgbouncer port pid tries=0 deadline base
+    t0=$(now_us)
+    [[ -f $DIR/env && -e $DIR/$MARKER ]] || die "no running stack in $DIR"
+    command -v pgbouncer >/dev/null || die "pgbouncer not installed (apt-get install pgbouncer)"
+    pid=$(recorded_pid pgbouncer)
+    if [[ -n $pid ]] && ours "$pid"; then
+        pgbouncer_print
+        return 0
+    fi
+    # shellcheck disable=SC1091
+    source "$DIR/env"
+    mkdir -p "$root"
+    (umask 077 && printf '"resclean" "%s"\n' "$PGPASSWORD" >"$root/users.txt")
+    while :; do
+        tries=$((tries + 1))
+        port=$(free_port "$RESCLEAN_PG_PORT" "$RESCLEAN_MON_PORT" "$RESCLEAN_RGW_PORT")
+        cat >"$root/pgbouncer.ini" <<EOF
+; resclean throwaway stack: transaction and session pooling in front of the stack's PostgreSQL
+[databases]
+resclean = host=127.0.0.1 port=$RESCLEAN_PG_PORT dbname=resclean pool_mode=transaction
+resclean_session = host=127.0.0.1 port=$RESCLEAN_PG_PORT dbname=resclean pool_mode=session pool_size=6
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $root/users.txt
+pool_mode = transaction
+default_pool_size = 2
+max_client_conn = 200
+query_wait_timeout = 60
+server_idle_timeout = 3600
+pidfile = $root/pgbouncer.pid
+logfile = $root/pgbouncer.log
+ignore_startup_parameters = extra_float_digits
+EOF
+        rm -f "$root/pgbouncer.pid"
+        if ((EUID == 0)); then chown -R postgres: "$root"; fi
+        # pgbouncer refuses to run as root: as postgres, daemonized (-d), it writes its PID file.
+        if ! as_pg pgbouncer -d "$root/pgbouncer.ini" >"$root/start.out" 2>&1; then
+            if ((tries < 3)) && grep -qs 'Address already in use' "$root/pgbouncer.log" "$root/start.out"; then
+                log "pgbouncer: port $port taken, retrying"
+                continue
+            fi
+            tail_log "$root/start.out" "$root/pgbouncer.log"
+            die "pgbouncer did not start"
+        fi
+        deadline=$(($(now_us) + STEP_TIMEOUT * 1000000))
+        pid=
+        while (($(now_us) < deadline)); do
+            [[ -s $root/pgbouncer.pid ]] && pid=$(cat "$root/pgbouncer.pid")
+            if [[ -n $pid ]] && ! alive "$pid"; then break; fi
+            if [[ -n $pid ]] && pgbouncer_answers "$port"; then break; fi
+            sleep 0.05
+        done
+        if [[ -n $pid ]] && alive "$pid"; then
+            record_pid pgbouncer "$pid"
+            pgbouncer_answers "$port" && break
+        fi
+        tail_log "$root/start.out" "$root/pgbouncer.log"
+        die "pgbouncer did not answer within ${STEP_TIMEOUT}s"
+    done
+    base="postgres://resclean:$PGPASSWORD@127.0.0.1:$port"
+    set_env_var RESCLEAN_PGBOUNCER_TX_URL "$base/resclean?sslmode=disable"
+    set_env_var RESCLEAN_PGBOUNCER_SESSION_URL "$base/resclean_session?sslmode=disable"
+    set_env_var RESCLEAN_PGBOUNCER_PID "$pid"
+    set_env_var RESCLEAN_PGBOUNCER_PORT "$port"
+    set_env_var RESCLEAN_PGBOUNCER_LOG "$root/pgbouncer.log"
+    log "pgbouncer up in $(since "$t0") (port $port, pid $pid)"
+    pgbouncer_print
+}
+
+# The RESCLEAN_PGBOUNCER_* lines of DIR/env as NAME=value (unquoted: the values have no blanks).
+pgbouncer_print() {
+    local name
+    # shellcheck disable=SC1091
+    source "$DIR/env"
+    for name in RESCLEAN_PGBOUNCER_TX_URL RESCLEAN_PGBOUNCER_SESSION_URL RESCLEAN_PGBOUNCER_PID \
+        RESCLEAN_PGBOUNCER_PORT RESCLEAN_PGBOUNCER_LOG; do
+        printf '%s=%s\n' "$name" "${!name}"
+    done
+}
+
+# Stop pgbouncer by its recorded PID (before PostgreSQL, so its server connections close first).
+pgbouncer_stop() {
+    terminate pgbouncer "$(recorded_pid pgbouncer)"
+}
+
 main() {
     local cmd=${1:-}
     shift || true
@@ -854,7 +966,9 @@ main() {
     standby) set_dir "${1:-}" && cmd_standby ;;
     promote) set_dir "${1:-}" && cmd_promote ;;
     standby-stop) set_dir "${1:-}" && cmd_standby_stop ;;
-    *) die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop} DIR [ARGS]" ;;
+    pgbouncer) set_dir "${1:-}" && pgbouncer_up ;;
+    pgbouncer-stop) set_dir "${1:-}" && pgbouncer_stop ;;
+    *) die "usage: $0 {start|stop|restart-rgw|pg-ctl|standby|promote|standby-stop|pgbouncer|pgbouncer-stop} DIR [ARGS]" ;;
     esac
 }
 
