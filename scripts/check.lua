@@ -54,6 +54,7 @@ local function main(...)
     load_policy = function() return app.load_policy(opts) end,
     pg = require("resclean.pg"),
     conninfo = config.conninfo(),
+    direct_conninfo = config.direct_conninfo(),
     open_store = function(p) return app.open_store(p, false) end,
     metrics_file = opts["metrics-file"],
     emit = function(it)

@@ -111,10 +111,54 @@ function M.check_primary(info)
   return { item = "primary", status = "ok", message = "a primary (pg_is_in_recovery() is false)" }
 end
 
--- Another check detects connection poolers (PgBouncer in transaction mode breaks the
--- sweep's session settings and LISTEN); until then the row says so.
-function M.check_pooler(_conn)
-  return { item = "pooler", status = "skip", message = "not checked" }
+-- A transaction pool in between (PgBouncer pool_mode=transaction, found by pool.lua)?
+-- The batches run through one (nothing outlives a transaction), but LISTEN and the
+-- singleton's lock need a session: RESCLEAN_DIRECT_DATABASE_URL, checked too when set.
+-- Without it a singleton policy is to fix (the sweep exits 2), and cancels lose their
+-- wake-up (a warning: requests are taken at each cycle's start). conn: the check's
+-- session on DATABASE_URL; opts.direct_conninfo: RESCLEAN_DIRECT_DATABASE_URL or nil.
+function M.check_pooler(conn, p, opts)
+  local pool = require("resclean.pool")
+  local pooled, err = pool.transaction_pooled(opts.pg, opts.conninfo, conn)
+  if pooled == nil then return from_error("pooler", err, "database: ") end
+  local direct = opts.direct_conninfo
+  if not pooled then
+    return { item = "pooler", status = "ok", transaction_pool = false,
+             message = "no transaction pool: DATABASE_URL gives sessions (LISTEN and the singleton's lock use it)"
+               .. (direct and ("; %s is set and used for them"):format(pool.SETTING) or "") }
+  end
+  local needs = {}
+  if p.cancel_channel and p.cancel_requests_table then needs[#needs + 1] = "LISTEN (the cancel wake-up)" end
+  if p.singleton then needs[#needs + 1] = "the singleton's lock" end
+  local what = #needs > 0 and table.concat(needs, " and ") or "LISTEN and the singleton's lock"
+  local base = "transaction pool detected at DATABASE_URL (PgBouncer pool_mode=transaction: batches run through "
+    .. "it, nothing outlives a transaction)"
+  if direct then
+    local dpooled, derr = pool.transaction_pooled(opts.pg, direct)
+    if dpooled == nil then
+      return from_error("pooler", derr, base .. "; " .. pool.SETTING .. ": ")
+    end
+    if dpooled then
+      return { item = "pooler", status = "fail", transaction_pool = true,
+               message = ("%s; %s leads to a transaction pool too"):format(base, pool.SETTING),
+               fix = ("set %s to PostgreSQL itself or to a session pool"):format(pool.SETTING) }
+    end
+    return { item = "pooler", status = "ok", transaction_pool = true,
+             message = ("%s; %s needs a session: %s gives one"):format(base, what, pool.SETTING) }
+  end
+  local fix = ("set %s to PostgreSQL itself or to a session pool"):format(pool.SETTING)
+  if p.singleton then
+    return { item = "pooler", status = "fail", transaction_pool = true,
+             message = ("%s: %s needs a session: the sweep exits 2"):format(base, what),
+             fix = fix .. ", or set singleton = false in the policy" }
+  end
+  if #needs > 0 then
+    return { item = "pooler", status = "warn", transaction_pool = true,
+             message = ("%s: %s needs %s: without it cancel requests are taken at the start of each cycle only")
+               :format(base, what, pool.SETTING), fix = fix }
+  end
+  return { item = "pooler", status = "ok", transaction_pool = true,
+           message = base .. ": the policy needs no session (no singleton, no cancel wake-up)" }
 end
 
 local function check_schema(conn, p)
@@ -245,9 +289,12 @@ end
 -- The cancel path: LISTEN on cancel_channel (the long-running sweep's wake-up), and the
 -- table of cancel requests the sweeper reads and deletes, where the policy names one
 -- (cancel_requests_table); without that field, the default table is reported when present.
-local function check_cancel(conn, p)
+local function check_cancel(conn, p, pooled)
   local parts, item = {}, { item = "cancel", status = "ok", channel = p.cancel_channel or nil }
-  if p.cancel_channel then
+  if p.cancel_channel and pooled then
+    -- A LISTEN would stay on a pooled server connection: the pooler item says where it goes.
+    parts[1] = "LISTEN not tried through the transaction pool (see the pooler item)"
+  elseif p.cancel_channel then
     local ch = conn:quote_ident(p.cancel_channel)
     local ok, err = conn:query("LISTEN " .. ch)
     if ok then ok, err = conn:query("UNLISTEN " .. ch) end
@@ -385,8 +432,8 @@ end
 -- ------------------------------------------------------------------ the run
 
 -- The database items, through add. Returns the session (kept for the cancel item; nil
--- when none), the host clock's offset from the database's, keys of pending rows, and
--- whether the server is a standby.
+-- when none), the host clock's offset from the database's, keys of pending rows,
+-- whether the server is a standby, and whether DATABASE_URL is a transaction pool.
 local function check_database(p, opts, add)
   local conn, err = opts.pg.connect(opts.conninfo)
   local res, skew, sample_keys
@@ -412,20 +459,20 @@ local function check_database(p, opts, add)
   add({ item = "database", status = "ok", server_version = info.version,
         message = ("connected to %s (PostgreSQL %s)"):format(conn_name(conn), info.version) })
   add(M.check_primary(info))
-  add(M.check_pooler(conn))
+  local pooled = add(M.check_pooler(conn, p, opts)).transaction_pool
   local schema = add(check_schema(conn, p))
   if schema.status ~= "ok" then
     for _, name in ipairs({ "grants", "index", "keys" }) do
       add({ item = name, status = "skip", message = "not checked: the schema check failed" })
     end
-    return conn, skew, nil, info.standby
+    return conn, skew, nil, info.standby, pooled
   end
   add(check_grants(conn, p))
   add(check_index(conn, p))
   local keys_item
   keys_item, sample_keys = check_keys(conn, p)
   add(keys_item)
-  return conn, skew, sample_keys, info.standby
+  return conn, skew, sample_keys, info.standby, pooled
 end
 
 -- HEAD of the probe key (and S3's clock from its reply), then of keys of pending rows:
@@ -523,7 +570,7 @@ local function check_storage(p, opts, add, sample_keys)
   return server_time and math.floor(at - (server_time + 0.5) + 0.5) or nil, refused
 end
 
--- opts: load_policy() -> p | nil, err; pg; conninfo; open_store(p) -> store | nil, code,
+-- opts: load_policy() -> p | nil, err; pg; conninfo; direct_conninfo (or nil); open_store(p) -> store | nil, code,
 -- msg (unchecked); metrics_file (or nil); emit(item), called as each item is known.
 -- Returns the items and the exit code.
 function M.run(opts)
@@ -547,7 +594,7 @@ function M.run(opts)
           p.batch_size, tostring(p.verify)) })
   add(check_max_age(p))
 
-  local conn, db_skew, sample_keys, standby = check_database(p, opts, add)
+  local conn, db_skew, sample_keys, standby, pooled = check_database(p, opts, add)
   local s3_skew, s3_refused = check_storage(p, opts, add, sample_keys)
   add(check_clock(db_skew, s3_skew, s3_refused))
 
@@ -569,7 +616,7 @@ function M.run(opts)
     add({ item = "sweepers", status = "skip", message = "not checked: the database is a standby" })
     conn:close()
   elseif conn then
-    add(check_cancel(conn, p))
+    add(check_cancel(conn, p, pooled))
     add(check_sweepers(conn, p))
     conn:close()
   else

@@ -63,7 +63,7 @@ function batches(conn, sql, store, run, opts)
     log.info("singleton_busy", { run_id = run.run_id, message = "another sweeper holds the singleton lock" })
     return { singleton_busy = true }
   end
-  M.policy_presence(conn, run)
+  M.policy_presence(conn, run, opts)
   -- Commits in doubt from an earlier cycle (their answer was lost) first.
   local settled, serr = batch.settle_in_doubt(conn, run)
   if not settled then return nil, serr end
@@ -87,9 +87,15 @@ end
 -- The cycle's session shows its policy (presence.lua) and looks for others
 -- that differ: one warning a cycle, naming both. Never fatal: the sweep is
 -- as safe as each policy alone.
-function M.policy_presence(conn, run)
+function M.policy_presence(conn, run, opts)
   local p = run.policy
-  local ok, err = presence.hold_policy(conn, p)
+  -- A lock needs a session: never one left on a transaction pool's server
+  -- connection (pool.lua). Through one, the listener's session (on
+  -- RESCLEAN_DIRECT_DATABASE_URL) still shows the policy; the others are
+  -- looked for all the same.
+  local pooled, err = require("resclean.pool").transaction_pooled(opts.pg, opts.conninfo, conn)
+  local ok = pooled == false
+  if ok then ok, err = presence.hold_policy(conn, p) elseif pooled then ok = true end
   local others
   if ok then others, err = presence.others(conn, p) end
   if not others then
