@@ -47,12 +47,12 @@ CC      ?= cc
 WARN    = -std=c11 -Wall -Wextra $(if $(filter true,$(CI)),-Werror)
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(HOST_PKGS) $(NET_PKGS))
-HOST_LIBS = $(shell pkg-config --libs $(HOST_PKGS))
+HOST_LIBS = $(shell pkg-config --libs $(HOST_PKGS)) -pthread
 NET_LIBS  = $(shell pkg-config --libs $(NET_PKGS))
 
-HOST_SRC = src/main.c src/sys.c
+HOST_SRC = src/main.c src/sys.c src/httpd.c
 NET_SRC  = src/net.c src/luax.c src/pg.c src/s3.c src/s3req.c src/s3xml.c src/http.c src/buf.c \
-           src/sigv4.c src/sigv4_lua.c
+           src/sigv4.c src/sigv4_lua.c src/push.c
 HDR     = $(wildcard src/*.h)
 
 # `make asan test` builds and tests the sanitizer variant.
@@ -77,7 +77,7 @@ DEB_BUILD = gcc make pkg-config lua5.4 liblua5.4-dev lua-cjson lua-cjson-dev lua
             libpq-dev libcurl4-openssl-dev libssl-dev libexpat1-dev
 DEB_TEST  = lua-busted lua-check postgresql postgresql-client curl python3 \
             radosgw ceph-mon ceph-osd ceph-common prometheus faketime procps openssl \
-            groff-base man-db systemd pgbouncer
+            groff-base man-db systemd pgbouncer prometheus-pushgateway jq
 DEB_BENCH = hyperfine clang libclang-rt-14-dev clang-format universal-ctags
 # To build and check the Debian package and the OCI image (make deb, make image, their specs), and
 # to read examples/compose.yaml (python3-yaml).

@@ -94,7 +94,8 @@ describe("the installed resclean (make install PREFIX=$tmp, run from /)", functi
       end
     end
     assert.is_true(#commands >= 4, "no shipped scripts in the help:\n" .. help)
-    local values = { FILE = tmp .. "/some-file", LEVEL = "info", L = "info", DURATION = "2d", D = "2d", N = "10" }
+    local values = { FILE = tmp .. "/some-file", LEVEL = "info", L = "info", DURATION = "2d", D = "2d", N = "10",
+                   SECONDS = "300", URL = "http://127.0.0.1:9091" }
     for _, cmd in ipairs(commands) do
       local out, rc = run({ "run", cmd.name, "--help" })
       assert.are.equal(0, rc, "resclean run " .. cmd.name .. " --help: " .. out)

@@ -181,7 +181,8 @@ describe("examples/kubernetes-cronjob.yaml", function()
     local job = cj.spec.jobTemplate.spec
     local pod = job.template.spec
     assert.are.equal("Never", pod.restartPolicy) -- podFailurePolicy requires it
-    local c = check_pod(pod, { "run", "sweep", "--once" })
+    local c = check_pod(pod, { "run", "sweep", "--once", "--metrics-push",
+      "http://pushgateway.monitoring.svc:9091/metrics/job/resclean/instance/resclean-sweep" })
     for _, rule in ipairs(job.podFailurePolicy.rules) do
       if rule.onExitCodes then assert.are.equal(c.name, rule.onExitCodes.containerName) end
     end
@@ -200,7 +201,16 @@ describe("examples/kubernetes-deployment.yaml", function()
     assert.are.equal("Recreate", d.spec.strategy.type)
     local pod = d.spec.template.spec
     for k, v in pairs(d.spec.selector.matchLabels) do assert.are.equal(v, d.spec.template.metadata.labels[k]) end
-    check_pod(pod, { "run", "sweep" })
+    local c = check_pod(pod, { "run", "sweep", "--metrics-listen", "0.0.0.0:9469" })
+    -- Probed on /healthz (200 while the loop keeps time, 503 when it stalls), scraped on /metrics.
+    assert.are.equal(9469, c.ports[1].containerPort)
+    for _, probe in ipairs({ c.readinessProbe, c.livenessProbe }) do
+      assert.are.equal("/healthz", probe.httpGet.path)
+      assert.are.equal(c.ports[1].name, probe.httpGet.port)
+    end
+    local ann = d.spec.template.metadata.annotations
+    assert.are.equal("true", ann["prometheus.io/scrape"])
+    assert.are.equal("9469", ann["prometheus.io/port"])
     -- SIGTERM lets the batches in hand finish: at least the systemd unit's TimeoutStopSec.
     assert.is_true(pod.terminationGracePeriodSeconds >= 120)
   end)

@@ -38,7 +38,8 @@ static const char usage_text[] =
     "  resclean run check [--json] [--metrics-file FILE] [--policy FILE]\n"
     "                     [--log-level LEVEL]\n"
     "  resclean run sweep [--once] [--dry-run] [--policy FILE] [--metrics-file FILE]\n"
-    "                     [--log-level LEVEL]\n"
+    "                     [--metrics-listen ADDR:PORT] [--healthz-grace SECONDS]\n"
+    "                     [--metrics-push URL] [--log-level LEVEL]\n"
     "  resclean run cancel [--dry-run | --notify] [--policy FILE] [--log-level LEVEL] ID...\n"
     "  resclean run status [--json] [--policy FILE] [--log-level LEVEL]\n"
     "  resclean run reconcile [--apply] [--json] [--older-than DURATION]\n"
@@ -62,6 +63,10 @@ static const char usage_text[] =
     "  RESCLEAN_BUCKET        the bucket (default cipherswarm-resources)\n"
     "  RESCLEAN_POLICY        policy file, as --policy\n"
     "  RESCLEAN_LOG_LEVEL     debug, info (default), warn or error\n"
+    "  RESCLEAN_LOG_STDERR    json: errors only as JSON lines (also when stdout and\n"
+    "                         stderr are one file); plain: also as a stderr line\n"
+    "  RESCLEAN_PUSH_CA_BUNDLE  CA file for an https --metrics-push URL\n"
+    "  NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID  set by systemd (Type=notify)\n"
     "  LUA_PATH, LUA_CPATH    extra Lua module paths, searched first (LUA_PATH_5_4,\n"
     "                         LUA_CPATH_5_4 win); ';;' stands for resclean's own\n"
     "\n"
@@ -70,11 +75,13 @@ static const char usage_text[] =
 static const luaL_Reg preloads[] = {{"cjson", luaopen_cjson},
                                     {"cjson.safe", luaopen_cjson_safe},
                                     {"resclean.sys", luaopen_resclean_sys},
+                                    {"resclean.httpd", luaopen_resclean_httpd},
                                     {NULL, NULL}};
 
 static const char *const net_modules[][2] = {{"resclean.pg", "luaopen_resclean_pg"},
                                              {"resclean.s3", "luaopen_resclean_s3"},
-                                             {"resclean.sigv4", "luaopen_resclean_sigv4"}};
+                                             {"resclean.sigv4", "luaopen_resclean_sigv4"},
+                                             {"resclean.push_http", "luaopen_resclean_push_http"}};
 
 /* Message handler: turn the error into "message + traceback". Error tables
  * from the primitives ({kind, code, message}) are rendered readably. */

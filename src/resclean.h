@@ -19,12 +19,14 @@
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
 int luaopen_resclean_sys(lua_State *L);
+int luaopen_resclean_httpd(lua_State *L);
 void resclean_guard_stdio(void);
 /* in resclean_net.so (net.c, pg.c, s3.c, sigv4_lua.c and the units they use), loaded on the first
  * require */
 int luaopen_resclean_pg(lua_State *L);
 int luaopen_resclean_s3(lua_State *L);
 int luaopen_resclean_sigv4(lua_State *L);
+int luaopen_resclean_push_http(lua_State *L);
 int resclean_net_init(void);
 void resclean_net_cleanup(void);
 

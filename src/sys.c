@@ -9,8 +9,11 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/select.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
@@ -389,6 +392,66 @@ static int sys_write_file(lua_State *L) {
     return 1;
 }
 
+/* notify(state) -> true when sent; false when NOTIFY_SOCKET is unset (not
+ * under systemd: nothing to do); false, message when it could not be sent.
+ * systemd's readiness protocol without libsystemd: one datagram of
+ * "NAME=value" lines to the unix socket NOTIFY_SOCKET names, a path or, with
+ * a leading '@', an abstract socket. */
+static int sys_notify(lua_State *L) {
+    size_t len;
+    const char *state = luaL_checklstring(L, 1, &len);
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (path == NULL || path[0] == '\0') {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    size_t plen = strlen(path);
+    if ((path[0] != '/' && path[0] != '@') || plen >= sizeof sa.sun_path) {
+        lua_pushboolean(L, 0);
+        lua_pushfstring(L, "NOTIFY_SOCKET %s: expected an absolute path or @abstract name", path);
+        return 2;
+    }
+    memcpy(sa.sun_path, path, plen);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0';
+    socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen + (path[0] == '/'));
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        lua_pushboolean(L, 0);
+        lua_pushfstring(L, "NOTIFY_SOCKET %s: socket: %s", path, strerror(errno));
+        return 2;
+    }
+    ssize_t n = sendto(fd, state, len, MSG_NOSIGNAL, (struct sockaddr *)&sa, salen);
+    int en = errno;
+    close(fd);
+    if (n < 0 || (size_t)n != len) {
+        lua_pushboolean(L, 0);
+        lua_pushfstring(L, "NOTIFY_SOCKET %s: %s", path, n < 0 ? strerror(en) : "short send");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* same_file(fd1, fd2) -> true when both descriptors are open on one file
+ * (device and inode: stdout and stderr merged by 2>&1 or a container runtime). */
+static int sys_same_file(lua_State *L) {
+    int a = (int)luaL_checkinteger(L, 1), b = (int)luaL_checkinteger(L, 2);
+    struct stat sa, sb;
+    lua_pushboolean(L, fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+                           sa.st_ino == sb.st_ino);
+    return 1;
+}
+
+/* isatty(fd) -> true when fd is a terminal */
+static int sys_isatty(lua_State *L) {
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
 static int sys_version(lua_State *L) {
     lua_pushstring(L, RESCLEAN_VERSION);
     return 1;
@@ -398,6 +461,9 @@ static const luaL_Reg sys_funcs[] = {{"file_kind", sys_file_kind},
                                      {"getenv", sys_getenv},
                                      {"hostname", sys_hostname},
                                      {"is_journal", sys_is_journal},
+                                     {"isatty", sys_isatty},
+                                     {"notify", sys_notify},
+                                     {"same_file", sys_same_file},
                                      {"monotime", sys_monotime},
                                      {"pid", sys_pid},
                                      {"reserve", sys_reserve},

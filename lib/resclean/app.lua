@@ -18,7 +18,7 @@ end
 
 function M.fail(code, msg)
   msg = log.redact(msg)
-  io.stderr:write("resclean: ", msg, "\n")
+  log.stderr(msg)
   log.emit("error", "error", { message = msg, exit_code = code })
   return code
 end
@@ -138,7 +138,7 @@ end
 
 -- The cycle's error on stderr (policy errors already name the file).
 function M.report(summary)
-  if summary.error then io.stderr:write("resclean: ", log.redact(summary.error), "\n") end
+  if summary.error then log.stderr(log.redact(summary.error)) end
 end
 
 return M

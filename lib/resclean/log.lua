@@ -276,6 +276,24 @@ function M.release()
   end
 end
 
+-- Should an error also go to stderr as a plain "resclean: ..." line? Not
+-- when the log's JSON lines and stderr are one stream (2>&1, a container
+-- runtime, the crontab's redirect: fstat's device and inode agree), nor
+-- with RESCLEAN_LOG_STDERR=json: the merged stream stays pure JSON lines
+-- (the error is in its JSON line). A terminal still gets the plain line.
+function M.plain_errors()
+  local mode = (sys.getenv("RESCLEAN_LOG_STDERR") or ""):lower()
+  if mode == "json" then return false end
+  if mode == "plain" then return true end
+  if out_fd ~= 1 then return true end -- the log on stderr (status, reconcile): as before
+  return not (sys.same_file(1, 2) and not sys.isatty(2))
+end
+
+-- A plain error line on stderr, when plain_errors() says so.
+function M.stderr(msg)
+  if M.plain_errors() then io.stderr:write("resclean: ", msg, "\n") end
+end
+
 function M.debug(event, fields) M.emit("debug", event, fields) end
 function M.info(event, fields) M.emit("info", event, fields) end
 function M.warn(event, fields) M.emit("warn", event, fields) end

@@ -137,13 +137,18 @@ local function policy_gauges(g, p)
   g.table, g.bucket = p.table, p.bucket
 end
 
--- opts.now: clock for timestamps (specs); opts.fresh: ignore the old file.
+-- opts.now: clock for timestamps (specs); opts.fresh: ignore the old file;
+-- opts.on_update(text): called with the rendered series after each change
+-- (the --metrics-listen endpoint, a --metrics-push). path nil: no file, the
+-- series live in memory only (counters start at 0).
 function M.new(path, opts)
-  assert(type(path) == "string" and path ~= "", "metrics: a file path is needed")
+  assert(path == nil or (type(path) == "string" and path ~= ""), "metrics: a file path is needed")
   opts = opts or {}
-  local state = opts.fresh and { resources = {}, cycles = {}, stuck = {}, policy = {} } or M.read_state(path)
+  local state = (opts.fresh or not path) and { resources = {}, cycles = {}, stuck = {}, policy = {} }
+    or M.read_state(path)
   local m = setmetatable({
     path = path,
+    on_update = opts.on_update,
     now = opts.now or sys.time,
     resources = {},
     cycles = {},
@@ -311,6 +316,7 @@ end
 -- file, and a file can be created in its folder (then removed). For a
 -- start-up check: true or nil, err.
 function Metrics:check()
+  if not self.path then return true end
   local ok, msg, errno = sys.write_file(self.path)
   if not ok then return nil, write_error("open", msg, errno) end
   return true
@@ -318,6 +324,8 @@ end
 
 -- write(), with a warning logged on failure: metrics never stop a sweep.
 function Metrics:flush()
+  if self.on_update then self.on_update(self:render()) end
+  if not self.path then return true end
   local ok, err = self:write()
   if not ok then log.warn("metrics_write_failed", { path = self.path, message = err.message }) end
   return ok, err

@@ -1027,7 +1027,7 @@ function M.main(p, opts, fail)
     p, opts)
   store:close()
   conn:close()
-  if msg then io.stderr:write("resclean: ", log.redact(msg), "\n") end
+  if msg then log.stderr(log.redact(msg)) end
   return code
 end
 

@@ -34,7 +34,8 @@ end
 
 -- opts.cycle() -> exit code[, "stop"], opts.delay() -> seconds,
 -- opts.retry_delay(n) -> seconds (optional), opts.once,
--- opts.on_config_error(code) (optional). Returns the exit code of the run:
+-- opts.on_config_error(code) (optional), opts.on_wait(seconds, code)
+-- (optional: before each wait, with the last cycle's code). Returns the exit code of the run:
 -- the cycle's with once; 2 on a configuration error before the first good
 -- cycle, or when a cycle says "stop"; else 0 after a stop signal.
 function M.loop(opts)
@@ -58,6 +59,7 @@ function M.loop(opts)
       wait = opts.delay()
     end
     if stopping() then return 0 end
+    if opts.on_wait then opts.on_wait(wait, code) end
     if not sleep(wait) then return 0 end
   end
 end

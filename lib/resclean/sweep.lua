@@ -29,7 +29,8 @@ local batches, pipeline, second_lane, lane_for
 -- conninfo, dry_run, run_id, check_plan (hook), between_batches(lane,
 -- store) (hook, run with no batch of the cycle in flight, on the cycle's
 -- first session {conn, sql}; when cancels_waiting is given, only when it
--- says that cancels wait), emit. Returns exit code, summary fields.
+-- says that cancels wait), heartbeat (hook, before each batch), emit.
+-- Returns exit code, summary fields.
 function M.cycle(opts)
   local code, summary = session.with(opts, "sweep", function(conn, sql, run)
     return M.sweep_batches(conn, sql, opts.store, run, opts)
@@ -144,6 +145,7 @@ function pipeline(pipe, store, run, opts)
   local last
   local limit_left = p.max_deletes_per_run
   while true do
+    if opts.heartbeat then opts.heartbeat() end -- the watchdog and /healthz: the loop is alive
     if sys.stopping() then return stop({ stopped = sys.stopping() }) end
     -- No audit trail, no deletes: a log that cannot be written stops the
     -- sweep before the next claim.

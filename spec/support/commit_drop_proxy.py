@@ -6,8 +6,8 @@
 
 Listens on 127.0.0.1 (a free port, written to DIR/port) and forwards every
 connection to UPSTREAM. It reads the client's side of the protocol: in a
-transaction (since its BEGIN) that deleted rows (a simple query, a Parse or
-a Bind that names a DELETE or the statement resclean_delete), the COMMIT is
+transaction (since its BEGIN) that deleted rows of attack_resource_files (a
+simple query that names such a DELETE, or an Execute after a Parse of one), the COMMIT is
 forwarded, the server's answer is awaited (so the server did commit), and
 then both sockets are closed without passing the answer on. The first N
 such COMMITs (default 1) are dropped; later ones pass. With --refuse-for S,
@@ -65,12 +65,12 @@ def pump_server(server, client, stop):
             pass
 
 
-def deletes(kind, payload):
-    if kind == b"Q":
-        return b"DELETE" in payload.upper()
-    if kind in (b"P", b"B"):
-        return b"resclean_delete" in payload or b"DELETE" in payload.upper()
-    return False
+TABLE = b"attack_resource_files"
+
+
+def deletes_resources(payload):
+    """A DELETE of the resources' rows (not, say, of the cancel requests a cycle takes first)."""
+    return b"DELETE" in payload.upper() and TABLE in payload
 
 
 def handle(client, upstream, outdir):
@@ -91,7 +91,7 @@ def handle(client, upstream, outdir):
         stop = threading.Event()
         t = threading.Thread(target=pump_server, args=(server, client, stop), daemon=True)
         t.start()
-        in_delete = False
+        in_delete = parsed_delete = False
         while True:
             kind = recv_exact(client, 1)
             (length,) = struct.unpack("!I", recv_exact(client, 4))
@@ -99,7 +99,7 @@ def handle(client, upstream, outdir):
             msg = kind + struct.pack("!I", length) + payload
             if kind == b"Q":
                 text = payload.strip(b"\0 \t\r\n;").upper()
-                if text.startswith(b"BEGIN") or text.startswith(b"START"):
+                if text.startswith(b"BEGIN") or text.startswith(b"START"):  # settings may follow
                     in_delete = False
                 elif text == b"COMMIT" and in_delete:
                     with lock:
@@ -128,7 +128,13 @@ def handle(client, upstream, outdir):
                         return
                 elif text in (b"COMMIT", b"ROLLBACK", b"END", b"ABORT"):
                     in_delete = False
-            if deletes(kind, payload):
+            # A DELETE runs when it is a simple query, or when an Execute follows its Parse: a Parse
+            # alone (a statement checked when the session opens) deletes nothing.
+            if kind == b"Q" and deletes_resources(payload):
+                in_delete = True
+            elif kind == b"P":
+                parsed_delete = deletes_resources(payload)
+            elif kind == b"E" and parsed_delete:
                 in_delete = True
             server.sendall(msg)
     except (OSError, ConnectionError, struct.error):
