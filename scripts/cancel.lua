@@ -12,18 +12,21 @@
 local app = require("resclean.app")
 local cli = require("resclean.cli")
 local config = require("resclean.config")
+local errors = require("resclean.errors")
 local log = require("resclean.log")
 local pg = require("resclean.pg")
 local policy = require("resclean.policy")
+local presence = require("resclean.presence")
 local sweep = require("resclean.sweep")
 
 local EPILOG = [[
 IDs are the resources' ids (UUIDs); a locked row is waited on for at most the
 policy's lock_timeout, then reported skipped (reason "locked"). Exit codes: 0 done
 (an id with no row is not_found: cancelling twice is harmless), 1 some refused
-(confirmed, not an upload type), skipped or failed, 2 configuration to fix
-(with --notify: a role without the grant to write cancel requests),
-3 database or storage unreachable.]]
+(confirmed, not an upload type), skipped or failed (with --notify: no sweeper
+listens; the request is stored, the next cycle of a sweep takes it, a --once
+sweep only at its next run), 2 configuration to fix (with --notify: a role
+without the grant to write cancel requests), 3 database or storage unreachable.]]
 
 local PER_REQUEST = 1000 -- ids a request row holds at most (the table's CHECK)
 
@@ -81,8 +84,21 @@ local function request_cancel(p, ids, reason, request_id)
     end
     return app.fail_on(err, "database: ")
   end
+  -- Is a sweeper listening? Its listener holds a lock every role sees (presence.lua).
+  local listeners, lerr = presence.listeners(conn, t)
+  local n = listeners and #listeners or nil
+  if n == 0 then
+    log.warn("cancel_requested", { table = t, requests = rows, ids = #ids, requested_by = role,
+      request_reason = reason, request_id = request_id, listeners = 0,
+      message = ("stored, but no sweeper listens for the requests in %s on this database: the next cycle of a "
+        .. "sweep takes it; a --once sweep (systemd timer, cron, Kubernetes CronJob) only at its next run. "
+        .. "For cancels within a second, run the long-running sweep (without --once)"):format(t) })
+    return app.EXIT.failed
+  end
   log.info("cancel_requested", { table = t, requests = rows, ids = #ids, requested_by = role, request_reason = reason,
-    request_id = request_id, message = "stored: the listening sweepers take it now, every sweep at the start of "
+    request_id = request_id, listeners = n,
+    listeners_unknown = not listeners and errors.message(lerr) or nil,
+    message = "stored: the listening sweepers take it now, every sweep at the start of "
       .. "its next cycle at the latest; each cancel shows in their log (via: request, requested_by)" })
   return app.EXIT.ok
 end

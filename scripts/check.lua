@@ -12,7 +12,7 @@ local log = require("resclean.log")
 
 local EPILOG = [[
 Items: policy, max_age, database, primary, pooler, schema, grants, index, keys,
-bucket, head, delete, clock, metrics, cancel. Nothing is deleted: DeleteObjects
+bucket, head, delete, clock, metrics, cancel, sweepers. Nothing is deleted: DeleteObjects
 is tried on a random key a HEAD found missing. Exit codes: 0 all good (warn
 lines allowed), 2 something to fix (named, with the fix), 3 database or storage
 unreachable.]]
@@ -54,6 +54,7 @@ local function main(...)
     load_policy = function() return app.load_policy(opts) end,
     pg = require("resclean.pg"),
     conninfo = config.conninfo(),
+    direct_conninfo = config.direct_conninfo(),
     open_store = function(p) return app.open_store(p, false) end,
     metrics_file = opts["metrics-file"],
     emit = function(it)

@@ -180,6 +180,8 @@ local function fake_db(n, opts)
         return { { system = "7000000000000000001", walfile = "000000010000000000000001" } }
       end
       if sql:find("current_user", 1, true) then return { { role = "resclean" } } end -- cancel: who asks
+      if sql:find("pg_locks", 1, true) then return {} end -- presence: no other sweeper
+      if sql:find("^SELECT pg_backend_pid%(%)") then return { { pid = 4242 } } end -- pool: no pooler
       if sql:find("pg_constraint", 1, true) then
         return opts.precheck and { { tbl = "attacks", col = "word_list_id" } } or {}
       end

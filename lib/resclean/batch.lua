@@ -117,7 +117,11 @@ end
 -- Bad keys skipped, rows deleted, HEADs, objects' deletes sent. Returns
 -- true, or nil, err (the transaction rolled back, the items logged failed).
 function M.begin_settle(ctx, items)
-  local todo = keys_of(ctx, items)
+  local todo, kerr = keys_of(ctx, items)
+  if not todo then
+    close_tx(ctx.tx)
+    return nil, kerr
+  end
   local t0 = sys.monotime()
   local deleted, err = delete_rows(ctx, todo)
   if not deleted then return M.abort(ctx, items, err) end
@@ -350,22 +354,60 @@ function claim(ctx, last, n)
   return items
 end
 
--- The items whose key(row) gives a key (it.key set); the rest skipped.
+-- A batch of at least this many rows (or all of a smaller batch_size) in
+-- which key() fits none is a policy error: a typo in key(), not odd rows.
+M.KEY_GUARD_MIN = 5
+
+-- The items whose key(row) gives a key (it.key set); the rest skipped
+-- (bad_key, counted in run.bad_keys for the cycle's warning). Returns the
+-- items, or nil, err (a policy error, nothing logged) when key() fits none
+-- of a batch of KEY_GUARD_MIN rows or more.
 function keys_of(ctx, claimed)
   local run = ctx.run
   local p = run.policy
-  local items = {}
+  local items, bad = {}, {}
   for _, it in ipairs(claimed) do
     local key, why = policy_mod.row_key(p, it.row)
     if key then
       it.key = key
       items[#items + 1] = it
     else
-      run:outcome(it, "skipped", "bad_key")
-      log.debug("bad_key", { run_id = run.run_id, resource_id = it.id, detail = why })
+      bad[#bad + 1] = { it = it, why = why }
     end
   end
+  if #items == 0 and #bad >= math.min(M.KEY_GUARD_MIN, p.batch_size) then
+    return nil, errors.new("config", ("policy %s: key() fits none of the %d rows of a batch (row %s: %s): fix key() "
+      .. "(it reads key_columns %s) or key_pattern; nothing was deleted (resclean run check tries key() on "
+      .. "pending rows)"):format(p.source or "(defaults)", #bad, bad[1].it.id, bad[1].why,
+      table.concat(p.key_columns, ", ")), { field = "key", resource_id = bad[1].it.id })
+  end
+  for _, b in ipairs(bad) do
+    run:outcome(b.it, "skipped", "bad_key")
+    log.debug("bad_key", { run_id = run.run_id, resource_id = b.it.id, detail = b.why })
+    run.bad_keys = run.bad_keys or { n = 0, id = b.it.id, why = b.why }
+    run.bad_keys.n = run.bad_keys.n + 1
+  end
   return items
+end
+
+-- The cycle's warnings, one line each (a cycle logs them once, at its end):
+-- rows key() did not fit (kept, bad_key), and HEADs refused for permission
+-- (outcomes deleted, reason head_refused: unverified).
+function M.cycle_warnings(run)
+  local p = run.policy
+  local b = run.bad_keys
+  if b then
+    run.emit("warn", "bad_keys", { run_id = run.run_id, count = b.n, resource_id = b.id, detail = b.why,
+      message = ("key() fits %d row%s of this cycle (row %s: %s): kept (skipped, bad_key); fix those rows, or key() "
+        .. "and key_pattern in the policy"):format(b.n, b.n > 1 and "s" or "", b.id, b.why) })
+  end
+  local h = run.head_refused
+  if h then
+    run.emit("warn", "head_refused", { run_id = run.run_id, count = h.n, key = h.key, code = h.code,
+      message = ("HEAD refused (%s) for %d object%s of this cycle: their outcomes are unverified (deleted, "
+        .. "reason head_refused); allow s3:GetObject on arn:aws:s3:::%s/*, or set verify = false in the policy "
+        .. "to send no HEAD"):format(tostring(h.code), h.n, h.n > 1 and "s" or "", p.bucket) })
+  end
 end
 
 -- How many referenced rows of one set are taken from the error's detail
@@ -522,6 +564,11 @@ function decide(ctx, items)
   for i, it in ipairs(items) do
     local r = results[i]
     it.outcome, it.reason = decide_one(exists and exists[i], r)
+    if it.reason == "head_refused" then
+      local run = ctx.run
+      run.head_refused = run.head_refused or { n = 0, key = it.key, code = exists[i].code or exists[i].status }
+      run.head_refused.n = run.head_refused.n + 1
+    end
     if r == true then
       kept[#kept + 1] = it
     else

@@ -1,7 +1,7 @@
 -- The preflight (resclean run check): everything a sweep needs, verified
 -- without deleting anything, one item at a time:
 --   policy, max_age, database, primary, pooler, schema, grants, index, keys,
---   bucket, head, delete, clock, metrics, cancel
+--   bucket, head, delete, clock, metrics, cancel, sweepers
 -- Each item is {item, status, message[, fix][, details...]}, status one of
 --   ok           nothing to do
 --   warn         works, but worth a look (exit code unchanged)
@@ -15,6 +15,7 @@ local errors = require("resclean.errors")
 local log = require("resclean.log")
 local plan = require("resclean.plan")
 local policy_mod = require("resclean.policy")
+local presence = require("resclean.presence")
 local session = require("resclean.session")
 local sys = require("resclean.sys")
 
@@ -110,10 +111,54 @@ function M.check_primary(info)
   return { item = "primary", status = "ok", message = "a primary (pg_is_in_recovery() is false)" }
 end
 
--- Another check detects connection poolers (PgBouncer in transaction mode breaks the
--- sweep's session settings and LISTEN); until then the row says so.
-function M.check_pooler(_conn)
-  return { item = "pooler", status = "skip", message = "not checked" }
+-- A transaction pool in between (PgBouncer pool_mode=transaction, found by pool.lua)?
+-- The batches run through one (nothing outlives a transaction), but LISTEN and the
+-- singleton's lock need a session: RESCLEAN_DIRECT_DATABASE_URL, checked too when set.
+-- Without it a singleton policy is to fix (the sweep exits 2), and cancels lose their
+-- wake-up (a warning: requests are taken at each cycle's start). conn: the check's
+-- session on DATABASE_URL; opts.direct_conninfo: RESCLEAN_DIRECT_DATABASE_URL or nil.
+function M.check_pooler(conn, p, opts)
+  local pool = require("resclean.pool")
+  local pooled, err = pool.transaction_pooled(opts.pg, opts.conninfo, conn)
+  if pooled == nil then return from_error("pooler", err, "database: ") end
+  local direct = opts.direct_conninfo
+  if not pooled then
+    return { item = "pooler", status = "ok", transaction_pool = false,
+             message = "no transaction pool: DATABASE_URL gives sessions (LISTEN and the singleton's lock use it)"
+               .. (direct and ("; %s is set and used for them"):format(pool.SETTING) or "") }
+  end
+  local needs = {}
+  if p.cancel_channel and p.cancel_requests_table then needs[#needs + 1] = "LISTEN (the cancel wake-up)" end
+  if p.singleton then needs[#needs + 1] = "the singleton's lock" end
+  local what = #needs > 0 and table.concat(needs, " and ") or "LISTEN and the singleton's lock"
+  local base = "transaction pool detected at DATABASE_URL (PgBouncer pool_mode=transaction: batches run through "
+    .. "it, nothing outlives a transaction)"
+  if direct then
+    local dpooled, derr = pool.transaction_pooled(opts.pg, direct)
+    if dpooled == nil then
+      return from_error("pooler", derr, base .. "; " .. pool.SETTING .. ": ")
+    end
+    if dpooled then
+      return { item = "pooler", status = "fail", transaction_pool = true,
+               message = ("%s; %s leads to a transaction pool too"):format(base, pool.SETTING),
+               fix = ("set %s to PostgreSQL itself or to a session pool"):format(pool.SETTING) }
+    end
+    return { item = "pooler", status = "ok", transaction_pool = true,
+             message = ("%s; %s needs a session: %s gives one"):format(base, what, pool.SETTING) }
+  end
+  local fix = ("set %s to PostgreSQL itself or to a session pool"):format(pool.SETTING)
+  if p.singleton then
+    return { item = "pooler", status = "fail", transaction_pool = true,
+             message = ("%s: %s needs a session: the sweep exits 2"):format(base, what),
+             fix = fix .. ", or set singleton = false in the policy" }
+  end
+  if #needs > 0 then
+    return { item = "pooler", status = "warn", transaction_pool = true,
+             message = ("%s: %s needs %s: without it cancel requests are taken at the start of each cycle only")
+               :format(base, what, pool.SETTING), fix = fix }
+  end
+  return { item = "pooler", status = "ok", transaction_pool = true,
+           message = base .. ": the policy needs no session (no singleton, no cancel wake-up)" }
 end
 
 local function check_schema(conn, p)
@@ -244,9 +289,12 @@ end
 -- The cancel path: LISTEN on cancel_channel (the long-running sweep's wake-up), and the
 -- table of cancel requests the sweeper reads and deletes, where the policy names one
 -- (cancel_requests_table); without that field, the default table is reported when present.
-local function check_cancel(conn, p)
+local function check_cancel(conn, p, pooled)
   local parts, item = {}, { item = "cancel", status = "ok", channel = p.cancel_channel or nil }
-  if p.cancel_channel then
+  if p.cancel_channel and pooled then
+    -- A LISTEN would stay on a pooled server connection: the pooler item says where it goes.
+    parts[1] = "LISTEN not tried through the transaction pool (see the pooler item)"
+  elseif p.cancel_channel then
     local ch = conn:quote_ident(p.cancel_channel)
     local ok, err = conn:query("LISTEN " .. ch)
     if ok then ok, err = conn:query("UNLISTEN " .. ch) end
@@ -271,6 +319,15 @@ local function check_cancel(conn, p)
       item.requests_table = tbl
       if r.usable then
         parts[#parts + 1] = ("requests table %s: SELECT and DELETE granted"):format(tbl)
+        -- A listener shows itself with a lock every role sees (presence.lua).
+        local l = presence.listeners(conn, tbl)
+        if l then
+          item.listeners = #l
+          parts[#parts + 1] = #l > 0 and ("%d sweeper session%s listening now (pid %d)"):format(#l,
+            #l > 1 and "s" or "", l[1].pid)
+            or "no sweeper listening now: an application's cancel waits for the next cycle of a sweep (a --once "
+              .. "deployment: its next run)"
+        end
       else
         item.status = "warn"
         parts[#parts + 1] = ("requests table %s: role %s lacks SELECT or DELETE on it"):format(tbl, r.who)
@@ -284,6 +341,29 @@ local function check_cancel(conn, p)
   end
   item.message = table.concat(parts, "; ")
   return item
+end
+
+-- Other sweepers of the table, seen by the locks their sessions hold
+-- (presence.lua): one with another bucket, key or upload_types is to fix
+-- (rows it deletes keep objects this policy would remove, or the other way
+-- round); another max_age alone is a warning (a rolling change of it).
+local function check_sweepers(conn, p)
+  local others, err = presence.others(conn, p)
+  if not others then return from_error("sweepers", err, "database: ") end
+  local fp = presence.fingerprint(p)
+  if #others == 0 then
+    return { item = "sweepers", status = "ok", fingerprint = fp,
+             message = ("no sweeper of %s with another policy is running (this policy's fingerprint: %s)")
+               :format(p.table, fp) }
+  end
+  local serious = false
+  for _, o in ipairs(others) do
+    for _, d in ipairs(o.differs) do serious = serious or d ~= "max_age" end
+  end
+  return { item = "sweepers", status = serious and "fail" or "warn", fingerprint = fp,
+           other_pid = others[1].pid, other_fingerprint = others[1].fingerprint,
+           message = presence.describe(p, others),
+           fix = "run one policy per table: stop the other sweeper or give both the same policy file" }
 end
 
 -- ------------------------------------------------------------------ storage
@@ -352,7 +432,8 @@ end
 -- ------------------------------------------------------------------ the run
 
 -- The database items, through add. Returns the session (kept for the cancel item; nil
--- when none), the host clock's offset from the database's, and keys of pending rows.
+-- when none), the host clock's offset from the database's, keys of pending rows,
+-- whether the server is a standby, and whether DATABASE_URL is a transaction pool.
 local function check_database(p, opts, add)
   local conn, err = opts.pg.connect(opts.conninfo)
   local res, skew, sample_keys
@@ -378,20 +459,20 @@ local function check_database(p, opts, add)
   add({ item = "database", status = "ok", server_version = info.version,
         message = ("connected to %s (PostgreSQL %s)"):format(conn_name(conn), info.version) })
   add(M.check_primary(info))
-  add(M.check_pooler(conn))
+  local pooled = add(M.check_pooler(conn, p, opts)).transaction_pool
   local schema = add(check_schema(conn, p))
   if schema.status ~= "ok" then
     for _, name in ipairs({ "grants", "index", "keys" }) do
       add({ item = name, status = "skip", message = "not checked: the schema check failed" })
     end
-    return conn, skew
+    return conn, skew, nil, info.standby, pooled
   end
   add(check_grants(conn, p))
   add(check_index(conn, p))
   local keys_item
   keys_item, sample_keys = check_keys(conn, p)
   add(keys_item)
-  return conn, skew, sample_keys
+  return conn, skew, sample_keys, info.standby, pooled
 end
 
 -- HEAD of the probe key (and S3's clock from its reply), then of keys of pending rows:
@@ -489,7 +570,7 @@ local function check_storage(p, opts, add, sample_keys)
   return server_time and math.floor(at - (server_time + 0.5) + 0.5) or nil, refused
 end
 
--- opts: load_policy() -> p | nil, err; pg; conninfo; open_store(p) -> store | nil, code,
+-- opts: load_policy() -> p | nil, err; pg; conninfo; direct_conninfo (or nil); open_store(p) -> store | nil, code,
 -- msg (unchecked); metrics_file (or nil); emit(item), called as each item is known.
 -- Returns the items and the exit code.
 function M.run(opts)
@@ -513,7 +594,7 @@ function M.run(opts)
           p.batch_size, tostring(p.verify)) })
   add(check_max_age(p))
 
-  local conn, db_skew, sample_keys = check_database(p, opts, add)
+  local conn, db_skew, sample_keys, standby, pooled = check_database(p, opts, add)
   local s3_skew, s3_refused = check_storage(p, opts, add, sample_keys)
   add(check_clock(db_skew, s3_skew, s3_refused))
 
@@ -529,11 +610,18 @@ function M.run(opts)
     add({ item = "metrics", status = "skip", message = "not configured (check --metrics-file FILE checks it)" })
   end
 
-  if conn then
-    add(check_cancel(conn, p))
+  if conn and standby then
+    -- LISTEN is refused during recovery: the primary item already says what to fix.
+    add({ item = "cancel", status = "skip", message = "not checked: the database is a standby" })
+    add({ item = "sweepers", status = "skip", message = "not checked: the database is a standby" })
+    conn:close()
+  elseif conn then
+    add(check_cancel(conn, p, pooled))
+    add(check_sweepers(conn, p))
     conn:close()
   else
     add({ item = "cancel", status = "skip", message = "not checked: no database session" })
+    add({ item = "sweepers", status = "skip", message = "not checked: no database session" })
   end
   return items, M.exit_code(items)
 end

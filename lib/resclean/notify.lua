@@ -25,6 +25,7 @@ local cancel = require("resclean.cancel")
 local errors = require("resclean.errors")
 local log = require("resclean.log")
 local policy_mod = require("resclean.policy")
+local presence = require("resclean.presence")
 local runs = require("resclean.run")
 local session = require("resclean.session")
 local sys = require("resclean.sys")
@@ -262,7 +263,15 @@ function Cancels:ensure()
     end
     if any ~= nil then
       local ok
-      ok, err = conn:query("LISTEN " .. conn:quote_ident(self.channel))
+      -- Seen by cancel --notify and check (presence.lua): a sweeper listens for this
+      -- table's requests, with this policy (a lock goes with its session).
+      ok, err = presence.hold_listener(conn, table_name(self))
+      if ok then
+        self.held_policy = presence.signature(self.policy())
+        ok, err = presence.hold_policy(conn, self.policy())
+        self.held = ok
+      end
+      if ok then ok, err = conn:query("LISTEN " .. conn:quote_ident(self.channel)) end
       if ok then
         self.conn = conn
         self.emit(self.failures > 0 and "warn" or "info", "listening", { channel = self.channel,
@@ -375,6 +384,14 @@ function Cancels:cycle_start()
   self:close_session()
   self.check = true
   if self.retry_at == math.huge then self.retry_at = 0 end
+  -- The listener shows the policy the cycles use (presence.lua): re-read every cycle.
+  local p = self.policy()
+  if self.conn and self.held_policy ~= presence.signature(p) then
+    local ok, err = presence.release(self.conn, self.held)
+    if ok then ok, err = presence.hold_policy(self.conn, p) end
+    if not ok then return self:lost(err) end
+    self.held, self.held_policy = ok, presence.signature(p)
+  end
 end
 
 -- Whether to look for requests now (what arrived is taken in first). The

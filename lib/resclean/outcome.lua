@@ -15,7 +15,9 @@ local M = {}
 --   deleted         the object is deleted, whether it was there unknown;
 --                   reason not_listed: not in the listing, which cannot tell
 --                   of an object that landed after it (and a delete reply
---                   says Deleted for a key that was never there)
+--                   says Deleted for a key that was never there);
+--                   reason head_refused: its HEAD was refused for
+--                   permission (403: no s3:GetObject), so unverified
 --   failed          the delete failed: row and object stay for the next
 --                   run; reason is the error's code (else its kind)
 function M.decide(exists, deleted)
@@ -23,8 +25,14 @@ function M.decide(exists, deleted)
     return "failed", type(deleted) == "table" and (deleted.code or deleted.kind) or tostring(deleted)
   end
   if exists == "unlisted" then return "deleted", "not_listed" end
-  if exists == nil or type(exists) == "table" then return "deleted" end
+  if type(exists) == "table" then return "deleted", M.refused(exists) and "head_refused" or nil end
+  if exists == nil then return "deleted" end
   return exists and "object_deleted" or "record_only"
+end
+
+-- Was a HEAD refused for permission (403 Forbidden, AccessDenied)?
+function M.refused(err)
+  return type(err) == "table" and (err.status == 403 or err.code == "AccessDenied" or err.code == "Forbidden")
 end
 
 -- The error that ends the cycle after a batch of decided items (outcome,

@@ -13,6 +13,7 @@ local batch = require("resclean.batch")
 local cancel = require("resclean.cancel")
 local errors = require("resclean.errors")
 local log = require("resclean.log")
+local presence = require("resclean.presence")
 local runs = require("resclean.run")
 local session = require("resclean.session")
 local sys = require("resclean.sys")
@@ -63,6 +64,7 @@ function batches(conn, sql, store, run, opts)
     log.info("singleton_busy", { run_id = run.run_id, message = "another sweeper holds the singleton lock" })
     return { singleton_busy = true }
   end
+  M.policy_presence(conn, run, opts)
   -- Commits in doubt from an earlier cycle (their answer was lost) first.
   local settled, serr = batch.settle_in_doubt(conn, run)
   if not settled then return nil, serr end
@@ -76,7 +78,37 @@ function batches(conn, sql, store, run, opts)
   local ended
   ended, err = pipeline(pipe, store, run, opts)
   for i = 2, #pipe.lanes do pipe.lanes[i].conn:close() end
+  batch.cycle_warnings(run)
   return ended, err
+end
+
+-- Two sweepers of one table must agree on the policy: one that keeps objects in
+-- another bucket, or derives other keys, logs record_only for rows whose objects
+-- it leaves orphaned; a shorter max_age takes uploads the other still waits for.
+-- The cycle's session shows its policy (presence.lua) and looks for others
+-- that differ: one warning a cycle, naming both. Never fatal: the sweep is
+-- as safe as each policy alone.
+function M.policy_presence(conn, run, opts)
+  local p = run.policy
+  -- A lock needs a session: never one left on a transaction pool's server
+  -- connection (pool.lua). Through one, the listener's session (on
+  -- RESCLEAN_DIRECT_DATABASE_URL) still shows the policy; the others are
+  -- looked for all the same.
+  local pooled, err = require("resclean.pool").transaction_pooled(opts.pg, opts.conninfo, conn)
+  local ok = pooled == false
+  if ok then ok, err = presence.hold_policy(conn, p) elseif pooled then ok = true end
+  local others
+  if ok then others, err = presence.others(conn, p) end
+  if not others then
+    run.emit("debug", "presence_failed", { run_id = run.run_id, message = errors.message(err) })
+    return
+  end
+  if #others == 0 then return end
+  local first = others[1]
+  run.emit("warn", "policy_conflict", { run_id = run.run_id, table = p.table,
+    fingerprint = presence.fingerprint(p), other_fingerprint = first.fingerprint, other_pid = first.pid,
+    other_role = first.role, differs = table.concat(first.differs, ","), others = #others,
+    message = presence.describe(p, others) .. ": run one policy per table (resclean(1), POLICY)" })
 end
 
 -- The loop of batches, two at a time: while one batch's objects are being
