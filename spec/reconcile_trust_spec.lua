@@ -4,100 +4,22 @@
 -- in any readable table, keeps its object; a listing that would never end ends the run. The
 -- first three on the harness's RGW; the listing against the scripted fake S3 server
 -- (spec/support/fake_s3.py), since RGW cannot be made to repeat a continuation token.
-local cjson = require("cjson")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
+local rs = require("support.reconcile_support")
 local s3h = require("support.s3_helpers")
 
-local OLD = 3 -- seconds: --older-than of every run (the policies set url_lifetime = 1)
+local OLD = rs.OLD
 
 local conn
 local B = {} -- case -> {name, client}
 
-local function uuids(n)
-  local res = fx.check(conn:query("SELECT gen_random_uuid()::text AS id FROM generate_series(1, $1::int)", n))
-  local out = {}
-  for i, r in ipairs(res) do out[i] = r.id end
-  return out
-end
-
-local function upload_rows(ids)
-  fx.check(conn:query([[INSERT INTO upload_resource_files (id, file_name, is_uploaded, created_at)
-    SELECT u, 'f.bin', true, now() - interval '3 days' FROM unnest($1::uuid[]) AS u]], ids))
-end
-
-local function concat(...)
-  local out = {}
-  for _, l in ipairs({ ... }) do
-    for _, v in ipairs(l) do out[#out + 1] = v end
-  end
-  return out
-end
-
-local function bucket(case, keys)
-  local name = fx.unique_bucket("rct-" .. case)
-  local client = fx.bucket(name)
-  fx.objects(client, keys)
-  B[case] = { name = name, client = client }
-  return B[case]
-end
-
-local function bucket_keys(b)
-  local keys, token = {}, nil
-  repeat
-    local page = fx.check(b.client:list({ continuation = token }))
-    for _, e in ipairs(page.keys) do keys[e.key] = true end
-    token = page.truncated and page.next_continuation or nil
-  until not token
-  return keys
-end
-
-local function sorted(set)
-  local out = {}
-  for k in pairs(set) do out[#out + 1] = k end
-  table.sort(out)
-  return out
-end
-
-local function sorted_list(list)
-  local out = table.move(list, 1, #list, 1, {})
-  table.sort(out)
-  return out
-end
-
--- Run reconcile on bucket (a name) with a policy: the Lua source of its fields, or
--- opts.policy_source (a whole file); opts.script runs instead of scripts/reconcile.lua. JSON lines on
--- stdout unless opts.human.
-local function reconcile(name, policy_fields, flags, opts)
-  opts = opts or {}
-  local policy = h.tmpfile(opts.policy_source or ("return { url_lifetime = 1, " .. (policy_fields or "") .. " }\n"),
-    "policy.lua")
-  local argv = { "run", opts.script or "scripts/reconcile.lua", "--policy", policy, "--older-than", tostring(OLD) }
-  if not opts.human then argv[#argv + 1] = "--json" end
-  for _, f in ipairs(flags or {}) do argv[#argv + 1] = f end
-  local r = h.run(argv, h.script_env(name, opts.env))
-  r.by, r.orphans = {}, {}
-  if opts.human then return r end
-  for line in r.stdout:gmatch("[^\n]+") do
-    local rec = cjson.decode(line)
-    r.by[rec.event] = r.by[rec.event] or {}
-    table.insert(r.by[rec.event], rec)
-    if rec.event == "orphan" then
-      assert.is_nil(r.orphans[rec.key], "orphan logged twice: " .. rec.key)
-      r.orphans[rec.key] = rec
-    end
-  end
-  r.summary = r.by.reconcile and r.by.reconcile[1]
-  return r
-end
-
-local function outcomes(r, outcome)
-  local out = {}
-  for k, l in pairs(r.orphans) do
-    if l.outcome == outcome then out[k] = true end
-  end
-  return out
-end
+local function uuids(n) return rs.uuids(conn, n) end
+local function upload_rows(ids) rs.upload_rows(conn, ids) end
+local function bucket(case, keys) return rs.bucket(B, "rct-", case, keys) end
+local concat, bucket_keys, sorted, sorted_list, outcomes = rs.concat, rs.bucket_keys, rs.sorted, rs.sorted_list,
+  rs.outcomes
+local reconcile = rs.reconcile
 
 local cases = {}
 
