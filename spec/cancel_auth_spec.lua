@@ -29,14 +29,7 @@ local function url_as(role)
     assert(os.getenv("PGPORT")))
 end
 
--- The lines with this event a spawned process wrote so far.
-local function events(proc, event)
-  local out = {}
-  for _, l in ipairs(fs.partial_log(fs.output(proc))) do
-    if not event or l.event == event then out[#out + 1] = l end
-  end
-  return out
-end
+local events = fs.events
 
 local function resource_line(proc, id)
   for _, l in ipairs(events(proc, "resource")) do

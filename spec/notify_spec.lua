@@ -11,14 +11,7 @@ local CHANNEL = "resclean_cancel"
 describe("cancel on request", function()
   local conn, bucket, client, p, metrics_file
 
-  -- The lines with this event a spawned sweeper wrote so far.
-  local function events(proc, event)
-    local out = {}
-    for _, l in ipairs(fs.partial_log(fs.output(proc))) do
-      if l.event == event then out[#out + 1] = l end
-    end
-    return out
-  end
+  local events = fs.events
 
   local function resource_line(proc, id)
     for _, l in ipairs(events(proc, "resource")) do

@@ -192,13 +192,7 @@ describe("PgBouncer", function()
     end)
 
     describe("cancel --notify", function()
-      local function events(proc, event)
-        local out = {}
-        for _, l in ipairs(fs.partial_log(fs.output(proc))) do
-          if l.event == event then out[#out + 1] = l end
-        end
-        return out
-      end
+      local events = fs.events
 
       local function sweeper(extra)
         return h.spawn({ "run", "scripts/sweep.lua", "--policy", fs.policy("return { interval = 3600, jitter = 0 }") },

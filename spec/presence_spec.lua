@@ -12,14 +12,7 @@ local presence = require("resclean.presence")
 
 local REQUESTS = "resclean_cancel_requests"
 
--- The lines with this event a spawned sweeper wrote so far.
-local function events(proc, event)
-  local out = {}
-  for _, l in ipairs(fs.partial_log(fs.output(proc))) do
-    if l.event == event then out[#out + 1] = l end
-  end
-  return out
-end
+local events = fs.events
 
 local function check_items(bucket, argv)
   local args = { "run", "scripts/check.lua", "--json" }

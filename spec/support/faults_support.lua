@@ -247,6 +247,15 @@ function M.partial_log(text)
   return lines
 end
 
+-- The lines with this event (nil: every line) a spawned process wrote so far.
+function M.events(proc, event)
+  local out = {}
+  for _, l in ipairs(M.partial_log(M.output(proc))) do
+    if not event or l.event == event then out[#out + 1] = l end
+  end
+  return out
+end
+
 function M.elapsed(t0) return sys.monotime() - t0 end
 
 return M
