@@ -91,11 +91,12 @@ end
 M.pooled_error = pooled_error
 
 -- The conninfo for what needs a session: the direct URL when set, else
--- DATABASE_URL. Returns conninfo, the name of its variable.
-function M.session_conninfo()
+-- DATABASE_URL (conninfo when given: the one a caller already has from
+-- it). Returns conninfo, the name of its variable.
+function M.session_conninfo(conninfo)
   local direct = config.direct_conninfo()
   if direct then return direct, M.SETTING end
-  return config.conninfo(), "DATABASE_URL"
+  return conninfo or config.conninfo(), "DATABASE_URL"
 end
 
 -- Check that conninfo (from the variable `which`) gives sessions (conn: an

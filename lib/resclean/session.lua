@@ -136,8 +136,7 @@ local NO_LOCK = setmetatable({}, { __close = function() end })
 function M.singleton(conn, run, opts)
   if not run.policy.singleton then return NO_LOCK end
   local pool = require("resclean.pool")
-  local ci, which = require("resclean.config").direct_conninfo(), pool.SETTING
-  if not ci then ci, which = opts.conninfo, "DATABASE_URL" end
+  local ci, which = pool.session_conninfo(opts.conninfo)
   local ok, err = pool.check_session(opts.pg, ci, which, "policy field 'singleton' (an advisory lock held for "
     .. "the cycle)", ", or set singleton = false (sweepers then share the work through SKIP LOCKED)",
     which == "DATABASE_URL" and conn or nil)
