@@ -17,6 +17,7 @@ local log = require("resclean.log")
 local outcome = require("resclean.outcome")
 local policy_mod = require("resclean.policy")
 local runs = require("resclean.run")
+local session = require("resclean.session")
 local sys = require("resclean.sys")
 
 local M = {}
@@ -199,8 +200,9 @@ end
 M.in_doubt = {}
 M.IN_DOUBT_MAX = 100000
 
--- Which of ids still have a row, asked on conn in a transaction of its
--- own. FOR KEY SHARE waits (at most lock_timeout) for a transaction that
+-- Which of ids still have a row, asked on conn (a session whose
+-- transactions start with the policy's timeouts: session.per_transaction)
+-- in a transaction of its own. FOR KEY SHARE waits (at most lock_timeout) for a transaction that
 -- still holds their rows, the one whose COMMIT is in doubt included, so
 -- the answer is that transaction's end, never a view from before it.
 -- Returns the set of ids still there, or nil, err.
@@ -211,14 +213,8 @@ function M.rows_there(conn, p, ids)
   if not tx then return nil, err end
   local q = function(x) return conn:quote_ident(x) end
   local res
-  res, err = conn:query(("SET LOCAL lock_timeout = %d"):format(math.ceil(p.lock_timeout * 1000)))
-  if res then
-    res, err = conn:query(("SET LOCAL statement_timeout = %d"):format(math.ceil(p.statement_timeout * 1000)))
-  end
-  if res then
-    res, err = conn:query(("SELECT %s::text AS id FROM %s WHERE %s = ANY($1) FOR KEY SHARE")
-      :format(q(p.id_column), q(p.table), q(p.id_column)), ids)
-  end
+  res, err = conn:query(("SELECT %s::text AS id FROM %s WHERE %s = ANY($1) FOR KEY SHARE")
+    :format(q(p.id_column), q(p.table), q(p.id_column)), ids)
   close_tx(tx)
   if not res then return nil, err end
   for _, r in ipairs(res) do there[r.id] = true end
@@ -246,6 +242,7 @@ function M.resolve(ctx, done, err)
       local conn
       conn, why = run.pg.connect(run.conninfo)
       if conn then
+        conn:per_transaction(session.per_transaction(run.policy))
         there, why = M.rows_there(conn, run.policy, ids)
         conn:close()
       end
