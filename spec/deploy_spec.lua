@@ -111,6 +111,20 @@ describe("the installed resclean (make install PREFIX=$tmp, run from /)", functi
     end
   end)
 
+  it("runs a shipped script by name from a folder that holds a folder of that name", function()
+    -- CI's machine has a /check folder: a folder must not shadow "run check".
+    local cwd = h.tmpdir()
+    for _, name in ipairs({ "check", "sweep.lua" }) do
+      assert(os.execute(("mkdir -p %s/%s"):format(h.q(cwd), h.q(name))))
+    end
+    for _, name in ipairs({ "check", "sweep.lua" }) do
+      local out, code = sh(("cd %s && env -i PATH=/usr/bin:/bin %s run %s --help")
+        :format(h.q(cwd), h.q(bin), h.q(name)))
+      assert.are.equal(0, code, "resclean run " .. name .. " --help beside a folder " .. name .. ": " .. out)
+      assert.matches("^usage: resclean run ", out)
+    end
+  end)
+
   it("names every environment variable resclean reads, in its help and its manuals", function()
     local manuals = manual(1, "resclean") .. manual(7, "resclean-lua")
     for name, file in pairs(variables_read()) do

@@ -251,10 +251,12 @@ static void set_path(lua_State *L, const char *field, const char *envname, const
 }
 
 /* A script argument that is not a path to a file but names a shipped
- * script ("sweep", "sweep.lua") resolves to the installed scripts/. */
+ * script ("sweep", "sweep.lua") resolves to the installed scripts/.
+ * Only a regular file shadows a shipped name: a folder called "check"
+ * in the working directory must not turn "run check" into a read error. */
 static const char *resolve_script(lua_State *L, const char *script, const char *scripts) {
     struct stat st;
-    if (stat(script, &st) == 0 || strchr(script, '/') != NULL)
+    if (strchr(script, '/') != NULL || (stat(script, &st) == 0 && S_ISREG(st.st_mode)))
         return script;
     const char *ext = strstr(script, ".lua") ? "" : ".lua";
     const char *cand = lua_pushfstring(L, "%s/%s%s", scripts, script, ext);
