@@ -286,7 +286,7 @@ static void read_answer_error(const http_req *h, answer_error *a) {
         a->msg = h->resp.len > 0 ? "HTTP error with a reply that is not an S3 error document"
                                  : "HTTP error without a reply body";
     }
-    a->request_id = a->e.request_id[0] != '\0' ? a->e.request_id : h->h_reqid;
+    a->request_id = a->e.request_id[0] != '\0' ? a->e.request_id : h->h_id;
 }
 
 /* The server's clock, from the reply's Date header (RFC 9110: every origin server with a clock
@@ -730,7 +730,7 @@ static void push_key_error(lua_State *L, const s3_batch *b, const s3xml_key *k) 
     if (r != NULL) { /* the reply's status: a reply was received */
         lua_pushinteger(L, r->http.status);
         lua_setfield(L, -2, "status");
-        luax_setstr(L, "request_id", r->http.h_reqid);
+        luax_setstr(L, "request_id", r->http.h_id);
     }
 }
 
@@ -1274,6 +1274,7 @@ static void read_transport(lua_State *L, http_client *h) {
     h->max_attempts = (int)opt_num(L, "max_attempts", 4, 1, 100);
     h->retry_max_seconds = opt_num(L, "retry_max_seconds", 20, 0, 3600);
     h->retry_base_seconds = opt_num(L, "retry_base_seconds", 0.1, 0, 60);
+    h->id_header = "x-amz-request-id"; /* each reply's id, for errors (request_id) */
 }
 
 /* s3.client{endpoint, region, access_key, secret_key, session_token, bucket, path_style,
