@@ -10,7 +10,7 @@
  * no easy handle stays attached to the multi handle when a call returns, so an error raised
  * at any point (out of memory, a failing trace hook) leaks nothing.
  * Misuse raises; the world failing returns nil, err (luax.h: {kind="s3", code, message,
- * retryable, ...} with a __tostring).
+ * status, ...} with a __tostring): facts, which resclean.errors classifies.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -308,21 +308,18 @@ static void push_req_error(lua_State *L, const s3_req *r, const char *op, const 
     const http_req *h = &r->http;
     answer_error a;
     memset(&a, 0, sizeof a);
-    int retryable, answered = 0;
+    int answered = 0;
     if (r->local_code != NULL) {
         a.code = r->local_code;
         a.msg = EMPTY_KEY_MSG;
-        retryable = 0;
     } else if (h->cc != CURLE_OK) {
         a.code = http_error_code(h);
         a.msg = http_error_message(h);
-        retryable = h->retryable;
     } else {
         read_answer_error(h, &a);
-        retryable = http_status_retryable(h->status);
         answered = 1;
     }
-    luax_newerror(L, "s3", code_override ? code_override : a.code, retryable);
+    luax_newerror(L, "s3", code_override ? code_override : a.code);
     luax_setstr(L, "message", msg_override ? msg_override : a.msg);
     luax_setstr(L, "op", op);
     luax_setlstr(L, "key", r->key, r->keylen);
@@ -710,19 +707,14 @@ static void apply_delete_replies(s3_batch *b, size_t nchunks, int quiet) {
     }
 }
 
-static int retryable_code(const char *code) {
-    return strcmp(code, "InternalError") == 0 || strcmp(code, "SlowDown") == 0 ||
-           strcmp(code, "ServiceUnavailable") == 0 || strcmp(code, "OperationAborted") == 0;
-}
-
 /* The error of a key the reply lists as an <Error>, leaves out, or that was refused unsent. */
 static void push_key_error(lua_State *L, const s3_batch *b, const s3xml_key *k) {
     const s3_req *r = k->req != SIZE_MAX ? &b->reqs[k->req] : NULL;
     if (k->state == S3XML_KEY_NOT_IN_REPLY) {
-        luax_newerror(L, "s3", "NotInReply", 1);
+        luax_newerror(L, "s3", "NotInReply");
         luax_setstr(L, "message", "the DeleteObjects reply does not mention this key");
     } else {
-        luax_newerror(L, "s3", k->code, strcmp(k->code, "EmptyKey") != 0 && retryable_code(k->code));
+        luax_newerror(L, "s3", k->code);
         luax_setstr(L, "message", k->message[0] ? k->message : k->code);
     }
     luax_setstr(L, "op", "delete_many");
@@ -1100,7 +1092,7 @@ static int s3_presign(lua_State *L) {
     }
     if (len == 0) {
         lua_pushnil(L);
-        luax_newerror(L, "s3", "EmptyKey", 0);
+        luax_newerror(L, "s3", "EmptyKey");
         luax_setstr(L, "message", "an empty key is refused");
         luax_setstr(L, "op", "presign");
         return 2;
