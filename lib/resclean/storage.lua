@@ -18,6 +18,9 @@
 -- The sweep needs head_many, delete_many and check; fakes in unit specs with
 -- those three will do.
 --
+-- Across a network the HEADs of a batch are bound by latency, not by the
+-- server: how many go at once adapts (see Store:head_many), and a bucket
+-- small next to the keys to check is listed instead (opts.expected).
 local log = require("resclean.log")
 local s3 = require("resclean.s3")
 local s3_errors = require("resclean.s3_errors")
