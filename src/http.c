@@ -310,7 +310,8 @@ static int transport_retryable(CURLcode cc) {
     }
 }
 
-int http_status_retryable(long status) {
+/* An HTTP status the transport retries: 5xx, 429. */
+static int status_retryable(long status) {
     return status >= 500 || status == 429;
 }
 
@@ -331,7 +332,7 @@ static double retry_delay(const http_client *c, const http_req *r) {
 static void finish_attempt(http_client *c, http_req *r, CURLcode cc, const char *errbuf) {
     r->cc = cc;
     r->retryable = cc != CURLE_OK ? (!r->too_large && !r->oom && transport_retryable(cc))
-                                  : http_status_retryable(r->status);
+                                  : status_retryable(r->status);
     if (cc != CURLE_OK && errbuf[0] != '\0')
         r->errmsg = buf_dupn(errbuf, strlen(errbuf));
     r->state = HTTP_DONE;

@@ -128,8 +128,6 @@ int http_ok(const http_req *r);
  * "OutOfMemory") and a one-line message. */
 const char *http_error_code(const http_req *r);
 const char *http_error_message(const http_req *r);
-/* An HTTP status worth retrying: 5xx, 429. */
-int http_status_retryable(long status);
 
 /* curl's CURLOPT_HEADERFUNCTION for a request (exported for spec/fuzz). */
 size_t http_on_header(char *p, size_t size, size_t n, void *ud);
