@@ -53,7 +53,7 @@ HOST_LIBS = $(shell pkg-config --libs $(HOST_PKGS)) -pthread
 NET_LIBS  = $(shell pkg-config --libs $(NET_PKGS))
 
 HOST_SRC = src/main.c src/sys.c src/httpd.c
-NET_SRC  = src/net.c src/luax.c src/pg.c src/s3.c src/s3req.c src/s3xml.c src/http.c src/buf.c \
+NET_SRC  = src/net.c src/luax.c src/pg.c src/s3.c src/s3_delete.c src/s3req.c src/s3xml.c src/http.c src/buf.c \
            src/sigv4.c src/sigv4_lua.c src/push.c
 HDR     = $(wildcard src/*.h)
 

@@ -80,6 +80,28 @@ describe("the error classification", function()
     end
   end)
 
+  it("keeps a lock timeout (55P03) to its resource: item, not retryable, decided here alone", function()
+    -- lock_timeout while claiming or locking one resource: that resource is skipped and
+    -- a later run claims it again; the run goes on (exit 1), it is not retried within it.
+    -- The binding reports only the SQLSTATE; an error saying retryable does not change it.
+    for _, e in ipairs({ pg("55P03", "canceling statement due to lock timeout"),
+                         pg("55P03", "could not obtain lock on row in relation \"t\"", true) }) do
+      assert.are.equal("item", errors.classify(e))
+      assert.is_false(errors.retryable(e))
+      assert.are.equal(1, errors.exit_code(e))
+    end
+  end)
+
+  it("calls retryable exactly what is transient", function()
+    for _, e in ipairs({ pg("57014"), pg("40001"), pg("08006"), s3("connection"), s3("SlowDown", 503) }) do
+      assert.is_true(errors.retryable(e), e.code)
+    end
+    for _, e in ipairs({ pg("42501"), pg("23503"), s3("AccessDenied", 403), s3("InternalError", 200),
+                         s3("EmptyKey"), s3("tls"), { kind = "policy", message = "bad" } }) do
+      assert.is_false(errors.retryable(e), e.code)
+    end
+  end)
+
   it("says the code once, then the message, then what to check", function()
     assert.are.equal("SignatureDoesNotMatch (check AWS_SECRET_ACCESS_KEY (and AWS_REGION))",
       errors.message(s3("SignatureDoesNotMatch", 403)))

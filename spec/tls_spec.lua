@@ -1,6 +1,7 @@
 -- TLS: the sweep and cancel against HTTPS in front of the harness's RGW, with a certificate
 -- from a throwaway CA. resclean refuses it by default, and works when AWS_CA_BUNDLE names
 -- the CA (the AWS CLI's variable; resclean's config passes it to the s3 client as ca_file).
+local errors = require("resclean.errors")
 local fs = require("support.faults_support")
 local fx = require("support.fixtures")
 local s3 = require("resclean.s3")
@@ -102,7 +103,7 @@ describe("over TLS", function()
     local res, err = c:list({ max = 1 })
     assert.is_nil(res)
     assert.are.equal("tls", err.code)
-    assert.is_false(err.retryable)
+    assert.is_false(errors.retryable(err))
     c:close()
     opts.ca_file = pki.ca
     c = assert(s3.client(opts))

@@ -37,11 +37,11 @@ void http_req_reset(http_req *r) {
     buf_free(&r->resp);
     free(r->h_etag);
     free(r->h_lastmod);
-    free(r->h_reqid);
+    free(r->h_id);
     free(r->h_ctype);
     free(r->h_date);
     free(r->errmsg);
-    r->h_etag = r->h_lastmod = r->h_reqid = r->h_ctype = r->h_date = r->errmsg = NULL;
+    r->h_etag = r->h_lastmod = r->h_id = r->h_ctype = r->h_date = r->errmsg = NULL;
     r->h_len = 0;
     r->has_len = r->too_large = r->oom = 0;
     r->status = 0;
@@ -119,10 +119,10 @@ size_t http_on_header(char *p, size_t size, size_t n, void *ud) {
     if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { /* a new response (after 100, or a retry) */
         free(r->h_etag);
         free(r->h_lastmod);
-        free(r->h_reqid);
+        free(r->h_id);
         free(r->h_ctype);
         free(r->h_date);
-        r->h_etag = r->h_lastmod = r->h_reqid = r->h_ctype = r->h_date = NULL;
+        r->h_etag = r->h_lastmod = r->h_id = r->h_ctype = r->h_date = NULL;
         r->has_len = 0;
         return len;
     }
@@ -141,8 +141,8 @@ size_t http_on_header(char *p, size_t size, size_t n, void *ud) {
         rc = set_header(&r->h_etag, v, vl);
     else if (nl == 13 && strncasecmp(p, "last-modified", 13) == 0)
         rc = set_header(&r->h_lastmod, v, vl);
-    else if (nl == 16 && strncasecmp(p, "x-amz-request-id", 16) == 0)
-        rc = set_header(&r->h_reqid, v, vl);
+    else if (r->id_header != NULL && nl == strlen(r->id_header) && strncasecmp(p, r->id_header, nl) == 0)
+        rc = set_header(&r->h_id, v, vl);
     else if (nl == 4 && strncasecmp(p, "date", 4) == 0)
         rc = set_header(&r->h_date, v, vl);
     else if (nl == 12 && strncasecmp(p, "content-type", 12) == 0)
@@ -250,6 +250,7 @@ static void configure(http_client *c, http_req *r, CURL *easy, char *errbuf) {
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, (void *)r);
     curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, http_on_header);
+    r->id_header = c->id_header;
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, (void *)r);
     curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -309,7 +310,8 @@ static int transport_retryable(CURLcode cc) {
     }
 }
 
-int http_status_retryable(long status) {
+/* An HTTP status the transport retries: 5xx, 429. */
+static int status_retryable(long status) {
     return status >= 500 || status == 429;
 }
 
@@ -330,7 +332,7 @@ static double retry_delay(const http_client *c, const http_req *r) {
 static void finish_attempt(http_client *c, http_req *r, CURLcode cc, const char *errbuf) {
     r->cc = cc;
     r->retryable = cc != CURLE_OK ? (!r->too_large && !r->oom && transport_retryable(cc))
-                                  : http_status_retryable(r->status);
+                                  : status_retryable(r->status);
     if (cc != CURLE_OK && errbuf[0] != '\0')
         r->errmsg = buf_dupn(errbuf, strlen(errbuf));
     r->state = HTTP_DONE;

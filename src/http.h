@@ -35,7 +35,8 @@ typedef struct http_req {
     char *url;
     struct curl_slist *hdrs;
     buf resp;
-    char *h_etag, *h_lastmod, *h_reqid, *h_ctype, *h_date;
+    const char *id_header; /* the client's id_header, for the header callback */
+    char *h_etag, *h_lastmod, *h_id, *h_ctype, *h_date; /* h_id: the id_header's value */
     long long h_len;
     int has_len, too_large, oom;
     long status;
@@ -65,7 +66,8 @@ typedef struct http_client {
     int verify_tls, max_attempts;
     long connect_timeout_ms, timeout_ms;
     double retry_max_seconds, retry_base_seconds;
-    char *ca_file; /* owned; NULL: curl's default */
+    char *ca_file;         /* owned; NULL: curl's default */
+    const char *id_header; /* a reply header each request keeps in h_id (not owned); NULL: none */
     /* counters: attempts sent, of which retries, connections opened for them */
     long long n_requests, n_retries, n_connects;
 } http_client;
@@ -126,8 +128,6 @@ int http_ok(const http_req *r);
  * "OutOfMemory") and a one-line message. */
 const char *http_error_code(const http_req *r);
 const char *http_error_message(const http_req *r);
-/* An HTTP status worth retrying: 5xx, 429. */
-int http_status_retryable(long status);
 
 /* curl's CURLOPT_HEADERFUNCTION for a request (exported for spec/fuzz). */
 size_t http_on_header(char *p, size_t size, size_t n, void *ud);

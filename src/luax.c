@@ -33,7 +33,7 @@ static int error_tostring(lua_State *L) {
     return 1;
 }
 
-void luax_newerror(lua_State *L, const char *kind, const char *code, int retryable) {
+void luax_newerror(lua_State *L, const char *kind, const char *code) {
     lua_createtable(L, 0, 8);
     if (luaL_newmetatable(L, LUAX_ERROR_MT)) { /* whichever module comes first registers it */
         lua_pushcfunction(L, error_tostring);
@@ -42,6 +42,4 @@ void luax_newerror(lua_State *L, const char *kind, const char *code, int retryab
     lua_setmetatable(L, -2);
     luax_setstr(L, "kind", kind);
     luax_setstr(L, "code", code);
-    lua_pushboolean(L, retryable);
-    lua_setfield(L, -2, "retryable");
 }

@@ -12,9 +12,11 @@
 void luax_setstr(lua_State *L, const char *field, const char *s);
 void luax_setlstr(lua_State *L, const char *field, const char *s, size_t len);
 
-/* Pushes a new error table {kind=, code=, retryable=} with the shared metatable (its
- * __tostring gives "kind code: message (detail)"); the caller adds message and the rest.
- * pg and s3 errors are the same kind of table: they differ only in kind and their fields. */
-void luax_newerror(lua_State *L, const char *kind, const char *code, int retryable);
+/* Pushes a new error table {kind=, code=} with the shared metatable (its __tostring gives
+ * "kind code: message (detail)"); the caller adds message and the rest. pg and s3 errors are
+ * the same kind of table: they differ only in kind and their fields. The table reports facts
+ * (the SQLSTATE, the HTTP status, the transport's failure); whether one is worth retrying is
+ * resclean.errors' to say, not the binding's. */
+void luax_newerror(lua_State *L, const char *kind, const char *code);
 
 #endif

@@ -121,27 +121,14 @@ static void pushmsg(lua_State *L, const char *s) {
     luaL_pushresult(&b);
 }
 
-static int retryable(const char *state) {
-    static const char *const codes[] = {"40001", "40P01", "55P03", "57014",
-                                        "57P01", "57P02", "57P03", NULL};
-    if (state == NULL)
-        return 0;
-    if (state[0] == '0' && state[1] == '8')
-        return 1; /* connection exception */
-    for (int i = 0; codes[i]; i++)
-        if (strcmp(state, codes[i]) == 0)
-            return 1;
-    return 0;
-}
-
-/* Pushes nil and a fresh error table {kind="pg", code, retryable} (the caller adds message). */
-static void newerror(lua_State *L, const char *code, int retry) {
+/* Pushes nil and a fresh error table {kind="pg", code} (the caller adds message). */
+static void newerror(lua_State *L, const char *code) {
     lua_pushnil(L);
-    luax_newerror(L, "pg", code, retry);
+    luax_newerror(L, "pg", code);
 }
 
-static int pusherror(lua_State *L, const char *code, int retry, const char *msg) {
-    newerror(L, code, retry);
+static int pusherror(lua_State *L, const char *code, const char *msg) {
+    newerror(L, code);
     pushmsg(L, msg);
     lua_setfield(L, -2, "message");
     return 2;
@@ -159,7 +146,7 @@ static int resulterror(lua_State *L, Conn *c, const PGresult *r) {
     if (msg == NULL || *msg == '\0')
         msg = lost ? "connection to the server was lost" : "unknown error";
     /* a dead connection is one condition whatever the server said on its way out (57P01, ...) */
-    newerror(L, lost ? "connection" : (state ? state : "libpq"), lost || retryable(state));
+    newerror(L, lost ? "connection" : (state ? state : "libpq"));
     pushmsg(L, msg);
     lua_setfield(L, -2, "message");
     if (lost && state != NULL && *state != '\0')
@@ -187,7 +174,7 @@ static int resulterror(lua_State *L, Conn *c, const PGresult *r) {
 
 static int lost(lua_State *L, Conn *c) {
     const char *msg = PQerrorMessage(c->pg);
-    return pusherror(L, "connection", 1, (msg && *msg) ? msg : "connection to the server was lost");
+    return pusherror(L, "connection", (msg && *msg) ? msg : "connection to the server was lost");
 }
 
 /* Before talking to the server: finish an abandoned transaction. Returns 0 when the connection is
@@ -623,7 +610,7 @@ static const char *statement(lua_State *L, int idx, const char *name) {
     lua_getiuservalue(L, idx, UV_STATEMENTS);
     if (lua_getfield(L, -1, name) == LUA_TSTRING)
         return lua_tostring(L, -1);
-    pusherror(L, "26000", 0, lua_pushfstring(L, "prepared statement \"%s\" does not exist", name));
+    pusherror(L, "26000", lua_pushfstring(L, "prepared statement \"%s\" does not exist", name));
     return NULL;
 }
 
@@ -706,7 +693,7 @@ static int l_connect(lua_State *L) {
     if (conninfo != NULL && looks_like_conninfo(conninfo)) {
         c->opts = PQconninfoParse(conninfo, &c->mem);
         if (c->opts == NULL) {
-            newerror(L, "connection", 0);
+            newerror(L, "connection");
             pushredacted(L, c->mem ? c->mem : "out of memory");
             pushmsg(L, lua_pushfstring(L, "invalid connection string: %s", lua_tostring(L, -1)));
             lua_setfield(L, -4, "message");
@@ -739,9 +726,9 @@ static int l_connect(lua_State *L) {
     kw[k] = val[k] = NULL;
     c->pg = PQconnectdbParams(kw, val, 1);
     if (c->pg == NULL)
-        return pusherror(L, "connection", 1, "out of memory");
+        return pusherror(L, "connection", "out of memory");
     if (PQstatus(c->pg) != CONNECTION_OK) {
-        newerror(L, "connection", 1);
+        newerror(L, "connection");
         pushmsg(L, PQerrorMessage(c->pg));
         scrub(L, password);
         scrub(L, getenv("PGPASSWORD"));
@@ -803,7 +790,7 @@ static int conn_prepare(lua_State *L) {
     lua_settop(L, 3);
     lua_getiuservalue(L, 1, UV_STATEMENTS);
     if (lua_getfield(L, 4, name) != LUA_TNIL)
-        return pusherror(L, "42P05", 0,
+        return pusherror(L, "42P05",
                          lua_pushfstring(L, "prepared statement \"%s\" already exists", name));
     lua_pop(L, 1);
     if (!ready(L, c))
@@ -1009,12 +996,12 @@ static int tx_commit(lua_State *L) {
     /* COMMIT of an aborted transaction "succeeds" with tag ROLLBACK */
     if (PQresultStatus(c->res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(c->res), "ROLLBACK") == 0) {
         release(c);
-        return pusherror(L, "25P02", 0,
+        return pusherror(L, "25P02",
                          "transaction was rolled back: it had been aborted by an earlier error");
     }
     if (was_ok && PQstatus(c->pg) == CONNECTION_BAD) {
         release(c);
-        return pusherror(L, "connection", 1,
+        return pusherror(L, "connection",
                          "connection lost during COMMIT: "
                          "the transaction may or may not have committed");
     }

@@ -10,7 +10,7 @@
  * no easy handle stays attached to the multi handle when a call returns, so an error raised
  * at any point (out of memory, a failing trace hook) leaks nothing.
  * Misuse raises; the world failing returns nil, err (luax.h: {kind="s3", code, message,
- * retryable, ...} with a __tostring).
+ * status, ...} with a __tostring): facts, which resclean.errors classifies.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -29,23 +29,12 @@
 #include "luax.h"
 #include "resclean.h"
 #include "s3req.h"
+#include "s3_internal.h"
 #include "s3xml.h"
 
-#define CLIENT_MT "resclean.s3.client"
-#define BATCH_MT "resclean.s3.batch"
-#define MAX_DELETE_KEYS 1000 /* S3's limit per DeleteObjects */
-#define MAX_CONCURRENCY HTTP_MAX_CONCURRENCY
 #define REDACTED "<redacted>"
-#define EMPTY_KEY_MSG "an empty key is refused before any request"
 
 /* ---------------------------------------------------------------- client */
-
-typedef struct s3_client {
-    int closed, busy;
-    int concurrency; /* head_many and delete_many, unless a call says otherwise */
-    http_client http;
-    s3_target target;
-} s3_client;
 
 static void client_release(s3_client *c) {
     http_client_free(&c->http);
@@ -53,7 +42,7 @@ static void client_release(s3_client *c) {
     c->closed = 1;
 }
 
-static s3_client *check_client(lua_State *L) {
+s3_client *s3_check_client(lua_State *L) {
     s3_client *c = luaL_checkudata(L, 1, CLIENT_MT);
     if (c->closed)
         luaL_error(L, "attempt to use a closed s3 client");
@@ -84,22 +73,9 @@ static int client_tostring(lua_State *L) {
 
 /* ---------------------------------------------------------------- batches */
 
-/* The requests of one call and everything they point at. */
-typedef struct s3_batch {
-    s3_req *reqs;
-    size_t nreq;
-    http_req **hreqs; /* &reqs[i].http, for the transport */
-    http_batch run;
-    s3xml_key *keys; /* head_many, delete_many */
-    size_t nkeys;
-    char *arena; /* copies of the keys */
-    s3xml_list *list;
-    buf scratch; /* presign */
-} s3_batch;
-
 /* Free everything a batch owns; idempotent. Its easy handles are never attached to a
  * multi handle here (http_run() detaches them before returning). */
-static void batch_release(s3_batch *b) {
+void s3_batch_release(s3_batch *b) {
     for (size_t i = 0; b->reqs != NULL && i < b->nreq; i++)
         s3req_free(&b->reqs[i]);
     free(b->reqs);
@@ -118,13 +94,13 @@ static void batch_release(s3_batch *b) {
 }
 
 static int batch_gc(lua_State *L) {
-    batch_release(luaL_checkudata(L, 1, BATCH_MT));
+    s3_batch_release(luaL_checkudata(L, 1, BATCH_MT));
     return 0;
 }
 
 /* Push a new batch of nreq requests (GETs of the bucket until set); raises on out of memory
  * (the batch frees). */
-static s3_batch *batch_new(lua_State *L, size_t nreq) {
+s3_batch *s3_batch_new(lua_State *L, size_t nreq) {
     s3_batch *b = lua_newuserdatauv(L, sizeof *b, 0);
     memset(b, 0, sizeof *b);
     luaL_setmetatable(L, BATCH_MT);
@@ -143,13 +119,6 @@ static s3_batch *batch_new(lua_State *L, size_t nreq) {
 }
 
 /* ---------------------------------------------------------------- sending */
-
-/* A call in progress, for the transport's start hook. */
-typedef struct s3_call {
-    lua_State *L;
-    s3_client *c;
-    int trace; /* stack index of the trace function, or 0 */
-} s3_call;
 
 typedef struct trace_args {
     const s3_req *r;
@@ -205,7 +174,7 @@ static int start_hook(void *ud, http_req *h) {
 
 /* Hand the batch's requests to the transport: at most conc at once, each attempt signed
  * (and traced) through k. */
-static void batch_bind(s3_batch *b, int conc, s3_call *k) {
+void s3_batch_bind(s3_batch *b, int conc, s3_call *k) {
     b->run.reqs = b->hreqs;
     b->run.n = b->nreq;
     b->run.conc = conc;
@@ -214,7 +183,7 @@ static void batch_bind(s3_batch *b, int conc, s3_call *k) {
 }
 
 /* Raise for a transport result rc other than HTTP_OK (a hook's error is on the stack top). */
-static void raise_transport(lua_State *L, int rc) {
+void s3_raise_transport(lua_State *L, int rc) {
     if (rc == HTTP_HOOK_ERROR)
         lua_error(L);
     luaL_error(L, rc == HTTP_NOMEM ? "not enough memory" : "s3: libcurl's multi interface failed");
@@ -222,19 +191,19 @@ static void raise_transport(lua_State *L, int rc) {
 
 /* Run the batch, at most conc requests at once; raise (after freeing it) when it could not
  * finish. */
-static void run_batch(lua_State *L, s3_client *c, s3_batch *b, int conc) {
+void s3_run_batch(lua_State *L, s3_client *c, s3_batch *b, int conc) {
     s3_call k = {L, c, 0};
     luaL_checkstack(L, 10, NULL);
     lua_getiuservalue(L, 1, 1); /* ... trace */
     if (lua_isfunction(L, -1))
         k.trace = lua_gettop(L);
-    batch_bind(b, conc, &k);
+    s3_batch_bind(b, conc, &k);
     c->busy = 1;
     int rc = http_run(&c->http, &b->run);
     c->busy = 0;
     if (rc != HTTP_OK) {
-        batch_release(b);
-        raise_transport(L, rc);
+        s3_batch_release(b);
+        s3_raise_transport(L, rc);
     }
     if (k.trace == 0)
         lua_pop(L, 1);
@@ -286,7 +255,7 @@ static void read_answer_error(const http_req *h, answer_error *a) {
         a->msg = h->resp.len > 0 ? "HTTP error with a reply that is not an S3 error document"
                                  : "HTTP error without a reply body";
     }
-    a->request_id = a->e.request_id[0] != '\0' ? a->e.request_id : h->h_reqid;
+    a->request_id = a->e.request_id[0] != '\0' ? a->e.request_id : h->h_id;
 }
 
 /* The server's clock, from the reply's Date header (RFC 9110: every origin server with a clock
@@ -303,26 +272,23 @@ static void set_server_time(lua_State *L, const http_req *h) {
 
 /* Push the error table of a request that failed: refused, no answer, or an HTTP error. The
  * overrides (NULL: none) replace the code and message. */
-static void push_req_error(lua_State *L, const s3_req *r, const char *op, const char *code_override,
-                           const char *msg_override) {
+void s3_push_req_error(lua_State *L, const s3_req *r, const char *op, const char *code_override,
+                       const char *msg_override) {
     const http_req *h = &r->http;
     answer_error a;
     memset(&a, 0, sizeof a);
-    int retryable, answered = 0;
+    int answered = 0;
     if (r->local_code != NULL) {
         a.code = r->local_code;
         a.msg = EMPTY_KEY_MSG;
-        retryable = 0;
     } else if (h->cc != CURLE_OK) {
         a.code = http_error_code(h);
         a.msg = http_error_message(h);
-        retryable = h->retryable;
     } else {
         read_answer_error(h, &a);
-        retryable = http_status_retryable(h->status);
         answered = 1;
     }
-    luax_newerror(L, "s3", code_override ? code_override : a.code, retryable);
+    luax_newerror(L, "s3", code_override ? code_override : a.code);
     luax_setstr(L, "message", msg_override ? msg_override : a.msg);
     luax_setstr(L, "op", op);
     luax_setlstr(L, "key", r->key, r->keylen);
@@ -339,11 +305,11 @@ static void push_req_error(lua_State *L, const s3_req *r, const char *op, const 
 /* nil, err for a failed request; returns 2. */
 static int fail_req(lua_State *L, const s3_req *r, const char *op) {
     lua_pushnil(L);
-    push_req_error(L, r, op, NULL, NULL);
+    s3_push_req_error(L, r, op, NULL, NULL);
     return 2;
 }
 
-static int req_ok(const s3_req *r) {
+int s3_req_ok(const s3_req *r) {
     return r->local_code == NULL && http_ok(&r->http);
 }
 
@@ -361,7 +327,7 @@ static int true_or_fail(lua_State *L, s3_batch *b, int ok, const char *op) {
         lua_pushboolean(L, 1);
     else
         n = fail_req(L, &b->reqs[0], op);
-    batch_release(b);
+    s3_batch_release(b);
     return n;
 }
 
@@ -375,7 +341,7 @@ static void strip_quotes(lua_State *L, const char *s) {
         lua_pushstring(L, s);
 }
 
-static int opt_concurrency(lua_State *L, int idx, s3_client *c) {
+int s3_opt_concurrency(lua_State *L, int idx, s3_client *c) {
     int conc = c->concurrency;
     if (lua_istable(L, idx)) {
         lua_getfield(L, idx, "concurrency");
@@ -393,7 +359,7 @@ static int opt_concurrency(lua_State *L, int idx, s3_client *c) {
 }
 
 /* Check a keys table (array of strings), return its length. Raises on misuse. */
-static size_t check_keys(lua_State *L, int idx, size_t *total) {
+size_t s3_check_keys(lua_State *L, int idx, size_t *total) {
     luaL_checktype(L, idx, LUA_TTABLE);
     size_t n = (size_t)lua_rawlen(L, idx);
     *total = 0;
@@ -407,7 +373,7 @@ static size_t check_keys(lua_State *L, int idx, size_t *total) {
 }
 
 /* Copy the keys into the batch (they must not move while C points at them). */
-static void copy_keys(lua_State *L, int idx, s3_batch *b, size_t n, size_t total) {
+void s3_copy_keys(lua_State *L, int idx, s3_batch *b, size_t n, size_t total) {
     b->keys = calloc(n > 0 ? n : 1, sizeof *b->keys);
     b->arena = malloc(total > 0 ? total : 1);
     if (b->keys == NULL || b->arena == NULL)
@@ -462,33 +428,33 @@ static int head_ok(const s3_req *r) {
 
 /* client:head(key) -> {exists, size, etag, last_modified, mtime} | nil, err */
 static int s3_head(lua_State *L) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     size_t len;
     const char *key = luaL_checklstring(L, 2, &len);
-    s3_batch *b = batch_new(L, 1);
+    s3_batch *b = s3_batch_new(L, 1);
     s3req_init(&b->reqs[0], "HEAD", key, len);
-    run_batch(L, c, b, 1);
+    s3_run_batch(L, c, b, 1);
     const s3_req *r = &b->reqs[0];
     int n = 1;
     if (head_ok(r))
         push_head_result(L, r);
     else
         n = fail_req(L, r, "head");
-    batch_release(b);
+    s3_batch_release(b);
     return n;
 }
 
 /* client:head_many(keys, {concurrency=N}) -> results, nfailed; results[i] is
  * {key, exists, size, etag, last_modified, mtime} or {key, err} */
 static int s3_head_many(lua_State *L) {
-    s3_client *c = check_client(L);
-    size_t total, n = check_keys(L, 2, &total);
-    int conc = opt_concurrency(L, 3, c);
-    s3_batch *b = batch_new(L, n);
-    copy_keys(L, 2, b, n, total);
+    s3_client *c = s3_check_client(L);
+    size_t total, n = s3_check_keys(L, 2, &total);
+    int conc = s3_opt_concurrency(L, 3, c);
+    s3_batch *b = s3_batch_new(L, n);
+    s3_copy_keys(L, 2, b, n, total);
     for (size_t i = 0; i < n; i++)
         s3req_init(&b->reqs[i], "HEAD", b->keys[i].s, b->keys[i].len);
-    run_batch(L, c, b, conc);
+    s3_run_batch(L, c, b, conc);
     lua_Integer failed = 0;
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
@@ -497,7 +463,7 @@ static int s3_head_many(lua_State *L) {
             push_head_result(L, r);
         } else {
             lua_createtable(L, 0, 2);
-            push_req_error(L, r, "head", NULL, NULL);
+            s3_push_req_error(L, r, "head", NULL, NULL);
             lua_setfield(L, -2, "err");
             failed++;
         }
@@ -505,33 +471,33 @@ static int s3_head_many(lua_State *L) {
         lua_rawseti(L, -2, (lua_Integer)(i + 1));
     }
     lua_pushinteger(L, failed);
-    batch_release(b);
+    s3_batch_release(b);
     return 2;
 }
 
 /* client:head_bucket() -> true | nil, err */
 static int s3_head_bucket(lua_State *L) {
-    s3_client *c = check_client(L);
-    s3_batch *b = batch_new(L, 1);
+    s3_client *c = s3_check_client(L);
+    s3_batch *b = s3_batch_new(L, 1);
     s3req_init(&b->reqs[0], "HEAD", NULL, 0);
-    run_batch(L, c, b, 1);
-    return true_or_fail(L, b, req_ok(&b->reqs[0]), "head_bucket");
+    s3_run_batch(L, c, b, 1);
+    return true_or_fail(L, b, s3_req_ok(&b->reqs[0]), "head_bucket");
 }
 
 /* ---------------------------------------------------------------- get, put, delete */
 
 /* client:get(key) -> body, {size, etag, last_modified, content_type} | nil, err */
 static int s3_get(lua_State *L) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     size_t len;
     const char *key = luaL_checklstring(L, 2, &len);
-    s3_batch *b = batch_new(L, 1);
+    s3_batch *b = s3_batch_new(L, 1);
     s3_req *r = &b->reqs[0];
     s3req_init(r, "GET", key, len);
-    run_batch(L, c, b, 1);
+    s3_run_batch(L, c, b, 1);
     const http_req *h = &r->http;
     int n = 2;
-    if (req_ok(r)) {
+    if (s3_req_ok(r)) {
         lua_pushlstring(L, h->resp.p ? h->resp.p : "", h->resp.len);
         lua_createtable(L, 0, 4);
         lua_pushinteger(L, (lua_Integer)h->resp.len);
@@ -545,7 +511,7 @@ static int s3_get(lua_State *L) {
     } else {
         n = fail_req(L, r, "get");
     }
-    batch_release(b);
+    s3_batch_release(b);
     return n;
 }
 
@@ -569,19 +535,19 @@ static const char *opt_content_type(lua_State *L, int idx) {
 
 /* client:put(key, body, {content_type=}) -> {etag} | nil, err */
 static int s3_put(lua_State *L) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     size_t len, blen;
     const char *key = luaL_checklstring(L, 2, &len);
     const char *body = luaL_checklstring(L, 3, &blen);
     const char *ctype = opt_content_type(L, 4);
-    s3_batch *b = batch_new(L, 1);
+    s3_batch *b = s3_batch_new(L, 1);
     s3_req *r = &b->reqs[0];
     s3req_init(r, "PUT", key, len);
     r->content_type = ctype;
     s3req_set_body(r, body, blen, 1);
-    run_batch(L, c, b, 1);
+    s3_run_batch(L, c, b, 1);
     int n = 1;
-    if (req_ok(r)) {
+    if (s3_req_ok(r)) {
         lua_createtable(L, 0, 1);
         if (r->http.h_etag) {
             strip_quotes(L, r->http.h_etag);
@@ -590,322 +556,24 @@ static int s3_put(lua_State *L) {
     } else {
         n = fail_req(L, r, "put");
     }
-    batch_release(b);
+    s3_batch_release(b);
     return n;
 }
 
 /* DELETE of a missing key is 204 on S3; a 404 NoSuchKey (some servers) means gone too. */
-static int delete_ok(const s3_req *r) {
-    return req_ok(r) || answered_with(r, 404, "NoSuchKey");
+int s3_delete_ok(const s3_req *r) {
+    return s3_req_ok(r) || answered_with(r, 404, "NoSuchKey");
 }
 
 /* client:delete(key) -> true | nil, err */
 static int s3_delete(lua_State *L) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     size_t len;
     const char *key = luaL_checklstring(L, 2, &len);
-    s3_batch *b = batch_new(L, 1);
+    s3_batch *b = s3_batch_new(L, 1);
     s3req_init(&b->reqs[0], "DELETE", key, len);
-    run_batch(L, c, b, 1);
-    return true_or_fail(L, b, delete_ok(&b->reqs[0]), "delete");
-}
-
-/* ---------------------------------------------------------------- delete_many */
-
-/* The options of delete_many: quiet, keys per DeleteObjects request. */
-static int delete_options(lua_State *L, int idx, lua_Integer *per) {
-    int quiet = 0;
-    *per = MAX_DELETE_KEYS;
-    if (!lua_istable(L, idx))
-        return 0;
-    lua_getfield(L, idx, "quiet");
-    quiet = lua_toboolean(L, -1);
-    lua_getfield(L, idx, "batch");
-    if (!lua_isnil(L, -1)) {
-        *per = luaL_checkinteger(L, -1);
-        if (*per < 1 || *per > MAX_DELETE_KEYS)
-            luaL_error(L, "batch must be 1..%d", MAX_DELETE_KEYS);
-    }
-    lua_pop(L, 2);
-    return quiet;
-}
-
-/* How many keys go in DeleteObjects (XML can carry them), how many alone (single DELETEs). */
-static void count_keys(lua_State *L, int idx, size_t n, size_t *nxml, size_t *nsingle) {
-    *nxml = *nsingle = 0;
-    luaL_checkstack(L, 4, NULL);
-    for (size_t i = 1; i <= n; i++) {
-        size_t len;
-        lua_rawgeti(L, idx, (lua_Integer)i);
-        const char *s = lua_tolstring(L, -1, &len);
-        if (len > 0 && s3xml_key_safe((const unsigned char *)s, len))
-            (*nxml)++;
-        else if (len > 0)
-            (*nsingle)++;
-        lua_pop(L, 1);
-    }
-}
-
-/* Make r the DeleteObjects of keys order[0..n) (order owned by r from now on). */
-static void build_delete_objects(lua_State *L, s3_req *r, s3xml_key **order, size_t n, int quiet) {
-    buf body = {0};
-    s3req_init(r, "POST", NULL, 0);
-    r->order = order;
-    r->norder = n;
-    s3xml_delete_request(&body, order, n, quiet);
-    size_t len = body.len;
-    if ((r->body_owned = buf_take(&body)) == NULL)
-        luaL_error(L, "not enough memory");
-    r->query[0] = (sigv4_kv){"delete", ""};
-    r->nquery = 1;
-    r->content_type = "application/xml";
-    s3req_set_body(r, r->body_owned, len, 1);
-    qsort(r->order, n, sizeof *r->order, s3xml_key_cmp);
-}
-
-/* Assign every key to a request: requests [0, nchunks) are DeleteObjects of up to per keys,
- * the others single DELETEs of keys XML cannot carry; empty keys are refused unsent. */
-static void plan_deletes(lua_State *L, s3_batch *b, size_t nxml, size_t nchunks, size_t per, int quiet) {
-    size_t ri = nchunks, ci = 0, inchunk = 0, want = 0;
-    s3xml_key **order = NULL;
-    for (size_t i = 0; i < b->nkeys; i++) {
-        s3xml_key *k = &b->keys[i];
-        if (k->len == 0) {
-            snprintf(k->code, sizeof k->code, "EmptyKey");
-            snprintf(k->message, sizeof k->message, EMPTY_KEY_MSG);
-            k->state = S3XML_KEY_ERROR;
-            k->req = SIZE_MAX;
-        } else if (!s3xml_key_safe((const unsigned char *)k->s, k->len)) {
-            s3req_init(&b->reqs[ri], "DELETE", k->s, k->len);
-            k->req = ri++;
-        } else {
-            if (order == NULL) {
-                size_t left = nxml - ci * per;
-                want = left < per ? left : per;
-                if ((order = malloc(want * sizeof *order)) == NULL)
-                    luaL_error(L, "not enough memory");
-                b->reqs[ci].order = order; /* owned by the batch from now on */
-            }
-            order[inchunk++] = k;
-            k->req = ci;
-            if (inchunk == want) {
-                build_delete_objects(L, &b->reqs[ci++], order, inchunk, quiet);
-                inchunk = 0;
-                order = NULL;
-            }
-        }
-    }
-}
-
-/* Apply each DeleteObjects reply to its keys: a failed request, or a reply that is not a
- * DeleteResult, deletes none of them. */
-static void apply_delete_replies(s3_batch *b, size_t nchunks, int quiet) {
-    for (size_t j = 0; j < nchunks; j++) {
-        s3_req *r = &b->reqs[j];
-        const http_req *h = &r->http;
-        if (!req_ok(r) || h->status != 200 ||
-            s3xml_delete_result(h->resp.p, h->resp.len, r->order, r->norder, quiet) != 0)
-            for (size_t k = 0; k < r->norder; k++)
-                r->order[k]->state = S3XML_KEY_FAILED;
-    }
-}
-
-static int retryable_code(const char *code) {
-    return strcmp(code, "InternalError") == 0 || strcmp(code, "SlowDown") == 0 ||
-           strcmp(code, "ServiceUnavailable") == 0 || strcmp(code, "OperationAborted") == 0;
-}
-
-/* The error of a key the reply lists as an <Error>, leaves out, or that was refused unsent. */
-static void push_key_error(lua_State *L, const s3_batch *b, const s3xml_key *k) {
-    const s3_req *r = k->req != SIZE_MAX ? &b->reqs[k->req] : NULL;
-    if (k->state == S3XML_KEY_NOT_IN_REPLY) {
-        luax_newerror(L, "s3", "NotInReply", 1);
-        luax_setstr(L, "message", "the DeleteObjects reply does not mention this key");
-    } else {
-        luax_newerror(L, "s3", k->code, strcmp(k->code, "EmptyKey") != 0 && retryable_code(k->code));
-        luax_setstr(L, "message", k->message[0] ? k->message : k->code);
-    }
-    luax_setstr(L, "op", "delete_many");
-    luax_setlstr(L, "key", k->s, k->len);
-    if (r != NULL) { /* the reply's status: a reply was received */
-        lua_pushinteger(L, r->http.status);
-        lua_setfield(L, -2, "status");
-        luax_setstr(L, "request_id", r->http.h_reqid);
-    }
-}
-
-/* {key, deleted=true} or {key, deleted=false, err}; returns whether deleted. */
-static int push_key_result(lua_State *L, const s3_batch *b, const s3xml_key *k, size_t nchunks) {
-    const s3_req *r = k->req != SIZE_MAX ? &b->reqs[k->req] : NULL;
-    int ok = 0;
-    lua_createtable(L, 0, 3);
-    luax_setlstr(L, "key", k->s, k->len);
-    if (r != NULL && k->req >= nchunks) { /* single DELETE */
-        if (!(ok = delete_ok(r)))
-            push_req_error(L, r, "delete", NULL, NULL);
-    } else if (k->state == S3XML_KEY_DELETED) {
-        ok = 1;
-    } else if (k->state == S3XML_KEY_FAILED) {
-        if (req_ok(r))
-            push_req_error(L, r, "delete_many", "MalformedReply",
-                           "DeleteObjects reply is not a DeleteResult document");
-        else
-            push_req_error(L, r, "delete_many", NULL, NULL);
-        luax_setlstr(L, "key", k->s, k->len);
-    } else {
-        push_key_error(L, b, k);
-    }
-    if (!ok)
-        lua_setfield(L, -2, "err");
-    lua_pushboolean(L, ok);
-    lua_setfield(L, -2, "deleted");
-    return ok;
-}
-
-/* The batch of a delete_many(keys at 2, options at 3), planned, pushed; *nchunks and *quiet
- * for its replies; *conc how many requests at once. */
-static s3_batch *delete_batch(lua_State *L, s3_client *c, size_t *nchunks, int *quiet, int *conc) {
-    size_t total, nxml, nsingle, n = check_keys(L, 2, &total);
-    *conc = opt_concurrency(L, 3, c);
-    lua_Integer per;
-    *quiet = delete_options(L, 3, &per);
-    count_keys(L, 2, n, &nxml, &nsingle);
-    *nchunks = (nxml + (size_t)per - 1) / (size_t)per;
-    s3_batch *b = batch_new(L, *nchunks + nsingle);
-    copy_keys(L, 2, b, n, total);
-    plan_deletes(L, b, nxml, *nchunks, (size_t)per, *quiet);
-    return b;
-}
-
-/* After the batch ran: push results, nfailed; the batch is freed. */
-static int delete_results(lua_State *L, s3_batch *b, size_t nchunks, int quiet) {
-    apply_delete_replies(b, nchunks, quiet);
-    lua_Integer failed = 0;
-    lua_createtable(L, (int)b->nkeys, 0);
-    for (size_t i = 0; i < b->nkeys; i++) {
-        if (!push_key_result(L, b, &b->keys[i], nchunks))
-            failed++;
-        lua_rawseti(L, -2, (lua_Integer)(i + 1));
-    }
-    lua_pushinteger(L, failed);
-    batch_release(b);
-    return 2;
-}
-
-/* client:delete_many(keys, {concurrency=N, quiet=false, batch=1000}) -> results, nfailed;
- * results[i] is {key, deleted=true} or {key, deleted=false, err} */
-static int s3_delete_many(lua_State *L) {
-    s3_client *c = check_client(L);
-    size_t nchunks;
-    int quiet, conc;
-    s3_batch *b = delete_batch(L, c, &nchunks, &quiet, &conc);
-    run_batch(L, c, b, conc);
-    return delete_results(L, b, nchunks, quiet);
-}
-
-/* ---------------------------------------------------------------- delete_start */
-
-/* A delete_many in flight: client:delete_start(keys, opts) sends it and returns at once;
- * pending:pump() moves it on without waiting; pending:finish() waits for the rest and
- * returns what delete_many would. Meanwhile the server works on the requests, and the
- * caller on something else (the next batch's database work). The client is busy until
- * finish (or __gc/__close, which detach what still runs): one call in flight per client. */
-typedef struct s3_pending {
-    s3_client *c; /* anchored: user value 1 */
-    s3_batch *b;  /* anchored: user value 2 */
-    size_t nchunks;
-    int quiet, open; /* open: the transport holds the batch (http_begin .. http_end) */
-    s3_call k;
-} s3_pending;
-
-#define PENDING_MT "resclean.s3.pending"
-
-/* Detach from the transport and free the client for other calls; idempotent. */
-static void pending_end(s3_pending *p) {
-    if (p->open) {
-        http_end(&p->c->http, &p->b->run);
-        p->c->busy = 0;
-        p->open = 0;
-    }
-}
-
-static int pending_close(lua_State *L) {
-    pending_end(luaL_checkudata(L, 1, PENDING_MT));
-    return 0;
-}
-
-/* One step (wait_ms as http_step's), the client's trace hook in place; raises, after
- * ending the call, when the transport failed. */
-static void pending_step(lua_State *L, s3_pending *p, long wait_ms, int begin) {
-    luaL_checkstack(L, 4, NULL);
-    lua_getiuservalue(L, 1, 1);  /* client */
-    lua_getiuservalue(L, -1, 1); /* client trace */
-    p->k.L = L;
-    p->k.trace = lua_isfunction(L, -1) ? lua_gettop(L) : 0;
-    int rc = begin ? http_begin(&p->c->http, &p->b->run) : http_step(&p->c->http, &p->b->run, wait_ms);
-    if (rc != HTTP_OK) {
-        pending_end(p);
-        raise_transport(L, rc);
-    }
-    p->k.trace = 0;
-    lua_pop(L, 2);
-}
-
-static s3_pending *check_pending(lua_State *L) {
-    s3_pending *p = luaL_checkudata(L, 1, PENDING_MT);
-    if (!p->open)
-        luaL_error(L, "this delete_start was already finished");
-    return p;
-}
-
-/* client:delete_start(keys, opts) -> pending (options as delete_many's) */
-static int s3_delete_start(lua_State *L) {
-    s3_client *c = check_client(L);
-    lua_settop(L, 3);
-    size_t nchunks;
-    int quiet, conc;
-    s3_batch *b = delete_batch(L, c, &nchunks, &quiet, &conc); /* client keys opts batch */
-    /* Made after the batch, so finalised before it: a pending collected unfinished detaches
-     * its requests while the batch's memory is still there. */
-    s3_pending *p = lua_newuserdatauv(L, sizeof *p, 2); /* client keys opts batch pending */
-    memset(p, 0, sizeof *p);
-    luaL_setmetatable(L, PENDING_MT);
-    lua_insert(L, 4); /* client keys opts pending batch */
-    lua_setiuservalue(L, 4, 2);
-    lua_pushvalue(L, 1);
-    lua_setiuservalue(L, 4, 1);
-    p->c = c;
-    p->b = b;
-    p->nchunks = nchunks;
-    p->quiet = quiet;
-    p->k.c = c;
-    batch_bind(b, conc, &p->k);
-    c->busy = 1;
-    p->open = 1;
-    lua_settop(L, 4);
-    lua_replace(L, 1); /* pending at 1, as its methods see it */
-    lua_settop(L, 1);
-    pending_step(L, p, 0, 1);
-    return 1;
-}
-
-/* pending:pump() -> whether every request is answered; never waits. */
-static int pending_pump(lua_State *L) {
-    s3_pending *p = check_pending(L);
-    lua_settop(L, 1);
-    pending_step(L, p, 0, 0);
-    lua_pushboolean(L, http_finished(&p->b->run));
-    return 1;
-}
-
-/* pending:finish() -> results, nfailed (as delete_many's) */
-static int pending_finish(lua_State *L) {
-    s3_pending *p = check_pending(L);
-    lua_settop(L, 1);
-    while (!http_finished(&p->b->run))
-        pending_step(L, p, -1, 0);
-    pending_end(p);
-    return delete_results(L, p->b, p->nchunks, p->quiet);
+    s3_run_batch(L, c, b, 1);
+    return true_or_fail(L, b, s3_delete_ok(&b->reqs[0]), "delete");
 }
 
 /* ---------------------------------------------------------------- list */
@@ -988,27 +656,27 @@ static void push_listing(lua_State *L, const s3xml_list *l) {
  * {keys={{key, size, last_modified, etag}...}, prefixes={...}, truncated, next_continuation} | nil, err
  */
 static int s3_list(lua_State *L) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     char maxbuf[24];
-    s3_batch *b = batch_new(L, 1);
+    s3_batch *b = s3_batch_new(L, 1);
     s3_req *r = &b->reqs[0];
     list_query(L, r, maxbuf);
-    run_batch(L, c, b, 1);
+    s3_run_batch(L, c, b, 1);
     int n = 1;
-    if (!req_ok(r)) {
+    if (!s3_req_ok(r)) {
         n = fail_req(L, r, "list");
     } else if ((b->list = calloc(1, sizeof *b->list)) == NULL) {
-        batch_release(b);
+        s3_batch_release(b);
         return luaL_error(L, "not enough memory");
     } else if (s3xml_list_parse(b->list, r->http.resp.p, r->http.resp.len) != 0) {
         lua_pushnil(L);
-        push_req_error(L, r, "list", "MalformedReply",
-                       "ListObjectsV2 reply is not a valid ListBucketResult");
+        s3_push_req_error(L, r, "list", "MalformedReply",
+                          "ListObjectsV2 reply is not a valid ListBucketResult");
         n = 2;
     } else {
         push_listing(L, b->list);
     }
-    batch_release(b);
+    s3_batch_release(b);
     return n;
 }
 
@@ -1017,7 +685,7 @@ static int s3_list(lua_State *L) {
 /* One bucket-level request: method, optional subresource and body. */
 static s3_batch *bucket_call(lua_State *L, s3_client *c, const char *method, const char *sub,
                              const char *body, size_t blen, const char *ctype) {
-    s3_batch *b = batch_new(L, 1);
+    s3_batch *b = s3_batch_new(L, 1);
     s3_req *r = &b->reqs[0];
     s3req_init(r, method, NULL, 0);
     if (sub != NULL) {
@@ -1028,13 +696,13 @@ static s3_batch *bucket_call(lua_State *L, s3_client *c, const char *method, con
         r->content_type = ctype;
         s3req_set_body(r, body, blen, 1);
     }
-    run_batch(L, c, b, 1);
+    s3_run_batch(L, c, b, 1);
     return b;
 }
 
 /* client:create_bucket() -> true | nil, err (already owned counts as created) */
 static int s3_create_bucket(lua_State *L) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     const char *body = NULL;
     if (strcmp(c->target.region, "us-east-1") != 0) {
         lua_pushfstring(L,
@@ -1046,17 +714,17 @@ static int s3_create_bucket(lua_State *L) {
     s3_batch *b =
         bucket_call(L, c, "PUT", NULL, body, body ? strlen(body) : 0, body ? "application/xml" : NULL);
     const s3_req *r = &b->reqs[0];
-    return true_or_fail(L, b, req_ok(r) || answered_with(r, 409, "BucketAlreadyOwnedByYou"),
+    return true_or_fail(L, b, s3_req_ok(r) || answered_with(r, 409, "BucketAlreadyOwnedByYou"),
                         "create_bucket");
 }
 
 static int simple_bucket_call(lua_State *L, const char *method, const char *sub, const char *op,
                               int body_arg) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     size_t blen = 0;
     const char *body = body_arg ? luaL_checklstring(L, body_arg, &blen) : NULL;
     s3_batch *b = bucket_call(L, c, method, sub, body, blen, body ? "application/json" : NULL);
-    return true_or_fail(L, b, req_ok(&b->reqs[0]), op);
+    return true_or_fail(L, b, s3_req_ok(&b->reqs[0]), op);
 }
 
 /* client:delete_bucket() -> true | nil, err (the bucket must be empty) */
@@ -1078,7 +746,7 @@ static int s3_delete_bucket_policy(lua_State *L) {
 
 /* client:presign(method, key, expires, {now=}) -> url | nil, err */
 static int s3_presign(lua_State *L) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     const char *method = luaL_checkstring(L, 2);
     size_t len;
     const char *key = luaL_checklstring(L, 3, &len);
@@ -1100,18 +768,18 @@ static int s3_presign(lua_State *L) {
     }
     if (len == 0) {
         lua_pushnil(L);
-        luax_newerror(L, "s3", "EmptyKey", 0);
+        luax_newerror(L, "s3", "EmptyKey");
         luax_setstr(L, "message", "an empty key is refused");
         luax_setstr(L, "op", "presign");
         return 2;
     }
-    s3_batch *b = batch_new(L, 0); /* owns the URL while it is pushed */
+    s3_batch *b = s3_batch_new(L, 0); /* owns the URL while it is pushed */
     if (s3req_presign(&c->target, method, key, len, (long)expires, now, &b->scratch) != 0) {
-        batch_release(b);
+        s3_batch_release(b);
         return luaL_error(L, "not enough memory");
     }
     lua_pushlstring(L, b->scratch.p, b->scratch.len);
-    batch_release(b);
+    s3_batch_release(b);
     return 1;
 }
 
@@ -1120,7 +788,7 @@ static int s3_presign(lua_State *L) {
 /* client:stats() -> {requests, retries, connections}: attempts sent, of which retries, and
  * the connections opened for them (connection reuse shows as connections << requests). */
 static int s3_stats(lua_State *L) {
-    s3_client *c = check_client(L);
+    s3_client *c = s3_check_client(L);
     lua_createtable(L, 0, 3);
     lua_pushinteger(L, (lua_Integer)c->http.n_requests);
     lua_setfield(L, -2, "requests");
@@ -1274,6 +942,7 @@ static void read_transport(lua_State *L, http_client *h) {
     h->max_attempts = (int)opt_num(L, "max_attempts", 4, 1, 100);
     h->retry_max_seconds = opt_num(L, "retry_max_seconds", 20, 0, 3600);
     h->retry_base_seconds = opt_num(L, "retry_base_seconds", 0.1, 0, 60);
+    h->id_header = "x-amz-request-id"; /* each reply's id, for errors (request_id) */
 }
 
 /* s3.client{endpoint, region, access_key, secret_key, session_token, bucket, path_style,
@@ -1328,17 +997,7 @@ int luaopen_resclean_s3(lua_State *L) {
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, PENDING_MT)) {
-        static const luaL_Reg pending_methods[] = {
-            {"finish", pending_finish}, {"pump", pending_pump}, {NULL, NULL}};
-        lua_pushcfunction(L, pending_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, pending_close);
-        lua_setfield(L, -2, "__close");
-        luaL_newlib(L, pending_methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    s3_delete_open(L);
     if (luaL_newmetatable(L, BATCH_MT)) {
         lua_pushcfunction(L, batch_gc);
         lua_setfield(L, -2, "__gc");

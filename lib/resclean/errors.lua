@@ -1,5 +1,6 @@
 -- One classification of errors for every script. An error from the
--- primitives ({kind = "pg" | "s3", code, message, retryable}) or from Lua
+-- primitives ({kind = "pg" | "s3", code, message, ...}: facts, a SQLSTATE,
+-- an HTTP status, the transport's failure) or from Lua
 -- (kind "policy", "config", "usage") is one of:
 --   config     something the operator must fix (usage, policy, schema,
 --              authentication, authorization, a missing bucket, an unusable
@@ -12,6 +13,7 @@
 -- message(err) is the one line an operator reads: what happened and the
 -- setting to fix, the code not repeated, credentials redacted.
 local log = require("resclean.log")
+local s3_errors = require("resclean.s3_errors")
 
 local M = {}
 
@@ -69,6 +71,8 @@ local PG_CONNECT_MESSAGES = {
   -- listed is a standby, or a failover is in progress.
   { "session is read%-only", "no_primary", "transient" },
   { "server is in hot standby mode", "no_primary", "transient" },
+  -- resclean.pg's own message for a connection string libpq cannot parse
+  { "^invalid connection string", "conninfo" },
 }
 -- Too many sessions: transient, but the limit is worth naming.
 local PG_LIMIT_HINT = "the server's max_connections or the role's CONNECTION LIMIT is reached: a sweep uses up to "
@@ -86,32 +90,6 @@ local PG_CONNECT_HINT = {
   host = "check the host in DATABASE_URL",
 }
 
-local S3_CONFIG = {
-  InvalidAccessKeyId = "check AWS_ACCESS_KEY_ID",
-  SignatureDoesNotMatch = "check AWS_SECRET_ACCESS_KEY (and AWS_REGION)",
-  AccessDenied = "the credentials lack a permission on the bucket: see the README's bucket policy",
-  AllAccessDisabled = "the bucket has all access disabled",
-  NoSuchBucket = "check RESCLEAN_BUCKET or the policy's bucket",
-  InvalidBucketName = "check RESCLEAN_BUCKET or the policy's bucket",
-  AuthorizationHeaderMalformed = "check AWS_REGION",
-  PermanentRedirect = "check AWS_REGION and AWS_ENDPOINT_URL_S3",
-  InvalidToken = "check AWS_SESSION_TOKEN",
-  ExpiredToken = "renew AWS_SESSION_TOKEN",
-  InvalidAccessKey = "check AWS_ACCESS_KEY_ID",
-  RequestTimeTooSkewed = "the host clock is off: fix its time (NTP)",
-  tls = "check AWS_CA_BUNDLE and the endpoint's certificate",
-  curl = "check AWS_ENDPOINT_URL_S3",
-}
-local S3_ITEM = { ReplyTooLarge = true, MalformedReply = true, NotInReply = true, no_result = true,
-                  OutOfMemory = true, EmptyKey = true, NoSuchKey = true }
--- Codes S3 documents as worth retrying (a fault, overload, throttling, a
--- request the server gave up on), whatever the status that carried them;
--- with the transport's own: no answer at all.
-local S3_TRANSIENT = { InternalError = true, ServiceUnavailable = true, SlowDown = true, RequestTimeout = true,
-                       OperationAborted = true, Throttling = true, ThrottlingException = true,
-                       RequestLimitExceeded = true, TooManyRequests = true, connection = true, timeout = true,
-                       dns = true }
-local S3_TRANSIENT_HINT = "is the S3 endpoint up and reachable? check AWS_ENDPOINT_URL_S3"
 local PG_TRANSIENT_HINT = "is PostgreSQL up and reachable? check the host and port in DATABASE_URL"
 -- Transient codes whose cause is not reachability.
 local PG_TRANSIENT_HINTS = {
@@ -130,8 +108,6 @@ local function classify_pg(err)
     for _, m in ipairs(PG_CONNECT_MESSAGES) do
       if msg:find(m[1]) then return m[3] or "config", PG_CONFIG[m[2]] or PG_CONNECT_HINT[m[2]] end
     end
-    -- A connection string libpq cannot parse is not retryable.
-    if err.retryable == false then return "config", PG_CONNECT_HINT.conninfo end
     return "transient", PG_TRANSIENT_HINT
   end
   if PG_ITEM[code] then return "item" end
@@ -140,40 +116,34 @@ local function classify_pg(err)
     return "transient", PG_TRANSIENT_HINTS[code] or PG_TRANSIENT_HINT
   end
   if PG_CONFIG_CLASS[code:sub(1, 2)] then return "config" end
+  -- An error made in Lua (a fake, a script) may say it is worth retrying;
+  -- the binding never does (it reports facts).
   if err.retryable then return "transient", PG_TRANSIENT_HINT end
   -- Anything else the database refuses (a constraint, a trigger) will
   -- refuse again: the operator must look.
   return "config"
 end
 
-local function classify_s3(err)
-  local code = tostring(err.code or "")
-  -- A per-key error inside a reply that succeeded (DeleteObjects' <Error>
-  -- for one key) concerns that key, not the credentials or the bucket.
-  local st = tonumber(err.status)
-  if st and st >= 200 and st < 300 then return "item" end
-  if S3_CONFIG[code] then return "config", S3_CONFIG[code] end
-  if S3_ITEM[code] then return "item" end
-  if S3_TRANSIENT[code] then return "transient", S3_TRANSIENT_HINT end
-  -- A code we do not know: by the status that carried it, when there was
-  -- one; a missing status alone does not make an error transient.
-  if st and st > 0 then
-    if st >= 500 or st == 429 then return "transient", S3_TRANSIENT_HINT end
-    if st == 401 or st == 403 then return "config", S3_CONFIG.AccessDenied end
-    return "item"
-  end
-  if err.retryable then return "transient", S3_TRANSIENT_HINT end
-  return "item"
-end
+-- The owner of each kind of error the primitives report: PostgreSQL's here,
+-- the S3 store's beside its adapter (resclean.s3_errors).
+local OWNERS = { pg = classify_pg, s3 = s3_errors.classify }
 
 -- "config", "transient" or "item", and a hint (or nil).
 function M.classify(err)
   if type(err) ~= "table" then return "config" end
   if err.class then return err.class, err.hint end
-  if err.kind == "pg" then return classify_pg(err) end
-  if err.kind == "s3" then return classify_s3(err) end
+  local owner = OWNERS[err.kind]
+  if owner then return owner(err) end
   if err.kind == "transient" or err.kind == "unreachable" then return "transient" end
   return "config" -- policy, config, usage, schema
+end
+
+-- Whether trying the same again may succeed: the one answer to it (the
+-- primitives report facts, not this). A transient error only: an item
+-- error (a lock timeout, 55P03) is that resource's, skipped this run and
+-- claimed again by a later one, never retried within it.
+function M.retryable(err)
+  return (M.classify(err)) == "transient"
 end
 
 

@@ -1,18 +1,29 @@
--- The sweep's view of object storage: a thin adapter over resclean.s3 that
--- answers per key, in the order of the keys given:
+-- The sweep's view of object storage: the store interface, implemented here
+-- for S3 (a thin adapter over resclean.s3) and by spec/support/fake_store.lua
+-- (spec/store_contract_spec.lua holds both to one contract; resclean-lua(7),
+-- STORE). Per key, in the order of the keys given:
 --   head_many(keys, n[, opts]) -> { true | false | err, ... }  (exists? at most n at once;
 --                                 "unlisted" for a key a listing did not hold, opts.expected)
 --   delete_many(keys, n[, opts]) -> { true | err, ... }        (up to n requests at once;
 --                                 opts.quiet: Quiet replies, see Store:delete_many)
+--   delete_start(keys, n[, opts]) -> d; d:pump(); d:finish() -> as delete_many (optional:
+--                                 without it the sweep deletes at once)
+--   head(key)                  -> {exists, size, etag, ...} | nil, err   (one key, fresh)
+--   list(opts)                 -> {keys = {{key, size, ...}, ...}, truncated, next_continuation}
+--                                 | nil, err   (one page: opts.continuation, opts.max, opts.prefix)
 --   check()                    -> true | nil, err   (bucket reachable with these credentials)
--- Anything else (fakes in unit specs) with the same three methods will do;
--- delete_start (below) is optional: without it the sweep deletes at once.
+--   classify(err)              -> "config" | "transient" | "item", hint   (an error this store
+--                                 returned; resclean.errors asks the same of kind "s3")
+--   close()
+-- The sweep needs head_many, delete_many and check; fakes in unit specs with
+-- those three will do.
 --
 -- Across a network the HEADs of a batch are bound by latency, not by the
 -- server: how many go at once adapts (see Store:head_many), and a bucket
 -- small next to the keys to check is listed instead (opts.expected).
 local log = require("resclean.log")
 local s3 = require("resclean.s3")
+local s3_errors = require("resclean.s3_errors")
 local sys = require("resclean.sys")
 
 local Store = {}
@@ -31,6 +42,13 @@ function Store:check()
   if not res then return nil, err end
   return true
 end
+
+function Store:list(opts) return self.client:list(opts) end
+
+function Store:head(key) return self.client:head(key) end
+
+-- The class of an error this store returned (resclean.s3_errors).
+function Store.classify(_, err) return s3_errors.classify(err) end
 
 -- HEADs in flight adapt between 1 and the caller's `concurrency` (the
 -- policy's: the most the operator lets it send at once), starting at

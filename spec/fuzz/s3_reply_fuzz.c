@@ -40,6 +40,7 @@ static void parse_error(const char *data, size_t len) {
 static void parse_headers(const char *data, size_t len) {
     http_req r;
     memset(&r, 0, sizeof r);
+    r.id_header = "x-amz-request-id"; /* as s3.c's client asks */
     size_t i = 0;
     while (i < len) {
         const char *nl = memchr(data + i, '\n', len - i);
