@@ -32,6 +32,11 @@ function Store:check()
   return true
 end
 
+-- One page of the listing: exactly what the client's list(opts) returns.
+function Store:list(opts)
+  return self.client:list(opts)
+end
+
 -- HEADs in flight adapt between 1 and the caller's `concurrency` (the
 -- policy's: the most the operator lets it send at once), starting at
 -- START_CONCURRENCY. Slow start: while doubling raised the HEAD rate by
