@@ -19,6 +19,7 @@ local cli = require("resclean.cli")
 local log = require("resclean.log")
 local policy_mod = require("resclean.policy")
 local reconcile = require("resclean.reconcile")
+local runs = require("resclean.run")
 
 local EPILOG = [[
 Without --apply the plan is printed and nothing is deleted. With it, the whole
@@ -60,7 +61,7 @@ local function main(...)
   if not p then return app.fail(app.EXIT.usage, err.message) end
   -- The audit trail of a run that may delete: its first line written and checked.
   local ok_log, why = app.start_line("reconcile", p, { apply = opts.apply or nil })
-  if not ok_log then return require("resclean.sweep").log_failed(why) end
+  if not ok_log then return runs.ended_on(runs.log_unwritable(why)) end
   local older = p.max_age + p.url_lifetime
   if opts["older-than"] then
     older = policy_mod.duration(opts["older-than"])
