@@ -12,12 +12,15 @@
 -- holds. Orphans appear when a presigned PUT lands after its row was swept
 -- or cancelled. Nothing any row names is deleted; a plan that refuses
 -- deletes nothing.
+local app = require("resclean.app")
 local config = require("resclean.config")
 local errors = require("resclean.errors")
 local log = require("resclean.log")
 local names_mod = require("resclean.reconcile_names")
 local owners_mod = require("resclean.reconcile_owners")
+local policy_mod = require("resclean.policy")
 local run_mod = require("resclean.reconcile_run")
+local runs = require("resclean.run")
 local sys = require("resclean.sys")
 
 local M = {}
@@ -92,23 +95,25 @@ local function connect(p)
   return conn
 end
 
--- From a loaded policy and parsed options to an exit code. opts: apply,
--- json, older_than (seconds), page_size (default M.PAGE), max_delete (or
--- nil). fail(code, msg) reports a run that cannot start (app.fail).
-function M.main(p, opts, fail)
+-- From a loaded policy and options to an exit code: the database, the
+-- owners and the columns that may name keys, the store (each failing with
+-- app.fail), then the run.
+-- opts: apply, json, older_than (seconds), page_size (default M.PAGE),
+-- max_delete (or nil).
+function M.start(p, opts)
   local conn, err = connect(p)
-  if not conn then return fail(errors.exit_code(err), "database: " .. errors.message(err)) end
+  if not conn then return app.fail(errors.exit_code(err), "database: " .. errors.message(err)) end
   local owners, cols
   owners, err = owners_mod.check_owners(conn, p, opts.page_size or M.PAGE)
   if owners then cols, err = names_mod.name_columns(conn, p, owners) end
   if not cols then
     conn:close()
-    return fail(errors.exit_code(err), errors.message(err))
+    return app.fail(errors.exit_code(err), errors.message(err))
   end
-  local store, code, msg = require("resclean.app").open_store(p, true)
+  local store, code, msg = app.open_store(p, true)
   if not store then
     conn:close()
-    return fail(code, msg)
+    return app.fail(code, msg)
   end
   code, msg = M.reconcile(conn, store, { owners = owners, tables = cols.tables, unreadable = cols.unreadable },
     p, opts)
@@ -116,6 +121,27 @@ function M.main(p, opts, fail)
   conn:close()
   if msg then log.stderr(log.redact(msg)) end
   return code
+end
+
+-- From the script's flags to an exit code. flags: cli.parse's (policy,
+-- log-level, apply, json, older-than) with page_size and max_delete read;
+-- usage(msg) reports a flag the policy refuses (exit 2).
+function M.main(flags, usage)
+  local p, err = app.load_policy(flags)
+  if not p then return app.fail(app.EXIT.usage, err.message) end
+  -- The audit trail of a run that may delete: its first line written and checked.
+  local ok_log, why = app.start_line("reconcile", p, { apply = flags.apply or nil })
+  if not ok_log then return runs.ended_on(runs.log_unwritable(why)) end
+  local older = p.max_age + p.url_lifetime
+  if flags["older-than"] then
+    older = policy_mod.duration(flags["older-than"])
+    if not older or older < p.url_lifetime then
+      return usage(("--older-than: expected a duration of at least the policy's url_lifetime (%ss): a younger "
+        .. "object may still gain its row"):format(p.url_lifetime))
+    end
+  end
+  return M.start(p, { apply = flags.apply, json = flags.json, older_than = older, page_size = flags.page_size,
+                      max_delete = flags.max_delete })
 end
 
 return M
