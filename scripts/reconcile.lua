@@ -1,6 +1,7 @@
 -- Reconcile: objects in the bucket that no row owns, and confirmed rows
 -- whose object is missing. The work is in lib/resclean/reconcile.lua; this
--- front parses the flags.
+-- front parses the flags (reconcile.main loads the policy and checks
+-- --older-than against it).
 --   resclean run reconcile [--apply] [--max-delete N] [--json] [--older-than DURATION]
 --                          [--page-size N] [--policy FILE] [--log-level LEVEL]
 --
@@ -14,10 +15,8 @@
 -- Exit 0; 1 when some deletes failed; 2 on usage, policy, a missing owner
 -- table or column, or a refused plan; 3 when the database or the storage
 -- cannot be reached, or the listing would never end.
-local app = require("resclean.app")
 local cli = require("resclean.cli")
 local log = require("resclean.log")
-local policy_mod = require("resclean.policy")
 local reconcile = require("resclean.reconcile")
 
 local EPILOG = [[
@@ -56,21 +55,8 @@ local function main(...)
     if not page_size then return usage("--page-size: expected an integer from 1 to 1000") end
   end
   if not opts.json then log.set_output(io.stderr) end
-  local p, err = app.load_policy(opts)
-  if not p then return app.fail(app.EXIT.usage, err.message) end
-  -- The audit trail of a run that may delete: its first line written and checked.
-  local ok_log, why = app.start_line("reconcile", p, { apply = opts.apply or nil })
-  if not ok_log then return require("resclean.sweep").log_failed(why) end
-  local older = p.max_age + p.url_lifetime
-  if opts["older-than"] then
-    older = policy_mod.duration(opts["older-than"])
-    if not older or older < p.url_lifetime then
-      return usage(("--older-than: expected a duration of at least the policy's url_lifetime (%ss): a younger "
-        .. "object may still gain its row"):format(p.url_lifetime))
-    end
-  end
-  return reconcile.main(p, { apply = opts.apply, json = opts.json, older_than = older, page_size = page_size,
-                             max_delete = max_delete }, app.fail)
+  opts.page_size, opts.max_delete = page_size, max_delete
+  return reconcile.main(opts, usage)
 end
 
 return main(...)

@@ -249,7 +249,7 @@ describe("reconcile's safety", function()
 
   it("gives key() the row the sweep gives it", function()
     local p = assert(require("resclean.policy").build({ key_columns = { "id", "checksum", "guid" } }))
-    local rec = require("resclean.reconcile")
+    local rec = require("resclean.reconcile_owners")
     local sweep_sql = require("resclean.session").build_sql(conn, p).lock_ids
     local mine = rec.row_select(conn, p)
     assert.are.equal(mine .. " WHERE", sweep_sql:sub(1, #mine + 6))

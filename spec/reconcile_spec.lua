@@ -148,6 +148,17 @@ describe("reconcile", function()
     assert.is_false(s.apply)
   end)
 
+  it("lists each object with its LastModified as mtime, the epoch seconds PostgreSQL reads in it", function()
+    local page = fx.check(client:list({}))
+    assert.is_true(#page.keys > 0)
+    for _, e in ipairs(page.keys) do
+      local t = fx.check(conn:query("SELECT extract(epoch FROM $1::timestamptz)::float8 AS t", e.last_modified))[1].t
+      assert.is_number(e.mtime, e.key)
+      assert.is_true(math.abs(e.mtime - t) < 1e-6, ("%s: mtime %s, LastModified %s (%s)"):format(e.key,
+        tostring(e.mtime), e.last_modified, tostring(t)))
+    end
+  end)
+
   it("writes JSON lines on stdout with --json, the same plan across pages of any size", function()
     local r = reconcile({ "--json", "--page-size", "3" })
     assert.are.equal(0, r.code, r.stderr)

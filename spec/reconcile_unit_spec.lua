@@ -1,8 +1,9 @@
 -- Reconcile's pure decisions, without servers: the UUIDs a key holds, what
 -- key() does with a row (bare id, embedded uuid columns, a wrong inverse),
--- the mass-delete valve, and the policy fields reconcile adds.
+-- the mass-delete valve, and the policy fields reconcile adds; and the
+-- listing's times, read in C (a scripted fake S3 serves the listing).
 local policy = require("resclean.policy")
-local rec = require("resclean.reconcile")
+local s3h = require("support.s3_helpers")
 
 local U1 = "3f2b8c1e-9a4d-4e7f-8b21-0c5d6e7f8091"
 local U2 = "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d"
@@ -12,6 +13,8 @@ local function build(over)
 end
 
 describe("reconcile: UUIDs embedded in a key", function()
+  local rec = require("resclean.reconcile_owners")
+
   it("finds a bare UUID, a prefixed one, and each of several", function()
     assert.are.same({ U1 }, rec.embedded_uuids(U1))
     assert.are.same({ U1 }, rec.embedded_uuids("wl/" .. U1))
@@ -32,6 +35,8 @@ describe("reconcile: UUIDs embedded in a key", function()
 end)
 
 describe("reconcile: what key() does with a row", function()
+  local rec = require("resclean.reconcile_owners")
+
   local UUIDS = { id = "uuid", guid = "uuid", checksum = "text", project_id = "integer integer" }
 
   it("sees the default key as the bare id", function()
@@ -78,6 +83,8 @@ describe("reconcile: what key() does with a row", function()
 end)
 
 describe("reconcile: the mass-delete valve", function()
+  local rec = require("resclean.reconcile_run")
+
   it("allows up to the fraction of the candidates", function()
     assert.are.same({ true, 10 }, { rec.valve(10, 100, 0.10) })
     assert.are.same({ true, 0 }, { rec.valve(0, 0, 0.10) })
@@ -100,6 +107,8 @@ describe("reconcile: the mass-delete valve", function()
 end)
 
 describe("reconcile: the listing's bound", function()
+  local rec = require("resclean.reconcile_run")
+
   local function page(keys, token)
     local p = { keys = {}, truncated = token ~= nil, next_continuation = token }
     for i, k in ipairs(keys) do p.keys[i] = { key = k } end
@@ -162,10 +171,26 @@ describe("reconcile: policy fields", function()
 end)
 
 describe("reconcile: S3 times", function()
+  local fake
+  lazy_setup(function() fake = s3h.fake_server() end)
+  lazy_teardown(function() if fake then fake.stop() end end)
+
+  -- The mtime of a listed object whose LastModified is lm: parsed in C as the
+  -- listing is read (resclean.s3 client:list), not in Lua.
+  local function parse_time(lm)
+    fake.script({ { status = 200, body = "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>k</Key>"
+      .. "<LastModified>" .. lm .. "</LastModified></Contents></ListBucketResult>" } })
+    local c = fake.client({ max_attempts = 1 })
+    local page = assert(c:list({}))
+    c:close()
+    assert.are.equal(lm, page.keys[1].last_modified)
+    return page.keys[1].mtime
+  end
+
   it("parses RFC 3339 times with Z or an offset", function()
-    assert.are.equal(0, rec.parse_time("1970-01-01T00:00:00Z"))
-    assert.are.equal(1.5, rec.parse_time("1970-01-01T00:00:01.500Z"))
-    assert.are.equal(-3600, rec.parse_time("1970-01-01T00:00:00+01:00"))
-    assert.is_nil(rec.parse_time("yesterday"))
+    assert.are.equal(0, parse_time("1970-01-01T00:00:00Z"))
+    assert.are.equal(1.5, parse_time("1970-01-01T00:00:01.500Z"))
+    assert.are.equal(-3600, parse_time("1970-01-01T00:00:00+01:00"))
+    assert.is_nil(parse_time("yesterday"))
   end)
 end)

@@ -633,6 +633,10 @@ static void push_listing(lua_State *L, const s3xml_list *l) {
             lua_setfield(L, -2, "size");
         }
         luax_setstr(L, "last_modified", e->last_modified);
+        if (e->has_mtime) {
+            lua_pushnumber(L, (lua_Number)e->mtime);
+            lua_setfield(L, -2, "mtime");
+        }
         if (e->etag) {
             strip_quotes(L, e->etag);
             lua_setfield(L, -2, "etag");

@@ -9,6 +9,8 @@
 
 #include <expat.h>
 
+#include "sigv4.h"
+
 #define XW_MAXDEPTH 16
 #define XW_MAXTEXT ((size_t)32 << 20) /* the text of one element; replies are limited alike */
 
@@ -412,6 +414,7 @@ static void list_end_contents(xw *w, s3xml_list *l, const char *name, const char
         l->cur.keylen = len;
     } else if (strcmp(name, "LastModified") == 0) {
         set_text(w, &l->cur.last_modified, text, len);
+        l->cur.has_mtime = sigv4_parse_iso8601(text, len, &l->cur.mtime) == 0;
     } else if (strcmp(name, "ETag") == 0) {
         set_text(w, &l->cur.etag, text, len);
     } else if (strcmp(name, "Size") == 0) {

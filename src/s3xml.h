@@ -68,6 +68,8 @@ typedef struct s3xml_entry {
     long long size;
     int has_size;
     char *last_modified, *etag;
+    double mtime; /* last_modified in epoch seconds (sigv4_parse_iso8601), when has_mtime */
+    int has_mtime;
 } s3xml_entry;
 
 typedef struct s3xml_list {

@@ -9,7 +9,7 @@
  * headers), canonical request, string to sign, signature, then the Authorization header or
  * the presigned query.
  */
-#define _DEFAULT_SOURCE /* gmtime_r */
+#define _DEFAULT_SOURCE /* gmtime_r, timegm */
 #include "sigv4.h"
 
 #include <openssl/crypto.h>
@@ -115,6 +115,94 @@ int sigv4_format_date(time_t now, char amz_date[17]) {
     if (gmtime_r(&now, &tm) == NULL || tm.tm_year < -1900 || tm.tm_year > 9999 - 1900)
         return -1;
     return strftime(amz_date, 17, "%Y%m%dT%H%M%SZ", &tm) == 16 ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- reading times */
+
+/* The n digits at s as a number; -1 when one is not a digit. */
+static int digits(const char *s, size_t n) {
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* Epoch seconds of the UTC time whose fields (YYYY MM DD hh mm ss) start at s + at[0..5]; -1
+ * on a non-digit or a time that does not exist (2015-02-30 does not round-trip). */
+static int civil_time(const char *s, const int at[6], time_t *out) {
+    int f[6];
+    for (int i = 0; i < 6; i++)
+        if ((f[i] = digits(s + at[i], i == 0 ? 4 : 2)) < 0)
+            return -1;
+    struct tm want = {0}, tm, back;
+    want.tm_year = f[0] - 1900;
+    want.tm_mon = f[1] - 1;
+    want.tm_mday = f[2];
+    want.tm_hour = f[3];
+    want.tm_min = f[4];
+    want.tm_sec = f[5];
+    tm = want; /* timegm normalises its argument */
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1 || gmtime_r(&t, &back) == NULL || back.tm_year != want.tm_year ||
+        back.tm_mon != want.tm_mon || back.tm_mday != want.tm_mday || back.tm_hour != want.tm_hour ||
+        back.tm_min != want.tm_min || back.tm_sec != want.tm_sec)
+        return -1;
+    *out = t;
+    return 0;
+}
+
+static const int EXTENDED[6] = {0, 5, 8, 11, 14, 17}; /* 2015-08-30T12:36:00 */
+
+int sigv4_parse_time(const char *s, size_t len, time_t *out) {
+    static const int compact[6] = {0, 4, 6, 9, 11, 13}; /* 20150830T123600Z */
+    if (len == 16 && s[8] == 'T' && s[15] == 'Z')
+        return civil_time(s, compact, out);
+    if (len == 20 && s[4] == '-' && s[7] == '-' && s[10] == 'T' && s[13] == ':' && s[16] == ':' &&
+        s[19] == 'Z')
+        return civil_time(s, EXTENDED, out);
+    return -1;
+}
+
+/* The zone after the seconds (its n bytes at s): "", "Z" or an offset "+01:00" ("+0100") ->
+ * seconds east of UTC; -1 when it is none of these. */
+static int zone_offset(const char *s, size_t n, long *east) {
+    *east = 0;
+    if (n == 0 || (n == 1 && (s[0] == 'Z' || s[0] == 'z')))
+        return 0;
+    if ((n != 5 && n != 6) || (s[0] != '+' && s[0] != '-') || (n == 6 && s[3] != ':'))
+        return -1;
+    int h = digits(s + 1, 2), m = digits(s + n - 2, 2);
+    if (h < 0 || m < 0)
+        return -1;
+    *east = (h * 3600L + m * 60L) * (s[0] == '-' ? -1 : 1);
+    return 0;
+}
+
+int sigv4_parse_iso8601(const char *s, size_t len, double *out) {
+    time_t t;
+    if (len < 19 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
+        s[13] != ':' || s[16] != ':' || civil_time(s, EXTENDED, &t) < 0)
+        return -1;
+    size_t i = 19;
+    double frac = 0;
+    if (i < len && s[i] == '.') {
+        long long num = 0, den = 1;
+        for (i++; i < len && s[i] >= '0' && s[i] <= '9'; i++) {
+            if (den < 1000000000LL) { /* nanoseconds are enough; further digits are read, not kept */
+                num = num * 10 + (s[i] - '0');
+                den *= 10;
+            }
+        }
+        frac = (double)num / (double)den;
+    }
+    long east;
+    if (zone_offset(s + i, len - i, &east) < 0)
+        return -1;
+    *out = (double)t + frac - (double)east;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- one signing */

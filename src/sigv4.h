@@ -87,6 +87,13 @@ int sigv4_has_header(const sigv4_request *r, const char *lname);
 int sigv4_unreserved(unsigned char c);
 /* "YYYYMMDDTHHMMSSZ" of now (UTC); -1 outside years 0-9999. */
 int sigv4_format_date(time_t now, char amz_date[17]);
+/* "20150830T123600Z" or "2015-08-30T12:36:00Z" -> epoch seconds; -1 on a malformed string or a
+ * time that does not exist. */
+int sigv4_parse_time(const char *s, size_t len, time_t *out);
+/* An RFC 3339 time as S3 lists it, "2026-11-29T19:30:01.123Z" ('T', 't' or ' ' between date and
+ * time; a fraction or none; "Z", an offset "+01:00" or none: UTC) -> epoch seconds with the
+ * fraction; -1 when malformed or the time does not exist. */
+int sigv4_parse_iso8601(const char *s, size_t len, double *out);
 
 /* sigv4_lua.c: the Lua module. */
 int luaopen_resclean_sigv4(struct lua_State *L);

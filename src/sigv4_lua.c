@@ -1,7 +1,6 @@
 /* resclean.sigv4: the Lua binding of sigv4.c (`require "resclean.sigv4"`).
  * Misuse raises "bad argument #1 to 'sign' (field 'x': ...)"; nothing fails otherwise but
  * memory. */
-#define _DEFAULT_SOURCE /* timegm, gmtime_r */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,53 +74,6 @@ static int opt_bool(lua_State *L, const char *field, int dflt) {
     return v;
 }
 
-static int two(const char *s) {
-    return (s[0] - '0') * 10 + (s[1] - '0');
-}
-
-static int all_digits(const char *s, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return 1;
-}
-
-/* "20150830T123600Z" or "2015-08-30T12:36:00Z" -> epoch seconds; -1 on a malformed string. */
-static int parse_time(const char *s, size_t len, time_t *out) {
-    char d[15];
-    if (len == 16 && all_digits(s, 8) && s[8] == 'T' && all_digits(s + 9, 6) && s[15] == 'Z') {
-        memcpy(d, s, 8);
-        memcpy(d + 8, s + 9, 6);
-    } else if (len == 20 && all_digits(s, 4) && s[4] == '-' && all_digits(s + 5, 2) && s[7] == '-' &&
-               all_digits(s + 8, 2) && s[10] == 'T' && all_digits(s + 11, 2) && s[13] == ':' &&
-               all_digits(s + 14, 2) && s[16] == ':' && all_digits(s + 17, 2) && s[19] == 'Z') {
-        memcpy(d, s, 4);
-        memcpy(d + 4, s + 5, 2);
-        memcpy(d + 6, s + 8, 2);
-        memcpy(d + 8, s + 11, 2);
-        memcpy(d + 10, s + 14, 2);
-        memcpy(d + 12, s + 17, 2);
-    } else {
-        return -1;
-    }
-    struct tm want = {0}, tm, back;
-    want.tm_year = two(d) * 100 + two(d + 2) - 1900;
-    want.tm_mon = two(d + 4) - 1;
-    want.tm_mday = two(d + 6);
-    want.tm_hour = two(d + 8);
-    want.tm_min = two(d + 10);
-    want.tm_sec = two(d + 12);
-    tm = want; /* timegm normalises its argument */
-    time_t t = timegm(&tm);
-    /* reject 2015-02-30 and friends: the date must round-trip unchanged */
-    if (t == (time_t)-1 || gmtime_r(&t, &back) == NULL || back.tm_year != want.tm_year ||
-        back.tm_mon != want.tm_mon || back.tm_mday != want.tm_mday || back.tm_hour != want.tm_hour ||
-        back.tm_min != want.tm_min || back.tm_sec != want.tm_sec)
-        return -1;
-    *out = t;
-    return 0;
-}
-
 static time_t check_time(lua_State *L, const char *field) {
     time_t now = 0;
     int t = lua_getfield(L, 1, field);
@@ -137,7 +89,7 @@ static time_t check_time(lua_State *L, const char *field) {
     } else if (t == LUA_TSTRING) {
         size_t len;
         const char *s = lua_tolstring(L, -1, &len);
-        if (parse_time(s, len, &now) < 0)
+        if (sigv4_parse_time(s, len, &now) < 0)
             field_error(L, field, "\"YYYYMMDDTHHMMSSZ\" or \"YYYY-MM-DDTHH:MM:SSZ\" expected");
     } else {
         field_error(L, field, "epoch seconds or a UTC time string expected");

@@ -2,7 +2,8 @@
 -- outcome, the lines it logs (one per resource, progress, one summary) and
 -- how it ends. An error that ends a run becomes its exit code here and
 -- nowhere else: ended_on(err), through errors.exit_code (config 2,
--- transient 3, item 1).
+-- transient 3, item 1). Reconcile's run (reconcile_run.lua) is this Run
+-- with counts, lines and summary fields of its own.
 local errors = require("resclean.errors")
 local log = require("resclean.log")
 local sys = require("resclean.sys")
@@ -15,10 +16,11 @@ M.EXIT = errors.EXIT
 
 local Run = {}
 Run.__index = Run
+M.Run = Run -- a command's own Run: setmetatable(M.new(opts), Sub), Sub's __index Run
 
 -- opts: policy, dry_run, run_id (else a new one), emit (else log.emit),
--- pg and conninfo (a fresh session, to settle a commit whose answer was
--- lost: batch.lua).
+-- counts (the names counted, else M.OUTCOMES), pg and conninfo (a fresh
+-- session, to settle a commit whose answer was lost: batch.lua).
 function M.new(opts)
   local r = setmetatable({
     policy = opts.policy,
@@ -33,7 +35,7 @@ function M.new(opts)
     last_progress = sys.monotime(),
     emit = opts.emit or log.emit,
   }, Run)
-  for _, o in ipairs(M.OUTCOMES) do r.counts[o] = 0 end
+  for _, o in ipairs(opts.counts or M.OUTCOMES) do r.counts[o] = 0 end
   return r
 end
 
@@ -102,13 +104,21 @@ function Run:progress(force)
   })
 end
 
+-- The summary's own fields (besides run_id and the counts), ms the run's
+-- duration so far. A command's Run gives its own.
+function Run:summary_fields(ms)
+  return { eligible = self.eligible, duration_ms = ms,
+           rate = ms > 0 and math.floor(self.done / ms * 1000 * 10 + 0.5) / 10 or 0,
+           total = self.done, dry_run = self.dry_run or nil, db_pid = self.db_pid,
+           oldest_age_s = self.oldest_age_s and math.floor(self.oldest_age_s) or nil,
+           skipped_reasons = self.skipped_reasons }
+end
+
+-- The summary line, event: run_id, summary_fields, the counts, then extra
+-- (which wins); an error when extra has one. Returns its fields.
 function Run:summary(event, extra)
-  local ms = math.floor((sys.monotime() - self.started) * 1000 + 0.5)
-  local f = { run_id = self.run_id, eligible = self.eligible, duration_ms = ms,
-              rate = ms > 0 and math.floor(self.done / ms * 1000 * 10 + 0.5) / 10 or 0,
-              total = self.done, dry_run = self.dry_run or nil, db_pid = self.db_pid,
-              oldest_age_s = self.oldest_age_s and math.floor(self.oldest_age_s) or nil,
-              skipped_reasons = self.skipped_reasons }
+  local f = self:summary_fields(math.floor((sys.monotime() - self.started) * 1000 + 0.5))
+  f.run_id = self.run_id
   for k, v in pairs(self.counts) do f[k] = v end
   for k, v in pairs(extra or {}) do f[k] = v end
   self.emit(f.error and "error" or "info", event, f)

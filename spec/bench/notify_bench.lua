@@ -18,7 +18,6 @@ local cjson = require("cjson")
 local config = require("resclean.config")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
-local reconcile = require("resclean.reconcile")
 local sys = require("resclean.sys")
 
 local function say(fmt, ...)
@@ -89,7 +88,8 @@ local function measure(proc, client, n, keep_going)
       error(("cancel of %s ended %s (via %s), expected object_deleted via request"):format(id, tostring(rec.outcome),
         tostring(rec.via)))
     end
-    local at = reconcile.parse_time(rec.ts)
+    -- the line's ts (UTC, milliseconds) read by PostgreSQL, after the measurement
+    local at = fx.check(conn:query("SELECT extract(epoch FROM $1::timestamptz)::float8 AS t", rec.ts))[1].t
     lat[#lat + 1] = math.max(0, (at - sent) * 1000)
   end
   table.sort(lat)
