@@ -4,6 +4,7 @@
 --   sweep.lua    the cycle: session, eligible count, the loop of batches,
 --                how the cycle ends (its exit code, chosen here)
 --   batch.lua    one batch in one transaction: claim, rows, objects, commit
+--   commit_doubt.lua  a COMMIT whose answer was lost: asked, or settled next cycle
 --   outcome.lua  a resource's outcome from the storage results (pure)
 --   cancel.lua   given ids, through the batch's own steps
 --   session.lua  connection, SETs, schema check, SQL, prepared statements
@@ -11,6 +12,7 @@
 -- This module also keeps the names the scripts and other modules use.
 local batch = require("resclean.batch")
 local cancel = require("resclean.cancel")
+local commit_doubt = require("resclean.commit_doubt")
 local errors = require("resclean.errors")
 local log = require("resclean.log")
 local presence = require("resclean.presence")
@@ -66,7 +68,7 @@ function batches(conn, sql, store, run, opts)
   end
   M.policy_presence(conn, run, opts)
   -- Commits in doubt from an earlier cycle (their answer was lost) first.
-  local settled, serr = batch.settle_in_doubt(conn, run)
+  local settled, serr = commit_doubt.settle_in_doubt(conn, run)
   if not settled then return nil, serr end
   local res, err = conn:query(sql.eligible, p.max_age, p.upload_types)
   if not res then return nil, err end
