@@ -9,9 +9,7 @@
 --   cancel.lua   given ids, through the batch's own steps
 --   session.lua  connection, SETs, schema check, SQL, prepared statements
 --   run.lua      counts, log lines, summary; an error becomes an exit code
--- This module also keeps the names the scripts and other modules use.
 local batch = require("resclean.batch")
-local cancel = require("resclean.cancel")
 local commit_doubt = require("resclean.commit_doubt")
 local errors = require("resclean.errors")
 local log = require("resclean.log")
@@ -21,9 +19,6 @@ local session = require("resclean.session")
 local sys = require("resclean.sys")
 
 local M = {}
-
-M.EXIT = errors.EXIT
-M.OUTCOMES = runs.OUTCOMES
 
 local batches, pipeline, second_lane, lane_for
 
@@ -40,10 +35,6 @@ function M.cycle(opts)
   return code, summary
 end
 
--- Cancel given ids (opts.ids): see cancel.lua.
-M.cancel = cancel.run
-M.cancel_ids = cancel.ids
-
 -- The batches of a cycle on an open session; where a cycle ends. Returns
 -- exit code, summary fields: the error's code when one ended it, 0 when a
 -- signal stopped it or another sweeper holds the singleton lock, else 1
@@ -51,7 +42,7 @@ M.cancel_ids = cancel.ids
 function M.sweep_batches(conn, sql, store, run, opts)
   local ended, err = batches(conn, sql, store, run, opts)
   if not ended then return runs.ended_on(err) end
-  if ended.stopped or ended.singleton_busy then return M.EXIT.ok, ended end
+  if ended.stopped or ended.singleton_busy then return errors.EXIT.ok, ended end
   return run:exit_code(), ended
 end
 
