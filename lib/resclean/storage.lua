@@ -32,6 +32,10 @@ function Store:check()
   return true
 end
 
+function Store:head(key)
+  return self.client:head(key)
+end
+
 -- HEADs in flight adapt between 1 and the caller's `concurrency` (the
 -- policy's: the most the operator lets it send at once), starting at
 -- START_CONCURRENCY. Slow start: while doubling raised the HEAD rate by
