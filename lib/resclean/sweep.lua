@@ -1,6 +1,7 @@
 -- The sweep: one cycle claims stale pending rows batch after batch until
 -- nothing is left, a limit is reached, a stop signal arrived (the batch in
 -- hand finishes) or an error ends it. Read top-down:
+--   sweeper.lua  the process: cycles on a schedule, supervisor, metrics, cancels
 --   sweep.lua    the cycle: session, eligible count, the loop of batches,
 --                how the cycle ends (its exit code, chosen here)
 --   batch.lua    one batch in one transaction: claim, rows, objects, commit
