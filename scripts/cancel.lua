@@ -9,14 +9,14 @@
 -- is the right to cancel; examples/cancel-requests.sql), which the
 -- listening sweepers take at once and every sweep at the start of its next
 -- cycle: no S3 credentials, no DELETE on the resource table needed.
+-- The work is in lib/resclean/cancel.lua; this front parses the flags.
 local app = require("resclean.app")
+local cancel = require("resclean.cancel")
 local cli = require("resclean.cli")
 local config = require("resclean.config")
-local errors = require("resclean.errors")
 local log = require("resclean.log")
 local pg = require("resclean.pg")
 local policy = require("resclean.policy")
-local presence = require("resclean.presence")
 local sweep = require("resclean.sweep")
 
 local EPILOG = [[
@@ -28,37 +28,6 @@ listens; the request is stored, the next cycle of a sweep takes it, a --once
 sweep only at its next run), 2 configuration to fix (with --notify: a role
 without the grant to write cancel requests), 3 database or storage unreachable.]]
 
-local PER_REQUEST = 1000 -- ids a request row holds at most (the table's CHECK)
-
--- The grant a role lacks to write requests into table t.
-local function grant_hint(t, role)
-  return ("GRANT INSERT (resource_ids, reason, request_id) ON %s TO %s; GRANT USAGE ON SEQUENCE %s_id_seq TO %s "
-    .. "(see examples/cancel-requests.sql)"):format(t, role, t, role)
-end
-
--- The requests for ids (PER_REQUEST ids each) in one transaction, rolled
--- back by its scope when one fails. Returns the role that wrote them and
--- the number of rows, or nil, err.
-local function write_requests(conn, t, ids, reason, request_id)
-  local tx <close>, err = conn:begin()
-  if not tx then return nil, err end
-  local rows = 0
-  for i = 1, #ids, PER_REQUEST do
-    local chunk = table.move(ids, i, math.min(i + PER_REQUEST - 1, #ids), 1, {})
-    local ok, qerr = conn:query(("INSERT INTO %s (resource_ids, reason, request_id) VALUES ($1::uuid[], $2, $3)")
-      :format(conn:quote_ident(t)), chunk, reason, request_id)
-    if not ok then return nil, qerr end
-    rows = rows + 1
-  end
-  local res
-  res, err = conn:query("SELECT current_user::text AS role")
-  if not res then return nil, err end
-  local ok
-  ok, err = tx:commit()
-  if not ok then return nil, err end
-  return res[1].role, rows
-end
-
 -- --notify: write cancel requests; the table's trigger wakes the sweepers.
 local function request_cancel(p, ids, reason, request_id)
   local t = p.cancel_requests_table
@@ -68,39 +37,10 @@ local function request_cancel(p, ids, reason, request_id)
   end
   local ok_log, why = app.start_line("cancel", p, { ids = #ids, notify = true })
   if not ok_log then return sweep.log_failed(why) end
-  local conn <close>, err = pg.connect(config.conninfo())
-  if not conn then return app.fail_on(err, "database: ") end
-  local role, rows = write_requests(conn, t, ids, reason, request_id)
-  if not role then
-    err = rows
-    if err.code == "42501" then
-      local who = conn:query("SELECT current_user::text AS role")
-      who = who and who[1] and who[1].role or "<role>"
-      return app.fail(app.EXIT.usage, ("database: role %s may not write cancel requests into %s: the operator "
-        .. "grants it with %s"):format(who, t, grant_hint(t, who)))
-    elseif err.code == "42P01" then
-      return app.fail(app.EXIT.usage, ("database: table %q does not exist (or is not on the role's search_path): "
-        .. "create it with examples/cancel-requests.sql, or check the policy's cancel_requests_table"):format(t))
-    end
-    return app.fail_on(err, "database: ")
-  end
-  -- Is a sweeper listening? Its listener holds a lock every role sees (presence.lua).
-  local listeners, lerr = presence.listeners(conn, t)
-  local n = listeners and #listeners or nil
-  if n == 0 then
-    log.warn("cancel_requested", { table = t, requests = rows, ids = #ids, requested_by = role,
-      request_reason = reason, request_id = request_id, listeners = 0,
-      message = ("stored, but no sweeper listens for the requests in %s on this database: the next cycle of a "
-        .. "sweep takes it; a --once sweep (systemd timer, cron, Kubernetes CronJob) only at its next run. "
-        .. "For cancels within a second, run the long-running sweep (without --once)"):format(t) })
-    return app.EXIT.failed
-  end
-  log.info("cancel_requested", { table = t, requests = rows, ids = #ids, requested_by = role, request_reason = reason,
-    request_id = request_id, listeners = n,
-    listeners_unknown = not listeners and errors.message(lerr) or nil,
-    message = "stored: the listening sweepers take it now, every sweep at the start of "
-      .. "its next cycle at the latest; each cancel shows in their log (via: request, requested_by)" })
-  return app.EXIT.ok
+  local code, fcode, msg = cancel.request({ pg = pg, conninfo = config.conninfo(), table = t, ids = ids,
+                                            reason = reason, request_id = request_id })
+  if not code then return app.fail(fcode, msg) end
+  return code
 end
 
 local function main(...)
@@ -135,7 +75,7 @@ local function main(...)
   local store, code, msg = app.open_store(p, true)
   if not store then return app.fail(code, msg) end
   local summary
-  code, summary = sweep.cancel({
+  code, summary = cancel.run({
     pg = pg, store = store, policy = p, conninfo = config.conninfo(),
     dry_run = opts["dry-run"], ids = ids, run_id = app.run_id, reason = reason, request_id = request_id,
   })

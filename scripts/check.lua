@@ -5,7 +5,6 @@
 -- what and how), 3 the database or the storage unreachable.
 local app = require("resclean.app")
 local check = require("resclean.check")
-local cjson = require("cjson")
 local cli = require("resclean.cli")
 local config = require("resclean.config")
 local log = require("resclean.log")
@@ -16,30 +15,6 @@ bucket, head, delete, clock, metrics, cancel, sweepers. Nothing is deleted: Dele
 is tried on a random key a HEAD found missing. Exit codes: 0 all good (warn
 lines allowed), 2 something to fix (named, with the fix), 3 database or storage
 unreachable.]]
-
-local LABEL = { ok = "ok", warn = "warn", fail = "FAIL", unreachable = "DOWN", skip = "skip" }
-
--- One JSON object, item, status, message and fix first (as a person reads it), the
--- details after in name order.
-local FIRST = { "item", "status", "message", "fix" }
-local function json_line(it)
-  local parts, seen = {}, {}
-  for _, k in ipairs(FIRST) do
-    seen[k] = true
-    if it[k] ~= nil then parts[#parts + 1] = cjson.encode(k) .. ":" .. cjson.encode(it[k]) end
-  end
-  local rest = {}
-  for k in pairs(it) do if not seen[k] then rest[#rest + 1] = k end end
-  table.sort(rest)
-  for _, k in ipairs(rest) do parts[#parts + 1] = cjson.encode(k) .. ":" .. cjson.encode(it[k]) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
-
-local function human_line(it)
-  local line = ("%-4s  %-8s  %s"):format(LABEL[it.status] or it.status, it.item, it.message)
-  if it.fix then line = line .. " -- fix: " .. it.fix end
-  return line
-end
 
 local function main(...)
   local parser = cli.parser("check", "Check everything a sweep needs, deleting nothing.", EPILOG)
@@ -59,17 +34,12 @@ local function main(...)
     metrics_file = opts["metrics-file"],
     emit = function(it)
       counts[it.status] = (counts[it.status] or 0) + 1
-      if opts.json then
-        io.stdout:write(json_line(it), "\n")
-      else
-        io.stdout:write(human_line(it), "\n")
-      end
+      io.stdout:write(opts.json and check.json_line(it) or check.human_line(it), "\n")
       io.stdout:flush()
     end,
   })
   if not opts.json then
-    io.stdout:write(("check: %d ok, %d warn, %d to fix, %d unreachable, %d not checked: exit %d\n"):format(
-      counts.ok or 0, counts.warn or 0, counts.fail or 0, counts.unreachable or 0, counts.skip or 0, code))
+    io.stdout:write(check.summary_line(counts, code), "\n")
   end
   return code, items
 end

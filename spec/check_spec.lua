@@ -3,6 +3,7 @@
 -- for each thing a sweep would trip on; it deletes nothing.
 local cjson = require("cjson")
 local check = require("resclean.check")
+local check_db = require("resclean.check_db")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
 local pg = require("resclean.pg")
@@ -344,11 +345,11 @@ end)
 
 describe("check's primary item", function()
   it("fails on a standby, naming target_session_attrs=read-write", function()
-    local it_ = check.check_primary({ standby = true })
+    local it_ = check_db.check_primary({ standby = true })
     assert.are.equal("fail", it_.status)
     assert.matches("pg_is_in_recovery() is true", it_.message, 1, true)
     assert.matches("target_session_attrs=read-write", it_.fix, 1, true)
-    assert.are.equal("ok", check.check_primary({ standby = false }).status)
+    assert.are.equal("ok", check_db.check_primary({ standby = false }).status)
   end)
 end)
 

@@ -1,12 +1,13 @@
 -- The sweep in-process, without servers: a fake PostgreSQL connection (a
 -- table of rows, foreign-key references, transactions with savepoints that
 -- abort on an error like the real one) and a fake store drive sweep.cycle
--- and sweep.cancel. They reach what the real stack does not: the 23503
+-- and cancel.run. They reach what the real stack does not: the 23503
 -- fallback (the catalog pre-check finds single-column keys first there),
 -- the row the error's detail names, the halving when it names nothing.
 -- Plus the pure outcome decision's table of cases, and storage failures
 -- that roll back only the failed items' rows.
 -- luacheck: ignore 212/self
+local cancel = require("resclean.cancel")
 local outcome = require("resclean.outcome")
 local policy = require("resclean.policy")
 local sweep = require("resclean.sweep")
@@ -559,7 +560,7 @@ describe("cancel (in-process)", function()
     local db = fake_db(3, { referenced = { [uuid(2)] = true } })
     local store = fake_store(ids(1, 3))
     local lines = {}
-    local code, summary = sweep.cancel({ pg = db.pg, store = store, policy = assert(policy.build({})),
+    local code, summary = cancel.run({ pg = db.pg, store = store, policy = assert(policy.build({})),
       ids = ids(1, 3), emit = function(_, event, f) if event == "resource" then lines[f.resource_id] = f end end })
     assert.are.equal(1, code, summary.error)
     assert.are.same({ uuid(2) }, db.left())

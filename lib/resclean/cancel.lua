@@ -3,11 +3,13 @@
 -- timeout bounds the wait): a locked row is skipped, confirmed and
 -- non-upload rows are refused, missing ones are already done. Exit 1 when
 -- anything was left (skipped, refused or failed): the cancel did not do
--- what was asked. Also the turn that takes the requests an application
--- wrote (M.requests).
+-- what was asked. Also the cancel requests: written for the sweepers
+-- (M.request, cancel --notify), and the turn that takes them (M.requests).
 local batch = require("resclean.batch")
+local errors = require("resclean.errors")
 local log = require("resclean.log")
 local policy_mod = require("resclean.policy")
+local presence = require("resclean.presence")
 local runs = require("resclean.run")
 local session = require("resclean.session")
 
@@ -73,6 +75,84 @@ function cancel_ids(conn, sql, store, run, ids)
   err = batch.stop_error(done)
   if err then return nil, err end
   return true
+end
+
+-- ------------------------------------------------------------ asking
+-- cancel --notify: the ids go into the policy's cancel_requests_table, for
+-- the sweepers to take (M.requests; the table's trigger wakes those that
+-- listen). Writing a row is the right to cancel: no S3 credentials, no
+-- DELETE on the resource table needed.
+
+M.PER_REQUEST = 1000 -- ids a request row holds at most (the table's CHECK)
+
+-- The grant a role lacks to write requests into table t.
+local function grant_hint(t, role)
+  return ("GRANT INSERT (resource_ids, reason, request_id) ON %s TO %s; GRANT USAGE ON SEQUENCE %s_id_seq TO %s "
+    .. "(see examples/cancel-requests.sql)"):format(t, role, t, role)
+end
+
+-- The requests for ids (PER_REQUEST ids each) in one transaction, rolled
+-- back by its scope when one fails. Returns the role that wrote them and
+-- the number of rows, or nil, err.
+local function write_requests(conn, t, ids, reason, request_id)
+  local tx <close>, err = conn:begin()
+  if not tx then return nil, err end
+  local rows = 0
+  for i = 1, #ids, M.PER_REQUEST do
+    local chunk = table.move(ids, i, math.min(i + M.PER_REQUEST - 1, #ids), 1, {})
+    local ok, qerr = conn:query(("INSERT INTO %s (resource_ids, reason, request_id) VALUES ($1::uuid[], $2, $3)")
+      :format(conn:quote_ident(t)), chunk, reason, request_id)
+    if not ok then return nil, qerr end
+    rows = rows + 1
+  end
+  local res
+  res, err = conn:query("SELECT current_user::text AS role")
+  if not res then return nil, err end
+  local ok
+  ok, err = tx:commit()
+  if not ok then return nil, err end
+  return res[1].role, rows
+end
+
+-- Write the cancel requests for opts.ids into opts.table (opts: pg,
+-- conninfo, table, ids, reason, request_id) and say whether a sweeper
+-- listens. Returns the exit code (0 stored and a sweeper listens, 1 stored
+-- but none listens), or nil, exit code, message (the error to report).
+function M.request(opts)
+  local t, ids, reason, request_id = opts.table, opts.ids, opts.reason, opts.request_id
+  local conn <close>, err = opts.pg.connect(opts.conninfo)
+  if not conn then return nil, errors.exit_code(err), "database: " .. errors.message(err) end
+  local role, rows = write_requests(conn, t, ids, reason, request_id)
+  if not role then
+    err = rows
+    if err.code == "42501" then
+      local who = conn:query("SELECT current_user::text AS role")
+      who = who and who[1] and who[1].role or "<role>"
+      return nil, runs.EXIT.usage, ("database: role %s may not write cancel requests into %s: the operator "
+        .. "grants it with %s"):format(who, t, grant_hint(t, who))
+    elseif err.code == "42P01" then
+      return nil, runs.EXIT.usage, ("database: table %q does not exist (or is not on the role's search_path): "
+        .. "create it with examples/cancel-requests.sql, or check the policy's cancel_requests_table"):format(t)
+    end
+    return nil, errors.exit_code(err), "database: " .. errors.message(err)
+  end
+  -- Is a sweeper listening? Its listener holds a lock every role sees (presence.lua).
+  local listeners, lerr = presence.listeners(conn, t)
+  local n = listeners and #listeners or nil
+  if n == 0 then
+    log.warn("cancel_requested", { table = t, requests = rows, ids = #ids, requested_by = role,
+      request_reason = reason, request_id = request_id, listeners = 0,
+      message = ("stored, but no sweeper listens for the requests in %s on this database: the next cycle of a "
+        .. "sweep takes it; a --once sweep (systemd timer, cron, Kubernetes CronJob) only at its next run. "
+        .. "For cancels within a second, run the long-running sweep (without --once)"):format(t) })
+    return runs.EXIT.failed
+  end
+  log.info("cancel_requested", { table = t, requests = rows, ids = #ids, requested_by = role, request_reason = reason,
+    request_id = request_id, listeners = n,
+    listeners_unknown = not listeners and errors.message(lerr) or nil,
+    message = "stored: the listening sweepers take it now, every sweep at the start of "
+      .. "its next cycle at the latest; each cancel shows in their log (via: request, requested_by)" })
+  return runs.EXIT.ok
 end
 
 -- ------------------------------------------------------------ requests

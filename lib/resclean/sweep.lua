@@ -1,16 +1,17 @@
 -- The sweep: one cycle claims stale pending rows batch after batch until
 -- nothing is left, a limit is reached, a stop signal arrived (the batch in
 -- hand finishes) or an error ends it. Read top-down:
+--   sweeper.lua  the process: cycles on a schedule, supervisor, metrics, cancels
 --   sweep.lua    the cycle: session, eligible count, the loop of batches,
 --                how the cycle ends (its exit code, chosen here)
 --   batch.lua    one batch in one transaction: claim, rows, objects, commit
+--   commit_doubt.lua  a COMMIT whose answer was lost: asked, or settled next cycle
 --   outcome.lua  a resource's outcome from the storage results (pure)
 --   cancel.lua   given ids, through the batch's own steps
 --   session.lua  connection, SETs, schema check, SQL, prepared statements
 --   run.lua      counts, log lines, summary; an error becomes an exit code
--- This module also keeps the names the scripts and other modules use.
 local batch = require("resclean.batch")
-local cancel = require("resclean.cancel")
+local commit_doubt = require("resclean.commit_doubt")
 local errors = require("resclean.errors")
 local log = require("resclean.log")
 local presence = require("resclean.presence")
@@ -19,9 +20,6 @@ local session = require("resclean.session")
 local sys = require("resclean.sys")
 
 local M = {}
-
-M.EXIT = errors.EXIT
-M.OUTCOMES = runs.OUTCOMES
 
 local batches, pipeline, second_lane, lane_for
 
@@ -38,10 +36,6 @@ function M.cycle(opts)
   return code, summary
 end
 
--- Cancel given ids (opts.ids): see cancel.lua.
-M.cancel = cancel.run
-M.cancel_ids = cancel.ids
-
 -- The batches of a cycle on an open session; where a cycle ends. Returns
 -- exit code, summary fields: the error's code when one ended it, 0 when a
 -- signal stopped it or another sweeper holds the singleton lock, else 1
@@ -49,7 +43,7 @@ M.cancel_ids = cancel.ids
 function M.sweep_batches(conn, sql, store, run, opts)
   local ended, err = batches(conn, sql, store, run, opts)
   if not ended then return runs.ended_on(err) end
-  if ended.stopped or ended.singleton_busy then return M.EXIT.ok, ended end
+  if ended.stopped or ended.singleton_busy then return errors.EXIT.ok, ended end
   return run:exit_code(), ended
 end
 
@@ -66,7 +60,7 @@ function batches(conn, sql, store, run, opts)
   end
   M.policy_presence(conn, run, opts)
   -- Commits in doubt from an earlier cycle (their answer was lost) first.
-  local settled, serr = batch.settle_in_doubt(conn, run)
+  local settled, serr = commit_doubt.settle_in_doubt(conn, run)
   if not settled then return nil, serr end
   local res, err = conn:query(sql.eligible, p.max_age, p.upload_types)
   if not res then return nil, err end
