@@ -234,6 +234,11 @@ describe("reconcile", function()
     assert.are.equal(fx.count_set(before) - #orphans, fx.count_set(after))
     assert.are.equal(#orphans, r.summary.object_deleted)
     assert.is_true(r.summary.apply)
+    -- One run, one id: the start line, every orphan and the summary carry the same run_id.
+    local id = r.by.start[1].run_id
+    assert.is_string(id)
+    for _, l in pairs(r.orphans) do assert.are.equal(id, l.run_id, "orphan line of another run id") end
+    assert.are.equal(id, r.summary.run_id, "summary of another run id")
     for _, k in ipairs(fresh) do assert.is_true(after[k], "deleted a fresh object: " .. k) end
     for _, k in ipairs(fresh) do fx.check(client:delete(k)) end
     after = bucket_keys()

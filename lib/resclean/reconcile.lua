@@ -32,8 +32,9 @@ M.PAGE = 1000 -- S3's most keys a list reply or a DeleteObjects request holds
 -- opts: apply, json, older_than, page_size, max_delete. Returns exit
 -- code[, message for stderr].
 function M.reconcile(conn, store, ctx, p, opts)
+  -- The start line's id (app.start_line), so every line of the run carries one id.
   local run = run_mod.new({ policy = p, apply = opts.apply, human = not opts.json,
-                            page_size = opts.page_size or M.PAGE })
+                            page_size = opts.page_size or M.PAGE, run_id = app.run_id })
   local res, err = conn:query("SELECT extract(epoch FROM now())::float8 AS now")
   if not res then return run:stop_on(err) end
   local t0, db0 = sys.monotime(), res[1].now

@@ -91,9 +91,9 @@ M.COUNTS = { "listed", "considered", "recent", "candidates", "owned", "kept", "o
 
 -- opts: policy, apply, human (the report on out, else nothing but the log),
 -- out (default io.stdout), page_size (keys listed, checked and deleted at a
--- time).
+-- time), run_id (the start line's; else a new one).
 function M.new(opts)
-  local r = runs.new({ policy = opts.policy, counts = M.COUNTS })
+  local r = runs.new({ policy = opts.policy, counts = M.COUNTS, run_id = opts.run_id })
   r.apply, r.human, r.out, r.page_size = opts.apply, opts.human, opts.out or io.stdout, opts.page_size
   r.plan = {}       -- orphans to delete, in listing order
   r.refusals = {}   -- {entry, cols}: keys named by a column no owner covers
