@@ -49,12 +49,12 @@ local function head_probe(store, key, sample_keys)
   local probe_exists = head ~= nil and head.exists
   local found = 0
   if head and sample_keys and #sample_keys > 0 then
-    -- Past the adapter on purpose: Store:head_many adapts its concurrency (and
-    -- logs head_concurrency when it changes) and maps the results; the check
-    -- sends these few HEADs 4 at a time and reads the client's own results.
-    for _, r in ipairs(store.client:head_many(sample_keys, { concurrency = 4 })) do
-      if r.err then
-        head, herr = nil, r.err
+    -- A few keys (check_db.HEAD_SAMPLE), one HEAD at a time through the
+    -- store: Store:head_many would adapt its concurrency and log it.
+    for _, k in ipairs(sample_keys) do
+      local r, e = store:head(k)
+      if not r then
+        head, herr = nil, e
         break
       end
       if r.exists then found = found + 1 end
