@@ -12,6 +12,7 @@ local outcome = require("resclean.outcome")
 local policy = require("resclean.policy")
 local sweep = require("resclean.sweep")
 local set = require("support.helpers").set
+local fake_stores = require("support.fake_store")
 
 local function uuid(i) return ("%08x-0000-4000-8000-%012x"):format(i, i) end
 
@@ -241,45 +242,15 @@ local function fake_db(n, opts)
   return db
 end
 
--- A fake store holding an object for each id given. opts.fail[key]: that
--- key's delete error; opts.fail_all: every key's. opts.trace (a list): the
--- store has delete_start, and notes "start N" and "finish N" there.
+-- The shared fake store (spec/support/fake_store.lua, held to the S3 store's
+-- contract by store_contract_spec) with an object for each id given.
+-- opts.fail[key]: that key's delete error; opts.fail_all: every key's.
+-- opts.trace (a list): the store has delete_start, and notes "start N" and
+-- "finish N" there; without it the store has none (the sweep deletes at once).
 local function fake_store(ids, opts)
   opts = opts or {}
-  local s = { objects = {}, fail = opts.fail or {}, fail_all = opts.fail_all, deleted = {}, starts = 0 }
-  for _, id in ipairs(ids) do s.objects[id] = true end
-  function s:head_many(keys)
-    local out = {}
-    for i, k in ipairs(keys) do out[i] = self.objects[k] == true end
-    return out
-  end
-  function s:delete_many(keys)
-    local out = {}
-    for i, k in ipairs(keys) do
-      local e = self.fail_all or self.fail[k]
-      if e then
-        out[i] = e
-      else
-        self.objects[k] = nil
-        self.deleted[#self.deleted + 1] = k
-        out[i] = true
-      end
-    end
-    return out
-  end
-  if opts.trace then
-    function s:delete_start(keys)
-      self.starts = self.starts + 1
-      local n, store = self.starts, self
-      opts.trace[#opts.trace + 1] = "start " .. n
-      return { pump = function() end,
-               finish = function()
-                 opts.trace[#opts.trace + 1] = "finish " .. n
-                 return store:delete_many(keys)
-               end }
-    end
-  end
-  return s
+  return fake_stores.new(ids, { fail = opts.fail, fail_all = opts.fail_all, trace = opts.trace,
+                                delete_start = opts.trace ~= nil })
 end
 
 local function ids(from, to)
