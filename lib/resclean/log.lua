@@ -18,8 +18,11 @@ local sys = require("resclean.sys")
 
 local M = {}
 
-local LEVELS = { debug = 10, info = 20, warn = 30, error = 40 }
-M.LEVELS = LEVELS
+-- The levels, least severe first: the one list of them (the policy's
+-- log_level and --log-level take these names).
+M.LEVELS = { "debug", "info", "warn", "error" }
+local LEVELS = {} -- name -> rank
+for i, name in ipairs(M.LEVELS) do LEVELS[name] = i * 10 end
 -- syslog priorities, as journald reads them from a "<N>" prefix.
 local PRIORITY = { debug = "<7>", info = "<6>", warn = "<4>", error = "<3>" }
 
@@ -46,8 +49,6 @@ function M.set_level(name)
   if not l then error(("unknown log level %q (expected debug, info, warn or error)"):format(tostring(name)), 2) end
   threshold = l
 end
-
-function M.enabled(level) return LEVELS[level] >= threshold end
 
 -- Fields added to every line (run_id, for instance).
 function M.set_base(fields) base = fields or {} end

@@ -72,13 +72,11 @@ local function num(v)
   if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%d"):format(v) end
   return ("%.15g"):format(v)
 end
-M.format_number = num
 
 -- Label values: backslash, double quote and line feed escaped.
 local function label(v)
   return (tostring(v):gsub("[\\\"\n]", { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
 end
-M.escape_label = label
 
 local function parse_num(s)
   if s == "NaN" then return 0 / 0 end

@@ -3,6 +3,7 @@
 -- attack_resource_files); a policy file (Lua returning a table) overrides
 -- any field. Validation is strict: an unknown field or a bad value is an
 -- error naming the file, the field and what was expected.
+local log = require("resclean.log")
 local sys = require("resclean.sys")
 
 local M = {}
@@ -127,6 +128,9 @@ local function owners_ok(v)
 end
 
 -- field -> {check(value) -> ok[, normalised], what was expected}
+local LOG_LEVELS = {}
+for _, l in ipairs(log.LEVELS) do LOG_LEVELS[l] = true end
+
 local FIELDS = {
   table = { ident, "a table name (letters, digits, _; at most 63 bytes)" },
   id_column = { ident, "a column name" },
@@ -165,10 +169,8 @@ local FIELDS = {
     "a channel name (letters, digits, _; at most 63 bytes), or false for none" },
   cancel_requests_table = { function(v) return v == false or ident(v) end,
     "a table name (letters, digits, _; at most 63 bytes; see examples/cancel-requests.sql), or false for none" },
-  log_level = { function(v) return v == "debug" or v == "info" or v == "warn" or v == "error" end,
-    "one of debug, info, warn, error" },
+  log_level = { function(v) return LOG_LEVELS[v] == true end, "one of " .. table.concat(log.LEVELS, ", ") },
 }
-M.FIELDS = FIELDS
 
 local function describe(v)
   if type(v) == "string" then return ("%q"):format(v) end
