@@ -156,8 +156,9 @@ UNIT_SPECS = spec/alerts_kubernetes_spec.lua spec/harness_spec.lua spec/cli_spec
              spec/errors_spec.lua spec/events_doc_spec.lua spec/examples_spec.lua \
              spec/fuzz_regressions_spec.lua spec/log_spec.lua spec/notify_unit_spec.lua \
              spec/policy_spec.lua spec/pool_unit_spec.lua spec/reconcile_unit_spec.lua \
-             spec/release_spec.lua spec/schedule_spec.lua spec/sigv4_spec.lua \
-             spec/standby_errors_spec.lua spec/sweep_unit_spec.lua spec/sys_spec.lua
+             spec/release_spec.lua spec/schedule_spec.lua spec/shape_spec.lua spec/sigv4_spec.lua \
+             spec/standby_errors_spec.lua spec/store_contract_spec.lua spec/sweep_unit_spec.lua \
+             spec/sys_spec.lua
 STACK_VARS = DATABASE_URL DATABASE_URL_TLS RESCLEAN_STACK_DIR RESCLEAN_THROWAWAY_STACK \
              PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE AWS_ENDPOINT_URL_S3 \
              AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
