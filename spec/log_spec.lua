@@ -176,3 +176,68 @@ describe("the log", function()
     for line in io.lines(other) do assert.matches('^{"ts"', line) end
   end)
 end)
+
+-- The event catalogue check (RESCLEAN_EVENT_CHECK, events.lua): the specs'
+-- guard that every event the code logs is catalogued.
+describe("the event catalogue check", function()
+  -- Runs a script in a process of its own with the check writing to a file
+  -- (value false: unset). Returns the process's result and what the check noted.
+  local function run(body, check)
+    local notes = h.tmpdir() .. "/notes"
+    local r = h.run({ "run", h.tmpfile(body, "emit.lua") },
+      { RESCLEAN_EVENT_CHECK = check ~= false and notes or false })
+    local f = io.open(notes, "r")
+    if not f then return r, "" end
+    local text = f:read("a")
+    f:close()
+    return r, text
+  end
+
+  it("notes an event the code emits that the catalogue does not list, once, naming where", function()
+    local r, notes = run([[
+      local run = require("resclean.run").new({ policy = {} })
+      run:summary("no_such_event"); run:summary("no_such_event")
+      run:summary("sweep")
+    ]])
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches('"event":"no_such_event"', r.stdout, 1, true) -- the line itself is written as ever
+    local lines = {}
+    for l in notes:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.are.equal(1, #lines, notes)
+    assert.matches("^info no_such_event at lib/resclean/run%.lua:%d+ %(pid %d+%)$", lines[1])
+  end)
+
+  it("notes a catalogued event at a level the catalogue does not give it", function()
+    local r, notes = run([[
+      local run = require("resclean.run").new({ policy = {} })
+      run.emit("debug", "sweep", {})        -- the caller is this script: not the code's
+      run:summary("sweep", {})              -- info: listed
+      run:summary("progress", { error = "x" }) -- error: progress is info only
+    ]])
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("^error progress at lib/resclean/run%.lua:%d+ %(pid %d+%)\n$", notes)
+  end)
+
+  it("checks lines below the log level too", function()
+    local r, notes = run([[
+      require("resclean.log").set_level("error")
+      require("resclean.run").new({ policy = {} }):summary("no_such_event")
+    ]])
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal("", r.stdout) -- not written
+    assert.matches("^info no_such_event at ", notes)
+  end)
+
+  it("ignores what a spec or a script of its own logs", function()
+    local _, notes = run('require("resclean.log").warn("anything_at_all", { n = 1 })')
+    assert.are.equal("", notes)
+  end)
+
+  it("costs nothing and notes nothing when unset", function()
+    local r = run([[
+      require("resclean.run").new({ policy = {} }):summary("no_such_event")
+      assert(package.loaded["resclean.events"] == nil, "the catalogue was loaded")
+    ]], false)
+    assert.are.equal(0, r.code, r.stderr)
+  end)
+end)

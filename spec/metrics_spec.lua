@@ -6,6 +6,7 @@ local h = require("support.helpers")
 local cjson = require("cjson")
 local log = require("resclean.log")
 local metrics = require("resclean.metrics")
+local outcome_mod = require("resclean.outcome")
 local sys = require("resclean.sys")
 
 -- "name{labels}" -> value, plus the TYPE of each family.
@@ -309,7 +310,7 @@ describe("the metrics file", function()
     -- SUMMARY: 9 eligible, 6 removed, 2 skipped (no reasons given: "other"), 1 failed
     m:record(SUMMARY, 1, POLICY)
     local s = parse_prom(h.readall(path))
-    for _, r in ipairs(metrics.KEPT_REASONS) do
+    for _, r in ipairs(outcome_mod.KEPT_REASONS) do
       assert.are.equal(0, s[('resclean_sweep_kept{reason="%s"}'):format(r)], r)
     end
     assert.are.equal(2, s['resclean_sweep_kept{reason="other"}'])

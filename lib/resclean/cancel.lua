@@ -8,6 +8,7 @@
 local batch = require("resclean.batch")
 local errors = require("resclean.errors")
 local log = require("resclean.log")
+local outcome_mod = require("resclean.outcome")
 local policy_mod = require("resclean.policy")
 local presence = require("resclean.presence")
 local runs = require("resclean.run")
@@ -336,7 +337,7 @@ function lock_one(ctx, id)
   if not res then
     if err.code == "55P03" then
       tx:rollback_to("lock")
-      run:outcome({ id = id }, "skipped", "locked")
+      run:outcome({ id = id }, "skipped", outcome_mod.KEPT.locked)
     elseif err.code == "22P02" then
       tx:rollback_to("lock")
       run:outcome({ id = id }, "not_found", "invalid_id")

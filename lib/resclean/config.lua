@@ -1,5 +1,5 @@
--- Configuration from the environment, as the ecosystems already name it,
--- and the command-line flags every script shares.
+-- Configuration from the environment, as the ecosystems already name it
+-- (the command line every script shares is cli.lua's).
 local log = require("resclean.log")
 
 local M = {}
@@ -84,41 +84,6 @@ function M.s3_options(policy)
     max_attempts = policy.s3_max_attempts,
     concurrency = policy.concurrency,
   }
-end
-
--- Parse flags: spec maps "--name" to "flag" (boolean) or "value" (takes
--- the next argument). Returns opts, positional or nil, usage message.
-function M.parse_args(argv, spec)
-  local opts, rest = {}, {}
-  local i = 1
-  while i <= #argv do
-    local a = argv[i]
-    local name, inline = a:match("^%-%-([%w%-]+)=(.*)$")
-    name = name or a:match("^%-%-([%w%-]+)$")
-    if a == "--" then
-      table.move(argv, i + 1, #argv, #rest + 1, rest)
-      break
-    elseif name then
-      local kind = spec[name]
-      if not kind then return nil, ("unknown option --%s"):format(name) end
-      if kind == "flag" then
-        if inline then return nil, ("option --%s takes no value"):format(name) end
-        opts[name] = true
-      else
-        local v = inline
-        if not v then
-          i = i + 1
-          v = argv[i]
-        end
-        if not v then return nil, ("option --%s needs a value"):format(name) end
-        opts[name] = v
-      end
-    else
-      rest[#rest + 1] = a
-    end
-    i = i + 1
-  end
-  return opts, rest
 end
 
 return M

@@ -14,15 +14,12 @@
 -- hourly with --once (a new process each time) still exposes counters that
 -- only go up, and a restart does not lose the last success time.
 local log = require("resclean.log")
+local outcome_mod = require("resclean.outcome")
 local sys = require("resclean.sys")
 
 local M = {}
 
-M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused", "in_doubt" }
 M.EXIT_CODES = { 0, 1, 2, 3 }
--- Why the sweep keeps a resource on purpose (outcome skipped); each is
--- written every cycle, 0 included, so alert expressions always match.
-M.KEPT_REASONS = { "referenced", "locked", "bad_key", "row_vanished" }
 -- Why cycles in a row removed nothing (resclean_sweep_stuck_cycles): each is
 -- written every cycle, 0 included.
 M.STUCK_REASONS = { "nothing_removed", "singleton_busy" }
@@ -75,13 +72,11 @@ local function num(v)
   if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%d"):format(v) end
   return ("%.15g"):format(v)
 end
-M.format_number = num
 
 -- Label values: backslash, double quote and line feed escaped.
 local function label(v)
   return (tostring(v):gsub("[\\\"\n]", { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
 end
-M.escape_label = label
 
 local function parse_num(s)
   if s == "NaN" then return 0 / 0 end
@@ -158,7 +153,7 @@ function M.new(path, opts)
   }, Metrics)
   for _, r in ipairs(M.STUCK_REASONS) do m.stuck[r] = state.stuck[r] or 0 end
   policy_gauges(m.gauges, state.policy.interval and state.policy or nil)
-  for _, o in ipairs(M.OUTCOMES) do m.resources[o] = state.resources[o] or 0 end
+  for _, o in ipairs(outcome_mod.OUTCOMES) do m.resources[o] = state.resources[o] or 0 end
   for o, v in pairs(state.resources) do m.resources[o] = v end
   for _, c in ipairs(M.EXIT_CODES) do m.cycles[c] = state.cycles[c] or 0 end
   for c, v in pairs(state.cycles) do m.cycles[c] = v end
@@ -170,7 +165,7 @@ end
 -- sweep gives them; skipped resources it does not explain are "other".
 local function kept(summary)
   local by, named = {}, 0
-  for _, r in ipairs(M.KEPT_REASONS) do by[r] = 0 end
+  for _, r in ipairs(outcome_mod.KEPT_REASONS) do by[r] = 0 end
   for r, n in pairs(summary.skipped_reasons or {}) do
     if math.type(n) == "integer" and n > 0 then
       by[r] = (by[r] or 0) + n
@@ -199,7 +194,7 @@ function Metrics:record(summary, code, p)
   local g = self.gauges
   local now = self.now()
   if not summary.dry_run then
-    for _, o in ipairs(M.OUTCOMES) do
+    for _, o in ipairs(outcome_mod.OUTCOMES) do
       local n = summary[o]
       if math.type(n) == "integer" and n > 0 then self.resources[o] = self.resources[o] + n end
     end
@@ -247,7 +242,8 @@ function Metrics:count_stuck(summary)
   st.singleton_busy = 0
   local function n(v) return math.type(v) == "integer" and v or 0 end
   local reasons = summary.skipped_reasons or {}
-  local removable = summary.eligible - n(reasons.referenced) - n(reasons.row_vanished)
+  local kept_reason = outcome_mod.KEPT
+  local removable = summary.eligible - n(reasons[kept_reason.referenced]) - n(reasons[kept_reason.row_vanished])
   local removed = n(summary.object_deleted) + n(summary.record_only) + n(summary.deleted)
   if removed > 0 or removable <= 0 then
     st.nothing_removed = 0
@@ -273,7 +269,7 @@ end
 -- counted in resclean_resources_total by outcome like a cycle's; the cycle
 -- gauges are left as the last cycle set them.
 function Metrics:record_resources(summary)
-  for _, o in ipairs(M.OUTCOMES) do
+  for _, o in ipairs(outcome_mod.OUTCOMES) do
     local n = summary and summary[o]
     if math.type(n) == "integer" and n > 0 then self.resources[o] = self.resources[o] + n end
   end

@@ -1,9 +1,25 @@
--- What happened to a resource whose row the batch deleted (uncommitted),
--- decided from what storage answered: pure functions, no I/O, so the
--- table of cases is a unit spec.
+-- What happened to a resource: the outcomes and kept reasons every module
+-- names (defined here only), and the outcome of a resource whose row the
+-- batch deleted (uncommitted), decided from what storage answered: pure
+-- functions, no I/O, so the table of cases is a unit spec.
 local errors = require("resclean.errors")
 
 local M = {}
+
+-- Every outcome a resource line can carry (resclean(1), LOGS): the run's
+-- counts, its summary and resclean_resources_total list them in this order.
+M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused", "in_doubt" }
+
+-- Why a resource is kept on purpose (outcome skipped, its reason): each is
+-- written to resclean_sweep_kept every cycle, 0 included.
+M.KEPT_REASONS = { "referenced", "locked", "bad_key", "row_vanished" }
+
+-- The same names by name, for the code that gives them: KEPT.locked is
+-- "locked"; a name not in KEPT_REASONS raises, so a misspelt reason fails
+-- where it is written instead of reaching the log and the metrics.
+M.KEPT = {}
+for _, r in ipairs(M.KEPT_REASONS) do M.KEPT[r] = r end
+setmetatable(M.KEPT, { __index = function(_, k) error(("unknown kept reason %q"):format(tostring(k)), 2) end })
 
 -- exists: the object's HEAD result (true, false; nil when not checked, an
 -- error table when the HEAD failed; "unlisted" when a listing of the

@@ -3,10 +3,13 @@
 -- attack_resource_files); a policy file (Lua returning a table) overrides
 -- any field. Validation is strict: an unknown field or a bad value is an
 -- error naming the file, the field and what was expected.
+local log = require("resclean.log")
 local sys = require("resclean.sys")
 
 local M = {}
 
+-- A UUID as PostgreSQL writes it (lower case), the whole string: the one
+-- UUID pattern. To find one written in either case, match s:lower().
 local H = "[0-9a-f]"
 local UUID = "^" .. H:rep(8) .. "%-" .. H:rep(4) .. "%-" .. H:rep(4) .. "%-" .. H:rep(4) .. "%-" .. H:rep(12) .. "$"
 M.UUID_PATTERN = UUID
@@ -125,6 +128,9 @@ local function owners_ok(v)
 end
 
 -- field -> {check(value) -> ok[, normalised], what was expected}
+local LOG_LEVELS = {}
+for _, l in ipairs(log.LEVELS) do LOG_LEVELS[l] = true end
+
 local FIELDS = {
   table = { ident, "a table name (letters, digits, _; at most 63 bytes)" },
   id_column = { ident, "a column name" },
@@ -163,10 +169,8 @@ local FIELDS = {
     "a channel name (letters, digits, _; at most 63 bytes), or false for none" },
   cancel_requests_table = { function(v) return v == false or ident(v) end,
     "a table name (letters, digits, _; at most 63 bytes; see examples/cancel-requests.sql), or false for none" },
-  log_level = { function(v) return v == "debug" or v == "info" or v == "warn" or v == "error" end,
-    "one of debug, info, warn, error" },
+  log_level = { function(v) return LOG_LEVELS[v] == true end, "one of " .. table.concat(log.LEVELS, ", ") },
 }
-M.FIELDS = FIELDS
 
 local function describe(v)
   if type(v) == "string" then return ("%q"):format(v) end
@@ -174,8 +178,12 @@ local function describe(v)
   return tostring(v)
 end
 
--- Policy errors carry kind "policy" so scripts exit 2.
-local function perr(source, field, msg)
+-- The error of a policy that cannot be used: kind "policy", so scripts exit
+-- 2. source: the policy file (p.source; nil: the defaults); field: the
+-- field at fault, or nil for the file as a whole. Every policy error is
+-- made here: "policy FILE: field 'NAME': what is wrong".
+function M.error(source, field, msg)
+  source = source or "(defaults)"
   return { kind = "policy", field = field, source = source,
            message = ("policy %s: %s%s"):format(source, field and ("field '" .. field .. "': ") or "", msg) }
 end
@@ -189,21 +197,21 @@ function M.validate(p, source)
   table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
   for _, k in ipairs(names) do
     if not FIELDS[k] then
-      return nil, perr(source, tostring(k), "unknown field (known: see examples/policy.lua)")
+      return nil, M.error(source, tostring(k), "unknown field (known: see examples/policy.lua)")
     end
   end
   local out = {}
   for k, spec in pairs(FIELDS) do
     local ok, norm = spec[1](p[k])
     if not ok then
-      return nil, perr(source, k, ("expected %s, got %s"):format(spec[2], describe(p[k])))
+      return nil, M.error(source, k, ("expected %s, got %s"):format(spec[2], describe(p[k])))
     end
     out[k] = norm ~= nil and norm or p[k]
   end
   -- A presigned URL lets its upload start until url_lifetime after the row was made: a
   -- max_age below it deletes uploads still in progress (max_age = 1440 meant as minutes).
   if out.max_age < out.url_lifetime then
-    return nil, perr(source, "max_age", ("%s (%s) is below url_lifetime %s (%s): a pending upload whose "
+    return nil, M.error(source, "max_age", ("%s (%s) is below url_lifetime %s (%s): a pending upload whose "
       .. "presigned URL is still valid would be deleted; make max_age at least url_lifetime (durations are "
       .. "seconds unless written \"24h\", \"90m\")"):format(describe(p.max_age), M.human_age(out.max_age),
       describe(p.url_lifetime), M.human_age(out.url_lifetime)))
@@ -272,19 +280,19 @@ function M.load(path)
   if path == nil then return M.build({}, "(defaults)") end
   -- A FIFO or a device would block the open (at start and every cycle).
   local kind, kerr = sys.file_kind(path)
-  if not kind then return nil, perr(path, nil, "cannot be read: " .. tostring(kerr)) end
+  if not kind then return nil, M.error(path, nil, "cannot be read: " .. tostring(kerr)) end
   if kind ~= "file" then
-    return nil, perr(path, nil, ("is a %s, expected a regular file of Lua"):format(kind))
+    return nil, M.error(path, nil, ("is a %s, expected a regular file of Lua"):format(kind))
   end
   local chunk, err = loadfile(path, "t", M.sandbox())
   if not chunk then
     local missing = err:match("cannot open") and "cannot be read: " or "has a syntax error: "
-    return nil, perr(path, nil, missing .. err)
+    return nil, M.error(path, nil, missing .. err)
   end
   local ok, t = pcall(chunk)
-  if not ok then return nil, perr(path, nil, "raised an error: " .. tostring(t)) end
+  if not ok then return nil, M.error(path, nil, "raised an error: " .. tostring(t)) end
   if type(t) ~= "table" then
-    return nil, perr(path, nil, "expected the file to return a table, got " .. describe(t))
+    return nil, M.error(path, nil, "expected the file to return a table, got " .. describe(t))
   end
   return M.build(t, path)
 end

@@ -6,11 +6,10 @@
 -- with counts, lines and summary fields of its own.
 local errors = require("resclean.errors")
 local log = require("resclean.log")
+local outcome_mod = require("resclean.outcome")
 local sys = require("resclean.sys")
 
 local M = {}
-
-M.OUTCOMES = { "object_deleted", "record_only", "deleted", "failed", "skipped", "not_found", "refused", "in_doubt" }
 
 M.EXIT = errors.EXIT
 
@@ -19,7 +18,7 @@ Run.__index = Run
 M.Run = Run -- a command's own Run: setmetatable(M.new(opts), Sub), Sub's __index Run
 
 -- opts: policy, dry_run, run_id (else a new one), emit (else log.emit),
--- counts (the names counted, else M.OUTCOMES), pg and conninfo (a fresh
+-- counts (the names counted, else outcome.OUTCOMES), pg and conninfo (a fresh
 -- session, to settle a commit whose answer was lost: batch.lua).
 function M.new(opts)
   local r = setmetatable({
@@ -35,7 +34,7 @@ function M.new(opts)
     last_progress = sys.monotime(),
     emit = opts.emit or log.emit,
   }, Run)
-  for _, o in ipairs(opts.counts or M.OUTCOMES) do r.counts[o] = 0 end
+  for _, o in ipairs(opts.counts or outcome_mod.OUTCOMES) do r.counts[o] = 0 end
   return r
 end
 

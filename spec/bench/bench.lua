@@ -34,7 +34,7 @@ local here = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = here .. "/../?.lua;" .. package.path
 
 local cjson = require("cjson")
-local config = require("resclean.config")
+local args = require("support.args")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
 local log = require("resclean.log")
@@ -875,7 +875,7 @@ end
 -- ---------------------------------------------------------------- main
 
 local function main(...)
-  local opts, rest = config.parse_args({ ... }, {
+  local opts, rest = args.parse({ ... }, {
     n = "value", objects = "value", only = "value", ["repeat"] = "value", set = "value", scale = "flag",
     ["scale-n"] = "value", ["claim-rows"] = "value", ["no-startup"] = "flag", mode = "value", bucket = "value",
     phases = "flag", referenced = "value", ["perrow-limit"] = "value", limit = "value", help = "flag",

@@ -15,7 +15,7 @@ local here = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = here .. "/../?.lua;" .. package.path
 
 local cjson = require("cjson")
-local config = require("resclean.config")
+local args = require("support.args")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
 local sys = require("resclean.sys")
@@ -25,7 +25,7 @@ local function say(fmt, ...)
   io.stdout:flush()
 end
 
-local opts = config.parse_args({ ... }, { n = "value", backlog = "value", batch = "value" })
+local opts = args.parse({ ... }, { n = "value", backlog = "value", batch = "value" })
 if not opts then
   io.stderr:write("usage: resclean run spec/bench/notify_bench.lua [--n 200] [--backlog 60000] [--batch 500]\n")
   return 2

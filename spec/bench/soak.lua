@@ -25,8 +25,8 @@
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = here .. "/../?.lua;" .. package.path
 
-local config = require("resclean.config")
 local cjson = require("cjson")
+local args = require("support.args")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
 local pg = require("resclean.pg")
@@ -92,7 +92,7 @@ local function tail(path)
 end
 
 local function main(...)
-  local opts = config.parse_args({ ... }, { cycles = "value", every = "value", rows = "value", objects = "value",
+  local opts = args.parse({ ... }, { cycles = "value", every = "value", rows = "value", objects = "value",
                                             ["batch-size"] = "value" })
   if not opts then
     io.stderr:write(USAGE)
