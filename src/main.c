@@ -66,6 +66,7 @@ static const char usage_text[] =
     "  RESCLEAN_LOG_STDERR    json: errors only as JSON lines (also when stdout and\n"
     "                         stderr are one file); plain: also as a stderr line\n"
     "  RESCLEAN_PUSH_CA_BUNDLE  CA file for an https --metrics-push URL\n"
+    "  RESCLEAN_EVENT_CHECK   a file where unlisted log events are noted (the specs)\n"
     "  NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID  set by systemd (Type=notify)\n"
     "  LUA_PATH, LUA_CPATH    extra Lua module paths, searched first (LUA_PATH_5_4,\n"
     "                         LUA_CPATH_5_4 win); ';;' stands for resclean's own\n"

@@ -244,7 +244,7 @@ function keys_of(ctx, claimed)
       table.concat(p.key_columns, ", ")), { field = "key", resource_id = bad[1].it.id })
   end
   for _, b in ipairs(bad) do
-    run:outcome(b.it, "skipped", "bad_key")
+    run:outcome(b.it, "skipped", outcome.KEPT.bad_key)
     log.debug("bad_key", { run_id = run.run_id, resource_id = b.it.id, detail = b.why })
     run.bad_keys = run.bad_keys or { n = 0, id = b.it.id, why = b.why }
     run.bad_keys.n = run.bad_keys.n + 1
@@ -296,7 +296,7 @@ function delete_rows(ctx, items)
       for _, r in ipairs(res) do refd[r.id] = true end
       todo = {}
       for _, it in ipairs(items) do
-        if refd[it.id] then run:outcome(it, "skipped", "referenced") else todo[#todo + 1] = it end
+        if refd[it.id] then run:outcome(it, "skipped", outcome.KEPT.referenced) else todo[#todo + 1] = it end
       end
     end
   end
@@ -325,7 +325,7 @@ function delete_part(ctx, items, out, sp, named_left)
       local gone = {}
       for _, r in ipairs(res) do gone[r.id] = true end
       for _, it in ipairs(items) do
-        if gone[it.id] then out[#out + 1] = it else run:outcome(it, "skipped", "row_vanished") end
+        if gone[it.id] then out[#out + 1] = it else run:outcome(it, "skipped", outcome.KEPT.row_vanished) end
       end
       break
     end
@@ -335,7 +335,7 @@ function delete_part(ctx, items, out, sp, named_left)
     if not ok then return nil, err end
     local i = #items == 1 and 1 or (named_left > 0 and named_item(fk, items))
     if i then
-      run:outcome(items[i], "skipped", "referenced")
+      run:outcome(items[i], "skipped", outcome.KEPT.referenced)
       table.remove(items, i)
       named_left = named_left - 1
       if #items == 0 then break end

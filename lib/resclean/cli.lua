@@ -10,10 +10,10 @@
 -- Every parser has --help, --policy FILE and --log-level LEVEL. Option names
 -- come back as written ("dry-run", "log-level"), as the scripts use them.
 local argparse = require("argparse")
+local log = require("resclean.log")
 
 local M = {}
 
-M.LEVELS = { "debug", "info", "warn", "error" }
 
 function M.parser(name, description, epilog)
   local p = argparse("resclean run " .. name, description, epilog)
@@ -23,7 +23,7 @@ function M.parser(name, description, epilog)
   p:option("--policy", "Policy file (else RESCLEAN_POLICY, else the built-in defaults)."):argname("FILE")
   p:option("--log-level", "Log level (else the policy's log_level, else RESCLEAN_LOG_LEVEL, else info).")
     :argname("LEVEL")
-    :choices(M.LEVELS)
+    :choices(log.LEVELS)
   p._resclean_name = name
   return p
 end

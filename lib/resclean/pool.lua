@@ -88,7 +88,6 @@ local function pooled_error(what, which, fix)
     .. "pool_mode=transaction: every transaction may run on another server connection): set %s to "
     .. "PostgreSQL itself or to a session pool%s"):format(what, which, M.SETTING, fix or ""), { setting = M.SETTING })
 end
-M.pooled_error = pooled_error
 
 -- The conninfo for what needs a session: the direct URL when set, else
 -- DATABASE_URL (conninfo when given: the one a caller already has from

@@ -17,7 +17,6 @@
 local M = {}
 
 local PARTS = { "bucket", "key", "max_age", "upload_types", "fingerprint" }
-M.PARTS = PARTS
 
 -- FNV-1a, 32 bits: the same number in every process, for any string.
 local function fnv(s)
@@ -27,7 +26,6 @@ local function fnv(s)
   end
   return h
 end
-M.fnv = fnv
 
 -- As PostgreSQL's int4 (what pg_advisory_lock_shared(int4, int4) takes;
 -- pg_locks shows it back as an unsigned oid).

@@ -108,11 +108,6 @@ function M.row_select(conn, p)
   return ("SELECT %s FROM %s"):format(require("resclean.session").row_columns(conn, p), conn:quote_ident(p.table))
 end
 
-local function policy_error(p, field, message)
-  return { kind = "policy", field = field,
-           message = ("policy %s: field '%s': %s"):format(p.source or "(defaults)", field, message) }
-end
-
 -- How rows of the policy's own table are found for a key, and whether a key
 -- that no row's key() matches is proven an orphan. Returns owner fields or
 -- nil, err.
@@ -125,12 +120,12 @@ local function key_owner(conn, p, owner)
     if not res then return nil, err end
     if not res[1].t then
       local field = c == p.id_column and "id_column" or "key_columns"
-      return nil, policy_error(p, field, ("column %q does not exist in table %q"):format(c, p.table))
+      return nil, policy_mod.error(p.source, field, ("column %q does not exist in table %q"):format(c, p.table))
     end
     types[c] = res[1].t
   end
   local shape = M.key_shape(p, types)
-  if shape.inverse_error then return nil, policy_error(p, "key_id", shape.inverse_error) end
+  if shape.inverse_error then return nil, policy_mod.error(p.source, "key_id", shape.inverse_error) end
   -- Rows are looked up by the id column and every uuid column key() embeds.
   local lookup, seen = {}, {}
   for _, c in ipairs({ p.id_column, table.unpack(shape.embeds) }) do
@@ -172,8 +167,8 @@ function M.check_owners(conn, p, page_size)
   local listed = false
   for _, o in ipairs(p.owners) do listed = listed or o.table == p.table end
   if not listed then
-    return nil, policy_error(p, "owners", ("the policy's table %q is not among its owners: its objects would "
-      .. "look orphaned"):format(p.table))
+    return nil, policy_mod.error(p.source, "owners",
+      ("the policy's table %q is not among its owners: its objects would look orphaned"):format(p.table))
   end
   local out = {}
   for i, o in ipairs(p.owners) do
@@ -186,11 +181,12 @@ function M.check_owners(conn, p, page_size)
     if not res then return nil, err end
     local r = res[1]
     if not r.oid then
-      return nil, policy_error(p, ("owners[%d].table"):format(i), ("owner table %q does not exist; reconciling "
-        .. "without every owner would take the objects it owns for orphans"):format(o.table))
+      return nil, policy_mod.error(p.source, ("owners[%d].table"):format(i),
+        ("owner table %q does not exist; reconciling without every owner would take the objects it owns "
+         .. "for orphans"):format(o.table))
     end
     if not r.key_type then
-      return nil, policy_error(p, ("owners[%d].key_column"):format(i),
+      return nil, policy_mod.error(p.source, ("owners[%d].key_column"):format(i),
         ("column %q does not exist in owner table %q"):format(o.key_column, o.table))
     end
     local kind = r.key_type == "uuid" and "uuid" or (r.key_type == "text" and "text" or "other")

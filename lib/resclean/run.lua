@@ -19,7 +19,7 @@ M.Run = Run -- a command's own Run: setmetatable(M.new(opts), Sub), Sub's __inde
 
 -- opts: policy, dry_run, run_id (else a new one), emit (else log.emit),
 -- counts (the names counted, else outcome.OUTCOMES), pg and conninfo (a fresh
--- session, to settle a commit whose answer was lost: batch.lua).
+-- session, to settle a commit whose answer was lost: commit_doubt.lua).
 function M.new(opts)
   local r = setmetatable({
     policy = opts.policy,

@@ -11,6 +11,7 @@
 -- kept per session and run unnamed (resclean.pg).
 local errors = require("resclean.errors")
 local log = require("resclean.log")
+local policy_mod = require("resclean.policy")
 local runs = require("resclean.run")
 
 local M = {}
@@ -241,10 +242,7 @@ function M.check_schema(conn, p)
     "SELECT column_name::text AS c, data_type::text AS t FROM information_schema.columns "
     .. "WHERE table_schema = ANY(current_schemas(false)) AND table_name = $1", p.table)
   if not res then return nil, err end
-  local function bad(field, msg)
-    return nil, { kind = "policy", field = field,
-                  message = ("policy %s: field '%s': %s"):format(p.source or "(defaults)", field, msg) }
-  end
+  local function bad(field, msg) return nil, policy_mod.error(p.source, field, msg) end
   if #res == 0 then
     -- information_schema shows only what the role may use: say which it is.
     local seen = conn:query("SELECT to_regclass($1) IS NOT NULL AS e, current_user::text AS role",
