@@ -153,11 +153,15 @@ describe("under a CONNECTION LIMIT, a long-running sweep", function()
     local url = assert(os.getenv("DATABASE_URL"))
     local held = { fx.check(pg.connect(url)), fx.check(pg.connect(url)) }
     local p = start(w, held)
+    -- The plain error goes to stderr just after the summary line (app.report):
+    -- wait for both, so a slow machine does not read stderr in between.
     h.wait_for(function()
       for _, c in ipairs(cycles(fs.partial_log(fs.output(p)))) do
-        if c.summary and c.summary.exit_code == 3 then return true end
+        if c.summary and c.summary.exit_code == 3 then
+          return fs.output(p, "err"):find("CONNECTION LIMIT", 1, true) ~= nil
+        end
       end
-    end, 60, "a cycle to fail on the connection limit")
+    end, 60, "a cycle to fail on the connection limit, with the hint naming CONNECTION LIMIT on stderr")
     assert.matches("CONNECTION LIMIT", fs.output(p, "err"), 1, true)
     local t0 = sys.monotime()
     for _, c in ipairs(held) do c:close() end
