@@ -218,6 +218,16 @@ describe("the event catalogue check", function()
     assert.matches("^error progress at lib/resclean/run%.lua:%d+ %(pid %d+%)\n$", notes)
   end)
 
+  it("notes a field the catalogue does not list for the event, and none for listed and base fields", function()
+    local r, notes = run([[
+      local run = require("resclean.run").new({ policy = {} })
+      run:summary("sweep", { stopped = true, via = "request" }) -- listed, a base field
+      run:summary("sweep", { zeta = 1, alpha = 2 })
+    ]])
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("^info sweep with unlisted field%(s%) alpha, zeta at lib/resclean/run%.lua:%d+ %(pid %d+%)\n$", notes)
+  end)
+
   it("checks lines below the log level too", function()
     local r, notes = run([[
       require("resclean.log").set_level("error")

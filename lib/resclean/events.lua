@@ -48,7 +48,8 @@ M.LIST = {
   { "reconcile", { "info", "error" }, { "run_id", "bucket", "apply", "duration_ms", "listed", "considered",
     "recent", "candidates", "owned", "kept", "orphans", "planned", "object_deleted", "failed", "refused",
     "unprovable", "missing_objects", "older_than_s", "delete_limit", "stopped", "error" } },
-  { "start", { "info" }, { "script", "pid", "host", "policy", "table", "bucket", "version" } },
+  { "start", { "info" }, { "script", "pid", "host", "policy", "table", "bucket", "version", "once", "dry_run",
+    "apply", "ids", "notify" } },
   { "error", { "error" }, { "message", "exit_code" } },
   { "policy_invalid", { "error" }, { "message", "detail" } },
   { "stopping", { "error" }, { "exit_code", "message" } },
@@ -78,18 +79,44 @@ M.LIST = {
   { "unreadable_tables", { "warn" }, { "run_id", "tables", "message" } },
 }
 
--- event -> { levels = {level = true}, fields = {...} }
+-- Fields any line may carry: the process's base fields (log.set_base).
+M.BASE_FIELDS = { "run_id", "via" }
+-- The summary lines and a request's line also count each outcome (outcome.OUTCOMES).
+local COUNTED = { sweep = true, cancel = true, cancel_request = true }
+
+-- event -> { levels = {level = true}, fields = {...}, field = {name = true} }
 M.EVENTS = {}
 for _, e in ipairs(M.LIST) do
-  local levels = {}
+  local levels, field = {}, {}
   for _, l in ipairs(e[2]) do levels[l] = true end
-  M.EVENTS[e[1]] = { levels = levels, fields = e[3] }
+  for _, f in ipairs(e[3]) do field[f] = true end
+  for _, f in ipairs(M.BASE_FIELDS) do field[f] = true end
+  if COUNTED[e[1]] then
+    for _, f in ipairs(require("resclean.outcome").OUTCOMES) do field[f] = true end
+  end
+  M.EVENTS[e[1]] = { levels = levels, fields = e[3], field = field }
 end
 
 -- May event be logged at level?
 function M.allowed(level, event)
   local e = M.EVENTS[event]
   return e ~= nil and e.levels[level] == true
+end
+
+-- The fields of a line of event (a known one) the catalogue does not list,
+-- sorted; nil when there are none.
+function M.unlisted_fields(event, fields)
+  local e = M.EVENTS[event]
+  if not e or type(fields) ~= "table" then return nil end
+  local out
+  for k in pairs(fields) do
+    if not e.field[k] then
+      out = out or {}
+      out[#out + 1] = tostring(k)
+    end
+  end
+  if out then table.sort(out) end
+  return out
 end
 
 return M

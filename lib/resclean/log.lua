@@ -268,13 +268,21 @@ local function note(line)
   end
 end
 
-local function check_event(level, event)
+local function check_event(level, event, fields)
   if catalogue == nil then
     local ok, c = pcall(require, "resclean.events")
     catalogue = ok and c or false
     if not ok then note("the event catalogue cannot be loaded: " .. tostring(c)) end
   end
-  if not catalogue or catalogue.allowed(level, event) then return end
+  if not catalogue then return end
+  local what
+  if not catalogue.allowed(level, event) then
+    what = ("%s %s"):format(tostring(level), tostring(event))
+  else
+    local extra = catalogue.unlisted_fields(event, fields)
+    if not extra then return end
+    what = ("%s %s with unlisted field(s) %s"):format(tostring(level), tostring(event), table.concat(extra, ", "))
+  end
   -- Who emitted it: the first caller outside this file. Lines a spec or a
   -- script of its own emits are not the code's.
   local at
@@ -290,11 +298,11 @@ local function check_event(level, event)
     end
   end
   if not at then return end
-  note(("%s %s at %s (pid %d)"):format(tostring(level), tostring(event), at, sys.pid()))
+  note(("%s at %s (pid %d)"):format(what, at, sys.pid()))
 end
 
 function M.emit(level, event, fields)
-  if check_path then check_event(level, event) end
+  if check_path then check_event(level, event, fields) end
   if LEVELS[level] < threshold then return end
   if out == io.stdout and stdout_closed then
     record_failure("standard output is closed")

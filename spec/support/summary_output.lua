@@ -21,8 +21,9 @@ local function new_notes()
   f:close()
   check_seen = check_seen + #text
   if text == "" then return nil end
-  return "log events not in the event catalogue, or at a level it does not give them: add each to "
-    .. "lib/resclean/events.lua and resclean(1)'s LOGS section (or log it at a listed level):\n" .. text
+  return "log events not in the event catalogue, at a level it does not give them, or with fields it does not "
+    .. "list: add each to lib/resclean/events.lua and resclean(1)'s LOGS section (or log it at a listed "
+    .. "level):\n" .. text
 end
 
 local function check_events()
