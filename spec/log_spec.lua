@@ -225,7 +225,8 @@ describe("the event catalogue check", function()
       run:summary("sweep", { zeta = 1, alpha = 2 })
     ]])
     assert.are.equal(0, r.code, r.stderr)
-    assert.matches("^info sweep with unlisted field%(s%) alpha, zeta at lib/resclean/run%.lua:%d+ %(pid %d+%)\n$", notes)
+    assert.matches("^info sweep with unlisted field%(s%) alpha, zeta at lib/resclean/run%.lua:%d+ %(pid %d+%)\n$",
+      notes)
   end)
 
   it("checks lines below the log level too", function()
