@@ -53,7 +53,7 @@ function M.reconcile(conn, store, ctx, p, opts)
   end
   -- 2. Refuse a plan that would delete what a row names, or that is too big.
   local refusal = run:refusal()
-  local within, limit_or_msg = run_mod.valve(#run.plan, run.counts.candidates, p.reconcile_max_delete_fraction,
+  local within, limit_or_msg = run_mod.valve(run.counts.orphans, run.counts.candidates, p.reconcile_max_delete_fraction,
     opts.max_delete)
   if refusal or (opts.apply and not within) then
     if opts.apply then

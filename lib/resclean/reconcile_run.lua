@@ -95,7 +95,7 @@ M.COUNTS = { "listed", "considered", "recent", "candidates", "owned", "kept", "o
 function M.new(opts)
   local r = runs.new({ policy = opts.policy, counts = M.COUNTS, run_id = opts.run_id })
   r.apply, r.human, r.out, r.page_size = opts.apply, opts.human, opts.out or io.stdout, opts.page_size
-  r.plan = {}       -- orphans to delete, in listing order
+  r.plan = {}       -- with apply: orphans to delete, in listing order (counts.orphans: all)
   r.refusals = {}   -- {entry, cols}: keys named by a column no owner covers
   r.unprovable = {} -- entries whose owner cannot be proven
   return setmetatable(r, Run)
@@ -222,9 +222,11 @@ function Run:plan_page(conn, store, ctx, entries, db_now, cutoff, range)
     for _, e in ipairs(rest) do
       local cols = named[e.key]
       if not cols then
+        -- Only --apply keeps its orphans (to delete them, or to log them all
+        -- when refused); a plan logs each as it is found and keeps the count,
+        -- so its memory does not grow with the bucket's orphans.
         self.counts.orphans = self.counts.orphans + 1
-        self.plan[#self.plan + 1] = e
-        if not self.apply then self:orphan(e, "planned") end
+        if self.apply then self.plan[#self.plan + 1] = e else self:orphan(e, "planned") end
       else
         local foreign = {}
         for _, c in ipairs(cols) do
@@ -442,8 +444,8 @@ function Run:report(within, limit_or_msg)
   elseif c.orphans > 0 then
     self:say("plan only: nothing was deleted; run with --apply to delete the orphaned objects")
     if within then
-      self:say("mass-delete limit: %d of %d candidates (%.1f%%), within the limit %d", #self.plan, c.candidates,
-        #self.plan * 100 / math.max(c.candidates, 1), limit_or_msg)
+      self:say("mass-delete limit: %d of %d candidates (%.1f%%), within the limit %d", c.orphans, c.candidates,
+        c.orphans * 100 / math.max(c.candidates, 1), limit_or_msg)
     else
       self:say("note: %s", (limit_or_msg:gsub("reconcile %-%-apply refused", "reconcile --apply would refuse")
         :gsub("; nothing was deleted", "")))
