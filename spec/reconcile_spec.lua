@@ -9,6 +9,7 @@
 local cjson = require("cjson")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
+local s3h = require("support.s3_helpers")
 local reconcile_policy = 'return { url_lifetime = 1 }\n'
 local OLD = 5 -- seconds; fresh objects are put less than this before a run
 
@@ -61,13 +62,7 @@ end
 
 -- Every key now in the bucket.
 local function bucket_keys()
-  local keys, token = {}, nil
-  repeat
-    local page = fx.check(client:list({ continuation = token }))
-    for _, e in ipairs(page.keys) do keys[e.key] = true end
-    token = page.truncated and page.next_continuation or nil
-  until not token
-  return keys
+  return s3h.key_set(client)
 end
 
 -- Fresh objects for one test, removed when it ends (they would be old,

@@ -7,6 +7,7 @@
 local cjson = require("cjson")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
+local s3h = require("support.s3_helpers")
 local sys = require("resclean.sys")
 
 local M = {}
@@ -91,13 +92,7 @@ end
 
 -- Every key in the world's bucket.
 function M.objects(w)
-  local set, token = {}, nil
-  repeat
-    local page = fx.check(w.client:list({ continuation = token }))
-    for _, e in ipairs(page.keys) do set[e.key] = true end
-    token = page.next_continuation
-  until not page.truncated
-  return set
+  return s3h.key_set(w.client)
 end
 
 -- Every id with a row (stale and controls).

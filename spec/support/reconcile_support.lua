@@ -4,6 +4,7 @@
 local cjson = require("cjson")
 local fx = require("support.fixtures")
 local h = require("support.helpers")
+local s3h = require("support.s3_helpers")
 
 local M = {}
 
@@ -43,13 +44,7 @@ end
 
 -- The set of keys bucket b holds now.
 function M.bucket_keys(b)
-  local keys, token = {}, nil
-  repeat
-    local page = fx.check(b.client:list({ continuation = token }))
-    for _, e in ipairs(page.keys) do keys[e.key] = true end
-    token = page.truncated and page.next_continuation or nil
-  until not token
-  return keys
+  return s3h.key_set(b.client)
 end
 
 -- A set's keys, sorted.

@@ -114,6 +114,13 @@ function M.list_all(c, prefix)
   return keys
 end
 
+-- The set of keys the bucket holds now: { key = true }.
+function M.key_set(c, prefix)
+  local set = {}
+  for _, k in ipairs(M.list_all(c, prefix)) do set[k] = true end
+  return set
+end
+
 -- Empty the bucket and delete it (best effort: for teardown).
 function M.destroy_bucket(c)
   pcall(function()
